@@ -1,0 +1,645 @@
+//! One codec for the two CloudEvents content modes, shared by every transport.
+//!
+//! - **Binary mode**: context attributes travel as transport headers named with the binding's
+//!   prefix (`ce_id` on Kafka, `cloudEvents:id` on AMQP), `datacontenttype` as the transport's
+//!   content type, and the data as the body, byte for byte.
+//! - **Structured mode**: the whole event is the body, in the CloudEvents JSON event format,
+//!   with content type `application/cloudevents+json`.
+//!
+//! An adapter picks a [`Binding`] for its transport, calls [`Binding::encode`] on the way out and
+//! [`Binding::decode`] on the way in, and maps [`Encoded`] / [`RawMessage`] onto its own header
+//! model. Decoding never panics: input that is not a valid CloudEvent gives a [`DecodeError`] that
+//! keeps the raw message, so the consumer runtime can dead-letter it without losing anything.
+//!
+//! In binary mode extension values travel as strings: integer and boolean extensions come back as
+//! their canonical string form, as the CloudEvents protocol bindings specify.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use base64::Engine as _;
+use chrono::{DateTime, SecondsFormat, Utc};
+use cloudevents::event::ExtensionValue;
+use cloudevents::event::{EventBuilder as _, EventBuilderV10};
+use cloudevents::{AttributesReader, Data, Event};
+use serde::ser::{SerializeMap, Serializer};
+
+use crate::event::is_valid_extension_name;
+
+/// Content type of a structured-mode message.
+pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
+const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";
+
+/// How an event is laid out on the transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ContentMode {
+    /// Attributes as headers, data as the body.
+    #[default]
+    Binary,
+    /// The whole event as `application/cloudevents+json` in the body.
+    Structured,
+}
+
+/// A message as a transport carries it: content type, headers and body. Header values are bytes
+/// because some transports (Kafka) allow any bytes there.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RawMessage {
+    /// The transport's content type (Kafka `content-type` header, AMQP `content-type` property,
+    /// SQS attribute).
+    pub content_type: Option<String>,
+    /// Transport headers in arrival order.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl RawMessage {
+    /// The first header named `name`.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// An encoded event borrowing from the event and the binding where it can.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded<'a> {
+    /// The transport content type to set.
+    pub content_type: Option<Cow<'a, str>>,
+    /// Headers to set, in order.
+    pub headers: Vec<(Cow<'a, str>, Cow<'a, [u8]>)>,
+    /// The body.
+    pub body: Cow<'a, [u8]>,
+}
+
+impl Encoded<'_> {
+    /// Bytes this message occupies on the wire, roughly: body plus header names and values.
+    pub fn wire_size(&self) -> usize {
+        self.body.len()
+            + self.content_type.as_ref().map_or(0, |c| c.len())
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+
+    /// An owned copy.
+    pub fn into_raw(self) -> RawMessage {
+        RawMessage {
+            content_type: self.content_type.map(Cow::into_owned),
+            headers: self
+                .headers
+                .into_iter()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+            body: self.body.into_owned(),
+        }
+    }
+}
+
+/// Failure to encode an event for a transport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodeError(String);
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot encode event: {}", self.0)
+    }
+}
+
+impl std::error::Error for EncodeError {}
+
+impl From<EncodeError> for crate::PublishError {
+    fn from(e: EncodeError) -> Self {
+        crate::PublishError::new(crate::PublishErrorKind::Encode)
+            .with_detail(e.0.clone())
+            .with_source(e)
+    }
+}
+
+/// Why an incoming message is not a valid CloudEvent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DecodeErrorKind {
+    /// Neither structured content type nor binary-mode `specversion` header.
+    NotCloudEvent,
+    /// `specversion` other than `1.0`.
+    UnsupportedSpecVersion,
+    /// A required attribute (`id`, `source`, `type`) is missing or empty.
+    MissingAttribute,
+    /// An attribute value or extension name is malformed.
+    InvalidAttribute,
+    /// A header value is not UTF-8.
+    InvalidHeader,
+    /// A structured-mode body is not a valid JSON event.
+    InvalidStructured,
+    /// A content mode this codec does not handle (batched mode).
+    UnsupportedMode,
+}
+
+impl fmt::Display for DecodeErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NotCloudEvent => "message is not a cloudevent",
+            Self::UnsupportedSpecVersion => "unsupported cloudevents specversion",
+            Self::MissingAttribute => "required cloudevents attribute missing",
+            Self::InvalidAttribute => "invalid cloudevents attribute",
+            Self::InvalidHeader => "header value is not utf-8",
+            Self::InvalidStructured => "invalid structured-mode cloudevent",
+            Self::UnsupportedMode => "unsupported cloudevents content mode",
+        })
+    }
+}
+
+/// An incoming message that is not a valid CloudEvent. Keeps the raw message, so the consumer
+/// runtime can dead-letter it as it arrived. Never transient: the same bytes fail the same way.
+#[derive(Debug, Clone)]
+pub struct DecodeError {
+    kind: DecodeErrorKind,
+    detail: String,
+    raw: Option<Box<RawMessage>>,
+}
+
+impl DecodeError {
+    /// A decode error of `kind` with a detail message.
+    pub fn new(kind: DecodeErrorKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+            raw: None,
+        }
+    }
+
+    /// Attaches the raw message that failed to decode.
+    #[must_use]
+    pub fn with_raw(mut self, raw: RawMessage) -> Self {
+        self.raw = Some(Box::new(raw));
+        self
+    }
+
+    /// What is wrong.
+    pub fn kind(&self) -> DecodeErrorKind {
+        self.kind
+    }
+
+    /// Details, naming the offending attribute or header.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
+    /// The raw message as it arrived.
+    pub fn raw(&self) -> Option<&RawMessage> {
+        self.raw.as_deref()
+    }
+
+    /// Always `false`: decoding the same bytes again fails again.
+    pub fn is_transient(&self) -> bool {
+        false
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.detail)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+const ATTRS: [&str; 7] = [
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "subject",
+    "time",
+    "dataschema",
+];
+
+/// How one transport names CloudEvents attributes in its headers.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    prefixes: Vec<String>,
+    names: [String; ATTRS.len()],
+}
+
+impl Binding {
+    /// A binding whose binary-mode headers are `prefix` + attribute name.
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefixes: vec![prefix.to_owned()],
+            names: ATTRS.map(|a| format!("{prefix}{a}")),
+        }
+    }
+
+    /// Also accepts headers with `prefix` when decoding (encoding keeps the first prefix).
+    #[must_use]
+    pub fn with_alternate_prefix(mut self, prefix: &str) -> Self {
+        self.prefixes.push(prefix.to_owned());
+        self
+    }
+
+    /// Kafka protocol binding: `ce_` headers.
+    pub fn kafka() -> Self {
+        Self::new("ce_")
+    }
+
+    /// AMQP protocol binding: `cloudEvents:` application properties (`cloudEvents_` accepted).
+    pub fn amqp() -> Self {
+        Self::new("cloudEvents:").with_alternate_prefix("cloudEvents_")
+    }
+
+    /// HTTP protocol binding: `ce-` headers.
+    pub fn http() -> Self {
+        Self::new("ce-")
+    }
+
+    /// The header name for `attribute` in binary mode.
+    pub fn header_name(&self, attribute: &str) -> String {
+        format!("{}{attribute}", self.prefixes[0])
+    }
+
+    /// Encodes `event` in `mode`.
+    pub fn encode<'a>(
+        &'a self,
+        event: &'a Event,
+        mode: ContentMode,
+    ) -> Result<Encoded<'a>, EncodeError> {
+        if event.specversion().as_str() != "1.0" {
+            return Err(EncodeError("only cloudevents 1.0 is supported".into()));
+        }
+        for (name, _) in event.iter_extensions() {
+            if !is_valid_extension_name(name) {
+                return Err(EncodeError(format!(
+                    "extension name {name:?} is not 1-20 lowercase letters or digits"
+                )));
+            }
+        }
+        match mode {
+            ContentMode::Binary => Ok(self.encode_binary(event)),
+            ContentMode::Structured => Ok(Encoded {
+                content_type: Some(Cow::Borrowed(STRUCTURED_CONTENT_TYPE)),
+                headers: Vec::new(),
+                body: Cow::Owned(encode_structured(event)),
+            }),
+        }
+    }
+
+    fn encode_binary<'a>(&'a self, event: &'a Event) -> Encoded<'a> {
+        let n = &self.names;
+        let mut headers: Vec<(Cow<'a, str>, Cow<'a, [u8]>)> =
+            Vec::with_capacity(5 + event.iter_extensions().size_hint().0);
+        let mut put =
+            |name: &'a str, value: Cow<'a, [u8]>| headers.push((Cow::Borrowed(name), value));
+        put(&n[0], Cow::Borrowed(b"1.0"));
+        put(&n[1], Cow::Borrowed(event.id().as_bytes()));
+        put(&n[2], Cow::Borrowed(event.source().as_bytes()));
+        put(&n[3], Cow::Borrowed(event.ty().as_bytes()));
+        if let Some(s) = event.subject() {
+            put(&n[4], Cow::Borrowed(s.as_bytes()));
+        }
+        if let Some(t) = event.time() {
+            put(&n[5], Cow::Owned(format_time(t).into_bytes()));
+        }
+        if let Some(s) = event.dataschema() {
+            put(&n[6], Cow::Borrowed(s.as_str().as_bytes()));
+        }
+        for (name, value) in event.iter_extensions() {
+            let value = match value {
+                ExtensionValue::String(s) => Cow::Borrowed(s.as_bytes()),
+                other => Cow::Owned(other.to_string().into_bytes()),
+            };
+            headers.push((Cow::Owned(format!("{}{name}", self.prefixes[0])), value));
+        }
+        let body = match event.data() {
+            None => Cow::Borrowed(&[][..]),
+            Some(Data::Binary(b)) => Cow::Borrowed(b.as_slice()),
+            Some(Data::String(s)) => Cow::Borrowed(s.as_bytes()),
+            Some(Data::Json(v)) => Cow::Owned(serde_json::to_vec(v).unwrap_or_default()),
+        };
+        Encoded {
+            content_type: event.datacontenttype().map(Cow::Borrowed),
+            headers,
+            body,
+        }
+    }
+
+    /// Decodes a raw message; on failure the error keeps `raw`.
+    pub fn decode(&self, raw: RawMessage) -> Result<Event, DecodeError> {
+        let result = self.decode_parts(
+            raw.content_type.as_deref(),
+            raw.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+            &raw.body,
+        );
+        result.map_err(|e| e.with_raw(raw))
+    }
+
+    /// Decodes from borrowed parts, so an adapter need not copy a message that decodes fine.
+    /// The error carries no raw message; attach it with [`DecodeError::with_raw`].
+    pub fn decode_parts<'h>(
+        &self,
+        content_type: Option<&str>,
+        headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
+        body: &[u8],
+    ) -> Result<Event, DecodeError> {
+        if let Some(ct) = content_type {
+            let lower = ct.trim_start().to_ascii_lowercase();
+            if lower.starts_with(STRUCTURED_CONTENT_TYPE) {
+                return decode_structured(body);
+            }
+            if lower.starts_with(BATCH_CONTENT_TYPE) {
+                return Err(DecodeError::new(
+                    DecodeErrorKind::UnsupportedMode,
+                    "batched content mode is not supported",
+                ));
+            }
+        }
+        self.decode_binary(content_type, headers, body)
+    }
+
+    fn attribute_of<'h>(&self, header: &'h str) -> Option<&'h str> {
+        self.prefixes.iter().find_map(|p| {
+            let head = header.get(..p.len())?;
+            head.eq_ignore_ascii_case(p).then(|| &header[p.len()..])
+        })
+    }
+
+    fn decode_binary<'h>(
+        &self,
+        content_type: Option<&str>,
+        headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
+        body: &[u8],
+    ) -> Result<Event, DecodeError> {
+        let mut specversion = None;
+        let mut b = EventBuilderV10::new();
+        let mut seen: u16 = 0;
+        let mut header_ct: Option<&str> = None;
+        let mut extensions: Vec<(String, &str)> = Vec::new();
+        let mut required = [false; 3];
+        for (name, value) in headers {
+            let Some(attr) = self.attribute_of(name) else {
+                continue;
+            };
+            let value = std::str::from_utf8(value).map_err(|_| {
+                DecodeError::new(
+                    DecodeErrorKind::InvalidHeader,
+                    format!("header {name:?} is not utf-8"),
+                )
+            })?;
+            let attr_lower = attr.to_ascii_lowercase();
+            let idx = ATTRS.iter().position(|a| *a == attr_lower);
+            if let Some(i) = idx {
+                if seen & (1 << i) != 0 {
+                    return Err(invalid(format!("attribute {attr_lower:?} appears twice")));
+                }
+                seen |= 1 << i;
+            }
+            match attr_lower.as_str() {
+                "specversion" => specversion = Some(value),
+                "id" | "source" | "type" if value.is_empty() => {
+                    return Err(DecodeError::new(
+                        DecodeErrorKind::MissingAttribute,
+                        format!("attribute {attr_lower:?} is empty"),
+                    ));
+                }
+                "id" => {
+                    required[0] = true;
+                    b = b.id(value);
+                }
+                "source" => {
+                    required[1] = true;
+                    b = b.source(value);
+                }
+                "type" => {
+                    required[2] = true;
+                    b = b.ty(value);
+                }
+                "subject" => b = b.subject(value),
+                "time" => {
+                    let t = DateTime::parse_from_rfc3339(value).map_err(|e| {
+                        invalid(format!(
+                            "attribute \"time\" is not rfc 3339 ({e}): {value:?}"
+                        ))
+                    })?;
+                    b = b.time(t.with_timezone(&Utc));
+                }
+                "dataschema" => {
+                    // Checked below, when the data is known.
+                    extensions.push(("dataschema".into(), value));
+                }
+                "datacontenttype" => header_ct = Some(value),
+                _ => {
+                    if !is_valid_extension_name(&attr_lower) {
+                        return Err(invalid(format!(
+                            "extension name {attr:?} is not 1-20 lowercase letters or digits"
+                        )));
+                    }
+                    if extensions.iter().any(|(n, _)| *n == attr_lower) {
+                        return Err(invalid(format!("extension {attr_lower:?} appears twice")));
+                    }
+                    extensions.push((attr_lower, value));
+                }
+            }
+        }
+        match specversion {
+            None => {
+                return Err(DecodeError::new(
+                    DecodeErrorKind::NotCloudEvent,
+                    format!(
+                        "no structured content type and no {:?} header",
+                        self.names[0]
+                    ),
+                ));
+            }
+            Some("1.0") => {}
+            Some(other) => {
+                return Err(DecodeError::new(
+                    DecodeErrorKind::UnsupportedSpecVersion,
+                    format!("specversion {other:?}"),
+                ));
+            }
+        }
+        if let Some(i) = required.iter().position(|r| !r) {
+            return Err(DecodeError::new(
+                DecodeErrorKind::MissingAttribute,
+                format!("attribute {:?} is missing", ["id", "source", "type"][i]),
+            ));
+        }
+        let ct = content_type.or(header_ct);
+        let mut schema = None;
+        for (name, value) in extensions {
+            if name == "dataschema" {
+                schema = Some(url::Url::parse(value).map_err(|e| {
+                    invalid(format!("attribute \"dataschema\" is not a uri ({e})"))
+                })?);
+            } else {
+                b = b.extension(&name, value);
+            }
+        }
+        let has_data = ct.is_some() || !body.is_empty();
+        b = match (has_data, schema) {
+            (true, Some(s)) => {
+                b.data_with_schema(ct.unwrap_or_default(), s, Data::Binary(body.to_vec()))
+            }
+            (true, None) => match ct {
+                Some(ct) => b.data(ct, Data::Binary(body.to_vec())),
+                None => b,
+            },
+            (false, Some(_)) => return Err(invalid("dataschema without data".into())),
+            (false, None) => b,
+        };
+        let mut event = b.build().map_err(|e| invalid(e.to_string()))?;
+        if ct.is_none() && !body.is_empty() {
+            event.set_data_unchecked(Data::Binary(body.to_vec()));
+        }
+        Ok(event)
+    }
+}
+
+fn invalid(detail: String) -> DecodeError {
+    DecodeError::new(DecodeErrorKind::InvalidAttribute, detail)
+}
+
+fn format_time(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+fn is_json(ct: Option<&str>) -> bool {
+    match ct {
+        None => true,
+        Some(ct) => {
+            let ct = ct.split(';').next().unwrap_or_default().trim();
+            ct.eq_ignore_ascii_case("application/json")
+                || ct.eq_ignore_ascii_case("text/json")
+                || ct.to_ascii_lowercase().ends_with("+json")
+        }
+    }
+}
+
+struct Structured<'a>(&'a Event);
+
+impl serde::Serialize for Structured<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let e = self.0;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("specversion", "1.0")?;
+        m.serialize_entry("id", e.id())?;
+        m.serialize_entry("source", e.source())?;
+        m.serialize_entry("type", e.ty())?;
+        if let Some(v) = e.subject() {
+            m.serialize_entry("subject", v)?;
+        }
+        if let Some(t) = e.time() {
+            m.serialize_entry("time", &format_time(t))?;
+        }
+        if let Some(v) = e.datacontenttype() {
+            m.serialize_entry("datacontenttype", v)?;
+        }
+        if let Some(v) = e.dataschema() {
+            m.serialize_entry("dataschema", v.as_str())?;
+        }
+        for (k, v) in e.iter_extensions() {
+            m.serialize_entry(k, v)?;
+        }
+        let json_ct = is_json(e.datacontenttype());
+        match e.data() {
+            None => {}
+            Some(Data::Json(v)) => m.serialize_entry("data", v)?,
+            Some(Data::String(text)) => {
+                match json_ct
+                    .then(|| serde_json::from_str::<&serde_json::value::RawValue>(text).ok())
+                    .flatten()
+                {
+                    Some(raw) => m.serialize_entry("data", raw)?,
+                    None if !json_ct => m.serialize_entry("data", text)?,
+                    None => m.serialize_entry(
+                        "data_base64",
+                        &base64::engine::general_purpose::STANDARD.encode(text),
+                    )?,
+                }
+            }
+            Some(Data::Binary(bytes)) => {
+                match json_ct
+                    .then(|| serde_json::from_slice::<&serde_json::value::RawValue>(bytes).ok())
+                    .flatten()
+                {
+                    Some(raw) => m.serialize_entry("data", raw)?,
+                    None => m.serialize_entry(
+                        "data_base64",
+                        &base64::engine::general_purpose::STANDARD.encode(bytes),
+                    )?,
+                }
+            }
+        }
+        m.end()
+    }
+}
+
+fn encode_structured(event: &Event) -> Vec<u8> {
+    // Serializing a map of strings and already-valid JSON cannot fail.
+    serde_json::to_vec(&Structured(event)).unwrap_or_default()
+}
+
+fn decode_structured(body: &[u8]) -> Result<Event, DecodeError> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        DecodeError::new(
+            DecodeErrorKind::InvalidStructured,
+            format!("body is not json: {e}"),
+        )
+    })?;
+    let Some(obj) = value.as_object() else {
+        return Err(DecodeError::new(
+            DecodeErrorKind::InvalidStructured,
+            "body is not a json object",
+        ));
+    };
+    match obj.get("specversion").and_then(|v| v.as_str()) {
+        Some("1.0") => {}
+        Some(other) => {
+            return Err(DecodeError::new(
+                DecodeErrorKind::UnsupportedSpecVersion,
+                format!("specversion {other:?}"),
+            ));
+        }
+        None => {
+            return Err(DecodeError::new(
+                DecodeErrorKind::MissingAttribute,
+                "attribute \"specversion\" is missing",
+            ));
+        }
+    }
+    for name in ["id", "source", "type"] {
+        match obj.get(name) {
+            Some(serde_json::Value::String(s)) if !s.is_empty() => {}
+            _ => {
+                return Err(DecodeError::new(
+                    DecodeErrorKind::MissingAttribute,
+                    format!("attribute {name:?} is missing, empty or not a string"),
+                ));
+            }
+        }
+    }
+    for name in obj.keys() {
+        if !crate::event::ATTRIBUTE_NAMES.contains(&name.as_str()) && !is_valid_extension_name(name)
+        {
+            return Err(invalid(format!(
+                "extension name {name:?} is not 1-20 lowercase letters or digits"
+            )));
+        }
+    }
+    if obj.contains_key("datacontentencoding") {
+        return Err(invalid("datacontentencoding is not a 1.0 attribute".into()));
+    }
+    serde_json::from_value::<Event>(value).map_err(|e| {
+        DecodeError::new(
+            DecodeErrorKind::InvalidStructured,
+            format!("invalid json event: {e}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,280 @@
+//! Typed errors.
+//!
+//! Every fallible operation has its own error type, `Error<K>` with a small `Copy` kind enum `K`
+//! that says what went wrong and, through [`ErrorKind::is_transient`], whether retrying the same
+//! operation can help. The underlying client error is kept as the [`std::error::Error::source`].
+
+use std::borrow::Cow;
+use std::error::Error as StdError;
+use std::fmt;
+
+/// Boxed source error.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// A kind of failure for one operation.
+pub trait ErrorKind: Copy + fmt::Debug + fmt::Display + PartialEq + Send + Sync + 'static {
+    /// Whether retrying the same operation later can succeed.
+    fn is_transient(&self) -> bool;
+}
+
+/// An error of kind `K` with an optional detail message and source.
+pub struct Error<K> {
+    kind: K,
+    detail: Option<Cow<'static, str>>,
+    source: Option<BoxError>,
+}
+
+impl<K: ErrorKind> Error<K> {
+    /// An error of `kind` without detail or source.
+    pub fn new(kind: K) -> Self {
+        Self {
+            kind,
+            detail: None,
+            source: None,
+        }
+    }
+
+    /// Adds a human-readable detail (lowercase, no trailing period).
+    #[must_use]
+    pub fn with_detail(mut self, detail: impl Into<Cow<'static, str>>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// Keeps `source` as the cause of this error.
+    #[must_use]
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> K {
+        self.kind
+    }
+
+    /// The detail message, if any.
+    pub fn detail(&self) -> Option<&str> {
+        self.detail.as_deref()
+    }
+
+    /// Whether retrying the same operation later can succeed.
+    pub fn is_transient(&self) -> bool {
+        self.kind.is_transient()
+    }
+}
+
+impl<K: ErrorKind> From<K> for Error<K> {
+    fn from(kind: K) -> Self {
+        Self::new(kind)
+    }
+}
+
+impl<K: ErrorKind> fmt::Debug for Error<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind);
+        if let Some(detail) = &self.detail {
+            d.field("detail", detail);
+        }
+        if let Some(source) = &self.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl<K: ErrorKind> fmt::Display for Error<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.kind)?;
+        if let Some(detail) = &self.detail {
+            write!(f, ": {detail}")?;
+        }
+        Ok(())
+    }
+}
+
+impl<K: ErrorKind> StdError for Error<K> {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
+}
+
+macro_rules! error_kind {
+    (
+        $(#[$meta:meta])*
+        $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident => ($text:literal, $transient:literal), )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(match self { $( Self::$variant => $text, )+ })
+            }
+        }
+
+        impl ErrorKind for $name {
+            fn is_transient(&self) -> bool {
+                match self { $( Self::$variant => $transient, )+ }
+            }
+        }
+    };
+}
+
+error_kind! {
+    /// Why a publish failed.
+    PublishErrorKind {
+        /// The publisher was closed; nothing more can be published through it.
+        Closed => ("publisher is closed", false),
+        /// The encoded message is larger than the broker accepts.
+        PayloadTooLarge => ("payload exceeds the broker's maximum message size", false),
+        /// The event cannot be represented on this transport (invalid extension name, too many attributes...).
+        Encode => ("event cannot be encoded for this transport", false),
+        /// The broker could not route the message anywhere (e.g. a mandatory AMQP publish).
+        Unroutable => ("message is unroutable", false),
+        /// The broker refused the message for a reason retrying will not fix (authorization, invalid topic).
+        Rejected => ("broker rejected the message", false),
+        /// The broker or the connection is unavailable for now.
+        Unavailable => ("broker is unavailable", true),
+        /// The broker did not confirm in time; the message may or may not have been accepted.
+        Timeout => ("publish timed out", true),
+        /// The broker asked the client to slow down.
+        Throttled => ("publish was throttled", true),
+    }
+}
+
+error_kind! {
+    /// Why a subscribe failed.
+    SubscribeErrorKind {
+        /// The subscriber was closed.
+        Closed => ("subscriber is closed", false),
+        /// The broker cannot provide what the subscription options ask for.
+        Unsupported => ("subscription options are not supported by this broker", false),
+        /// The options are invalid (empty group name, zero prefetch...).
+        InvalidOptions => ("invalid subscription options", false),
+        /// The topic or queue does not exist and could not be created.
+        NotFound => ("topic or queue not found", false),
+        /// The broker refused (authorization, conflicting topology).
+        Rejected => ("broker rejected the subscription", false),
+        /// The broker or the connection is unavailable for now.
+        Unavailable => ("broker is unavailable", true),
+        /// The broker did not answer in time.
+        Timeout => ("subscribe timed out", true),
+    }
+}
+
+error_kind! {
+    /// Why receiving the next delivery failed.
+    ReceiveErrorKind {
+        /// The subscription is closed, by the application or by the broker.
+        Closed => ("subscription is closed", false),
+        /// The broker or the connection is unavailable for now.
+        Unavailable => ("broker is unavailable", true),
+        /// The broker did not answer in time.
+        Timeout => ("receive timed out", true),
+    }
+}
+
+error_kind! {
+    /// Why settling a delivery (ack, nack, extending its deadline) failed.
+    AckErrorKind {
+        /// The subscription or channel the delivery came from is gone. The broker will redeliver
+        /// the message; settling this delivery is no longer possible.
+        Closed => ("delivery's subscription is closed", false),
+        /// The ack deadline passed and the broker has handed the message out again.
+        Expired => ("delivery's ack deadline expired", false),
+        /// The operation is not supported by this broker (e.g. extending a deadline on a broker
+        /// without deadlines).
+        Unsupported => ("operation is not supported by this broker", false),
+        /// The broker or the connection is unavailable for now; the same delivery can be settled again.
+        Unavailable => ("broker is unavailable", true),
+        /// The broker did not answer in time; the same delivery can be settled again.
+        Timeout => ("settle timed out", true),
+    }
+}
+
+/// Failure to publish one event.
+pub type PublishError = Error<PublishErrorKind>;
+/// Failure to subscribe.
+pub type SubscribeError = Error<SubscribeErrorKind>;
+/// Failure to receive.
+pub type ReceiveError = Error<ReceiveErrorKind>;
+/// Failure to settle a delivery.
+pub type AckError = Error<AckErrorKind>;
+
+/// A failed ack or nack: the error, and the delivery handed back so it can be settled again
+/// or dropped (which leaves the message to the broker's redelivery).
+pub struct SettleError<D> {
+    /// Why settling failed.
+    pub error: AckError,
+    /// The delivery, still unsettled.
+    pub delivery: D,
+}
+
+impl<D> SettleError<D> {
+    /// Whether settling the same delivery again can succeed.
+    pub fn is_transient(&self) -> bool {
+        self.error.is_transient()
+    }
+
+    /// Splits into the error and the delivery.
+    pub fn into_parts(self) -> (AckError, D) {
+        (self.error, self.delivery)
+    }
+}
+
+impl<D> fmt::Debug for SettleError<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SettleError")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D> fmt::Display for SettleError<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl<D> StdError for SettleError<D> {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&self.error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_classify_transience() {
+        assert!(PublishError::new(PublishErrorKind::Unavailable).is_transient());
+        assert!(!PublishError::new(PublishErrorKind::PayloadTooLarge).is_transient());
+        assert!(AckError::new(AckErrorKind::Timeout).is_transient());
+        assert!(!AckError::new(AckErrorKind::Expired).is_transient());
+    }
+
+    #[test]
+    fn display_and_source() {
+        let io = std::io::Error::other("connection reset");
+        let e = PublishError::new(PublishErrorKind::Unavailable)
+            .with_detail("broker 127.0.0.1:9092")
+            .with_source(io);
+        assert_eq!(
+            e.to_string(),
+            "broker is unavailable: broker 127.0.0.1:9092"
+        );
+        assert_eq!(e.source().unwrap().to_string(), "connection reset");
+        assert_eq!(e.kind(), PublishErrorKind::Unavailable);
+    }
+}

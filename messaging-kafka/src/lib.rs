@@ -1,0 +1,1 @@
+//! Kafka adapter for `messaging` over rdkafka. Not implemented yet: see issue 4.

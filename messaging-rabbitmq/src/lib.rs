@@ -1,0 +1,1 @@
+//! RabbitMQ adapter for `messaging` over lapin. Not implemented yet: see issue 5.

@@ -1,0 +1,1 @@
+//! AWS SQS/SNS adapter for `messaging` over the AWS SDK. Not implemented yet: see issue 6.
