@@ -63,6 +63,7 @@ pub mod features;
 pub mod publisher;
 pub mod subscriber;
 
+pub use chrono;
 pub use cloudevents;
 pub use cloudevents::event::ExtensionValue;
 pub use cloudevents::{AttributesReader, AttributesWriter, Data, Event};

@@ -1,0 +1,120 @@
+//! Publishing to the in-memory broker.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use messaging_core::event::approximate_size;
+use messaging_core::{
+    Event, Features, PublishBatchError, PublishError, PublishErrorKind, Publisher, Receipt,
+};
+
+use super::MemoryBroker;
+use super::group::Payload;
+
+/// Publishes to a [`MemoryBroker`]. A publish returns once every group of the topic holds the
+/// message; the receipt's `offset` is the message's position in the topic.
+#[derive(Debug, Clone)]
+pub struct MemoryPublisher {
+    broker: MemoryBroker,
+    closed: Arc<AtomicBool>,
+}
+
+impl MemoryPublisher {
+    pub(crate) fn new(broker: MemoryBroker) -> Self {
+        Self {
+            broker,
+            closed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn check(&self, event: &Event) -> Result<(), PublishError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(PublishError::new(PublishErrorKind::Closed));
+        }
+        let max = self.broker.inner.max_payload();
+        let size = approximate_size(event);
+        if size > max {
+            return Err(PublishError::new(PublishErrorKind::PayloadTooLarge)
+                .with_detail(format!("{size} bytes, limit {max}")));
+        }
+        let faults = &self.broker.inner.faults;
+        if faults.armed() && faults.take_publish_failure() {
+            return Err(PublishError::new(PublishErrorKind::Unavailable)
+                .with_detail("injected fault: publish failed"));
+        }
+        Ok(())
+    }
+
+    async fn latency(&self) {
+        let faults = &self.broker.inner.faults;
+        if faults.armed() {
+            if let Some(d) = faults.latency() {
+                tokio::time::sleep(d).await;
+            }
+        }
+    }
+
+    fn payloads(&self, event: Event) -> impl Iterator<Item = Payload> {
+        let faults = &self.broker.inner.faults;
+        let twice = faults.armed() && faults.take_duplicate();
+        let p = Payload::Event(Arc::new(event));
+        let copy = twice.then(|| p.clone());
+        std::iter::once(p).chain(copy)
+    }
+}
+
+impl Publisher for MemoryPublisher {
+    async fn publish(&self, topic: &str, event: Event) -> Result<Receipt, PublishError> {
+        self.latency().await;
+        self.check(&event)?;
+        let offset = self.broker.inner.route(topic, self.payloads(event));
+        Ok(Receipt::new().with_offset(offset))
+    }
+
+    async fn publish_batch(
+        &self,
+        topic: &str,
+        events: Vec<Event>,
+    ) -> Result<Vec<Receipt>, PublishBatchError> {
+        self.latency().await;
+        let mut failed = Vec::new();
+        let mut accepted_idx = Vec::with_capacity(events.len());
+        let mut payloads = Vec::with_capacity(events.len());
+        for (i, event) in events.into_iter().enumerate() {
+            match self.check(&event) {
+                Ok(()) => {
+                    accepted_idx.push(i);
+                    payloads.extend(self.payloads(event));
+                }
+                Err(e) => failed.push((i, event, e)),
+            }
+        }
+        // With duplicated payloads (a fault) receipts' offsets are approximate.
+        let first = self.broker.inner.route(topic, payloads);
+        let receipts: Vec<(usize, Receipt)> = accepted_idx
+            .into_iter()
+            .enumerate()
+            .map(|(n, i)| {
+                let n = i64::try_from(n).unwrap_or(i64::MAX);
+                (i, Receipt::new().with_offset(first + n))
+            })
+            .collect();
+        if failed.is_empty() {
+            Ok(receipts.into_iter().map(|(_, r)| r).collect())
+        } else {
+            Err(PublishBatchError {
+                accepted: receipts,
+                failed,
+            })
+        }
+    }
+
+    async fn close(&self) -> Result<(), PublishError> {
+        self.closed.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn features(&self) -> Features {
+        self.broker.features()
+    }
+}

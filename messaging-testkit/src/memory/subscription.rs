@@ -1,0 +1,371 @@
+//! Subscribing to the in-memory broker: subscriptions and deliveries.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use messaging_core::{
+    AckError, AckErrorKind, Binding, DecodeError, Delivery, Event, Features, ReceiveError,
+    ReceiveErrorKind, SettleError, SubscribeError, SubscribeOptions, Subscriber, Subscription,
+};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::group::{Entry, Group, Outcome, Payload};
+use super::{BrokerInner, MemoryBroker};
+
+/// One subscription's shared state: its in-flight count (for prefetch) and whether it is closed.
+#[derive(Debug)]
+pub(crate) struct Consumer {
+    pub(crate) id: u64,
+    group: Arc<Group>,
+    broker: std::sync::Weak<BrokerInner>,
+    inflight: AtomicUsize,
+    prefetch: usize,
+    closed: AtomicBool,
+    wake: Notify,
+}
+
+impl Consumer {
+    pub(crate) fn released(&self, n: usize) {
+        let before = self.inflight.fetch_sub(n, Ordering::AcqRel);
+        if before >= self.prefetch {
+            // The subscription may be waiting for room.
+            self.wake.notify_one();
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Closes this consumer and returns its unsettled deliveries to the group.
+    pub(crate) fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let dead = self.group.lock().release_consumer(&self.group, self.id);
+        self.dead_letter(dead);
+        self.wake.notify_one();
+        self.group.notify.notify_one();
+    }
+
+    fn dead_letter(&self, dead: Vec<Entry>) {
+        if dead.is_empty() {
+            return;
+        }
+        if let Some(broker) = self.broker.upgrade() {
+            broker.route(
+                &self.group.dead_letter_topic,
+                dead.into_iter().map(|e| e.payload),
+            );
+        }
+    }
+}
+
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group")
+            .field("topic", &self.topic)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens subscriptions on a [`MemoryBroker`].
+#[derive(Debug, Clone)]
+pub struct MemorySubscriber {
+    pub(crate) broker: MemoryBroker,
+}
+
+impl Subscriber for MemorySubscriber {
+    type Subscription = MemorySubscription;
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        options: SubscribeOptions,
+    ) -> Result<MemorySubscription, SubscribeError> {
+        let features = self.broker.features();
+        options.validate(&features)?;
+        let inner = &self.broker.inner;
+        let group = inner.group(topic, &options)?;
+        let consumer = Arc::new(Consumer {
+            id: inner.next_consumer.fetch_add(1, Ordering::Relaxed),
+            group,
+            broker: Arc::downgrade(inner),
+            inflight: AtomicUsize::new(0),
+            prefetch: options.prefetch_limit(),
+            closed: AtomicBool::new(false),
+            wake: Notify::new(),
+        });
+        inner.faults.register(&consumer);
+        Ok(MemorySubscription {
+            consumer,
+            faults: inner.faults.clone(),
+            binding: inner.binding.clone(),
+            ack_deadline: options.deadline(),
+            prefetch: options.prefetch_limit(),
+        })
+    }
+
+    fn features(&self) -> Features {
+        self.broker.features()
+    }
+}
+
+/// One consumer of a group on a [`MemoryBroker`]. Dropping it closes it.
+#[derive(Debug)]
+pub struct MemorySubscription {
+    consumer: Arc<Consumer>,
+    faults: Arc<super::faults::FaultState>,
+    binding: Arc<Binding>,
+    ack_deadline: Duration,
+    prefetch: usize,
+}
+
+impl MemorySubscription {
+    fn closed_error() -> ReceiveError {
+        ReceiveError::new(ReceiveErrorKind::Closed)
+    }
+
+    async fn receive(&mut self, max: usize) -> Result<Vec<MemoryDelivery>, ReceiveError> {
+        if self.faults.armed() {
+            if let Some(latency) = self.faults.latency() {
+                tokio::time::sleep(latency).await;
+            }
+        }
+        let max = max.max(1);
+        let c = &self.consumer;
+        let group = &c.group;
+        loop {
+            if c.is_closed() {
+                return Err(Self::closed_error());
+            }
+            let room = self
+                .prefetch
+                .saturating_sub(c.inflight.load(Ordering::Acquire));
+            if room == 0 {
+                c.wake.notified().await;
+                continue;
+            }
+            let mut out = Vec::new();
+            let mut dead = Vec::new();
+            let next_due = {
+                let mut st = group.lock();
+                let now = Instant::now();
+                let next_due = st.reap(group, now, &mut dead);
+                let want = room.min(max);
+                out.reserve(want.min(64));
+                let deadline = now + self.ack_deadline;
+                let topic = &group.topic;
+                let taken = st.take(want, c, deadline, |tag, entry| {
+                    out.push(MemoryDelivery::new(
+                        entry,
+                        tag,
+                        topic.clone(),
+                        c.clone(),
+                        &self.binding,
+                    ));
+                });
+                c.inflight.fetch_add(taken, Ordering::AcqRel);
+                if taken > 0 && st.has_ready() {
+                    // Others may be waiting for what is left.
+                    group.notify.notify_one();
+                }
+                next_due
+            };
+            c.dead_letter(dead);
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            let next_due = next_due.map(|d| d.max(Instant::now()));
+            tokio::select! {
+                () = group.notify.notified() => {}
+                () = c.wake.notified() => {}
+                () = sleep_until(next_due) => {}
+            }
+        }
+    }
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Subscription for MemorySubscription {
+    type Delivery = MemoryDelivery;
+
+    async fn recv(&mut self) -> Result<MemoryDelivery, ReceiveError> {
+        let mut batch = self.receive(1).await?;
+        batch.pop().ok_or_else(Self::closed_error)
+    }
+
+    async fn recv_batch(&mut self, max: usize) -> Result<Vec<MemoryDelivery>, ReceiveError> {
+        self.receive(max).await
+    }
+
+    async fn close(&mut self) -> Result<(), ReceiveError> {
+        self.consumer.close();
+        Ok(())
+    }
+}
+
+impl Drop for MemorySubscription {
+    fn drop(&mut self) {
+        self.consumer.close();
+    }
+}
+
+#[derive(Debug)]
+enum Body {
+    Event(Arc<Event>),
+    Undecodable(DecodeError),
+}
+
+/// A delivery from a [`MemoryBroker`].
+#[derive(Debug)]
+pub struct MemoryDelivery {
+    body: Body,
+    topic: Arc<str>,
+    attempt: u32,
+    tag: u64,
+    consumer: Arc<Consumer>,
+}
+
+impl MemoryDelivery {
+    fn new(
+        entry: &Entry,
+        tag: u64,
+        topic: Arc<str>,
+        consumer: Arc<Consumer>,
+        binding: &Binding,
+    ) -> Self {
+        let body = match &entry.payload {
+            Payload::Event(e) => Body::Event(e.clone()),
+            Payload::Raw(raw) => match binding.decode(messaging_core::RawMessage::clone(raw)) {
+                Ok(e) => Body::Event(Arc::new(e)),
+                Err(e) => Body::Undecodable(e),
+            },
+        };
+        Self {
+            body,
+            topic,
+            attempt: entry.deliveries,
+            tag,
+            consumer,
+        }
+    }
+
+    /// The event shared with other groups' deliveries; cheap to keep.
+    pub fn shared_event(&self) -> Option<Arc<Event>> {
+        match &self.body {
+            Body::Event(e) => Some(e.clone()),
+            Body::Undecodable(_) => None,
+        }
+    }
+
+    fn settle_error(self, kind: AckErrorKind) -> SettleError<Self> {
+        SettleError {
+            error: AckError::new(kind),
+            delivery: self,
+        }
+    }
+
+    fn gone(&self) -> AckErrorKind {
+        if self.consumer.is_closed() {
+            AckErrorKind::Closed
+        } else {
+            AckErrorKind::Expired
+        }
+    }
+
+    fn fault(&self) -> bool {
+        let faults = self.consumer.broker.upgrade();
+        faults.is_some_and(|b| b.faults.armed() && b.faults.take_ack_failure())
+    }
+}
+
+impl Delivery for MemoryDelivery {
+    fn event(&self) -> Result<&Event, &DecodeError> {
+        match &self.body {
+            Body::Event(e) => Ok(e),
+            Body::Undecodable(e) => Err(e),
+        }
+    }
+
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    async fn ack(self) -> Result<(), SettleError<Self>> {
+        if self.fault() {
+            return Err(self.settle_error(AckErrorKind::Unavailable));
+        }
+        let group = &self.consumer.group;
+        let mut st = group.lock();
+        match st.settle(self.tag) {
+            Some(inf) => {
+                st.complete(&inf.entry);
+                let woke = st.has_ready();
+                drop(st);
+                if woke {
+                    group.notify.notify_one();
+                }
+                Ok(())
+            }
+            None => {
+                drop(st);
+                let kind = self.gone();
+                Err(self.settle_error(kind))
+            }
+        }
+    }
+
+    async fn nack(self, delay: Option<Duration>) -> Result<(), SettleError<Self>> {
+        if self.fault() {
+            return Err(self.settle_error(AckErrorKind::Unavailable));
+        }
+        let group = &self.consumer.group;
+        let outcome = {
+            let mut st = group.lock();
+            st.settle(self.tag)
+                .map(|inf| st.requeue(group, inf.entry, delay, Instant::now()))
+        };
+        match outcome {
+            Some(Outcome::Done) => {
+                group.notify.notify_one();
+                Ok(())
+            }
+            Some(Outcome::DeadLetter(entry)) => {
+                self.consumer.dead_letter(vec![entry]);
+                group.notify.notify_one();
+                Ok(())
+            }
+            None => {
+                let kind = self.gone();
+                Err(self.settle_error(kind))
+            }
+        }
+    }
+
+    async fn extend_deadline(&mut self, by: Duration) -> Result<(), AckError> {
+        let extended = self
+            .consumer
+            .group
+            .lock()
+            .extend(self.tag, Instant::now() + by);
+        if extended {
+            Ok(())
+        } else {
+            Err(AckError::new(self.gone()))
+        }
+    }
+}
