@@ -25,7 +25,13 @@ use crate::error::{AckError, SettleError};
 pub trait Delivery: Send + Sync + 'static {
     /// The event, or the error that kept the message from decoding as a CloudEvent (with the
     /// raw message, for dead-lettering).
-    fn event(&self) -> Result<&Event, &DecodeError>;
+    fn payload(&self) -> Result<&Event, &DecodeError>;
+
+    /// The event; an undecodable message gives an owned copy of its [`DecodeError`], so `?`
+    /// works in handlers.
+    fn event(&self) -> Result<&Event, DecodeError> {
+        self.payload().map_err(Clone::clone)
+    }
 
     /// The topic the message was published to.
     fn topic(&self) -> &str;

@@ -212,8 +212,8 @@ impl Subscription for BoxSubscription {
 
 /// Object-safe [`Delivery`].
 pub trait DynDelivery: Send + Sync + 'static {
-    /// See [`Delivery::event`].
-    fn event_dyn(&self) -> Result<&Event, &DecodeError>;
+    /// See [`Delivery::payload`].
+    fn payload_dyn(&self) -> Result<&Event, &DecodeError>;
     /// See [`Delivery::topic`].
     fn topic_dyn(&self) -> &str;
     /// See [`Delivery::attempt`].
@@ -237,8 +237,8 @@ fn rebox<D: Delivery>(e: SettleError<D>) -> SettleError<BoxDelivery> {
 }
 
 impl<D: Delivery> DynDelivery for D {
-    fn event_dyn(&self) -> Result<&Event, &DecodeError> {
-        self.event()
+    fn payload_dyn(&self) -> Result<&Event, &DecodeError> {
+        self.payload()
     }
     fn topic_dyn(&self) -> &str {
         self.topic()
@@ -261,8 +261,8 @@ impl<D: Delivery> DynDelivery for D {
 }
 
 impl Delivery for BoxDelivery {
-    fn event(&self) -> Result<&Event, &DecodeError> {
-        (**self).event_dyn()
+    fn payload(&self) -> Result<&Event, &DecodeError> {
+        (**self).payload_dyn()
     }
     fn topic(&self) -> &str {
         (**self).topic_dyn()

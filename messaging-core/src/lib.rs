@@ -2,7 +2,7 @@
 //! an in-memory broker for tests.
 //!
 //! This crate holds what every broker shares: the message model (CloudEvents 1.0 events), the
-//! [codec](codec) for the two CloudEvents content modes, the [`Publisher`], [`Subscriber`],
+//! [`codec`] for the two CloudEvents content modes, the [`Publisher`], [`Subscriber`],
 //! [`Subscription`] and [`Delivery`] traits with [object-safe forms](dynamic), typed
 //! [errors](error) that say whether retrying can help, and the [`Features`] each broker reports.
 //! Adapters (`messaging-kafka`, `messaging-rabbitmq`, `messaging-sqs`) implement the traits over

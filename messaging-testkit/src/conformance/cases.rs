@@ -112,7 +112,7 @@ pub async fn publish_subscribe(ctx: &Ctx) -> CaseResult {
     let receipt = ctx.publisher().publish_dyn(&topic, event.clone()).await?;
     let _ = receipt;
     let d = ctx.recv(&mut sub).await;
-    let got = d.event().map_err(|e| e.to_string())?;
+    let got = d.event()?;
     assert_eq!(got.id(), event.id());
     assert_eq!(got.source(), event.source());
     assert_eq!(got.ty(), event.ty());
@@ -306,7 +306,7 @@ pub async fn attributes_round_trip(ctx: &Ctx) -> CaseResult {
         .build()?;
     ctx.publisher().publish_dyn(&topic, event.clone()).await?;
     let d = ctx.recv(&mut sub).await;
-    let got = d.event().map_err(|e| e.to_string())?;
+    let got = d.event()?;
     assert_eq!(got.id(), event.id());
     assert_eq!(got.subject(), Some("orders/ORD-5678"));
     assert_eq!(got.time(), Some(&time));
@@ -356,7 +356,7 @@ pub async fn typed_json_payload(ctx: &Ctx) -> CaseResult {
     let event = ctx.builder(1).json(&order).build()?;
     ctx.publisher().publish_dyn(&topic, event).await?;
     let d = ctx.recv(&mut sub).await;
-    let got: OrderCreated = d.event().map_err(|e| e.to_string())?.data_json()?;
+    let got: OrderCreated = d.event()?.data_json()?;
     assert_eq!(got, order);
     ack(d).await;
     Ok(())
@@ -370,7 +370,7 @@ pub async fn non_utf8_body(ctx: &Ctx) -> CaseResult {
     let event = ctx.builder(1).bytes(None, body.clone()).build()?;
     ctx.publisher().publish_dyn(&topic, event).await?;
     let d = ctx.recv(&mut sub).await;
-    let got = d.event().map_err(|e| e.to_string())?;
+    let got = d.event()?;
     assert_eq!(got.data_bytes().as_deref(), Some(&body[..]));
     assert_eq!(got.datacontenttype(), Some("application/octet-stream"));
     ack(d).await;
@@ -388,7 +388,7 @@ pub async fn empty_body(ctx: &Ctx) -> CaseResult {
     let mut got = HashMap::new();
     for _ in 0..2 {
         let d = ctx.recv(&mut sub).await;
-        let e = d.event().map_err(|e| e.to_string())?;
+        let e = d.event()?;
         got.insert(e.id().to_owned(), e.data_bytes().map(|b| b.len()));
         ack(d).await;
     }
@@ -413,7 +413,7 @@ pub async fn large_payload_within_limit(ctx: &Ctx) -> CaseResult {
     let event = ctx.builder(1).bytes(None, body.clone()).build()?;
     ctx.publisher().publish_dyn(&topic, event).await?;
     let d = ctx.recv(&mut sub).await;
-    let got = d.event().map_err(|e| e.to_string())?;
+    let got = d.event()?;
     assert!(
         got.data_bytes().as_deref() == Some(&body[..]),
         "large body changed in transit"
@@ -600,7 +600,7 @@ pub async fn prefetch_bounds_unsettled_deliveries(ctx: &Ctx) -> CaseResult {
 }
 
 fn key_and_n(d: &messaging_core::BoxDelivery) -> (String, u64) {
-    let e = d.event().expect("decodes");
+    let e = d.payload().expect("decodes");
     let v: serde_json::Value = e.data_json().expect("json");
     (
         v["key"].as_str().unwrap_or_default().to_owned(),
@@ -840,7 +840,7 @@ pub async fn undecodable_message_is_delivered_as_error(ctx: &Ctx) -> CaseResult 
     let mut good = false;
     for _ in 0..2 {
         let d = ctx.recv(&mut sub).await;
-        match d.event() {
+        match d.payload() {
             Err(e) => {
                 assert!(!e.is_transient());
                 let raw = e.raw().expect("decode error keeps the raw message");

@@ -221,7 +221,7 @@ impl Ctx {
 /// The id of a delivered event; fails the case if it did not decode.
 pub fn event_id(d: &BoxDelivery) -> String {
     use messaging_core::AttributesReader;
-    match d.event() {
+    match d.payload() {
         Ok(e) => e.id().to_owned(),
         Err(e) => panic!("delivery did not decode: {e}"),
     }

@@ -1,10 +1,10 @@
 //! The conformance suite: one async function per case, run against any broker.
 //!
 //! An adapter's `tests/conformance.rs` implements [`Harness`] (how to make a publisher and a
-//! subscriber, and the broker's [`Features`]) and invokes [`conformance_suite!`], which expands
+//! subscriber, and the broker's [`Features`]) and invokes [`conformance_suite!`](crate::conformance_suite), which expands
 //! to one named `#[tokio::test]` per case, so `cargo test` lists every case:
 //!
-//! ```ignore
+//! ```text
 //! struct KafkaHarness;
 //! impl messaging_testkit::conformance::Harness for KafkaHarness { /* ... */ }
 //!
@@ -121,7 +121,7 @@ pub fn skipped_cases(features: &Features, raw: bool) -> Vec<(&'static str, Strin
         .collect()
 }
 
-/// Runs one case against `harness`; used by [`conformance_suite!`].
+/// Runs one case against `harness`; used by [`conformance_suite!`](crate::conformance_suite).
 pub async fn run<H, F, Fut>(harness: H, name: &'static str, case: F)
 where
     H: Harness,
@@ -154,7 +154,7 @@ where
 /// Expands to one `#[tokio::test]` per conformance case, each running against the harness
 /// the first argument builds. Further arguments go to `#[tokio::test(...)]`.
 ///
-/// ```ignore
+/// ```text
 /// messaging_testkit::conformance_suite!(MemoryHarness::default(), start_paused = true);
 /// ```
 #[macro_export]

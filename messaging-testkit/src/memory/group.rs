@@ -3,6 +3,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -40,9 +41,9 @@ pub(crate) struct Entry {
 
 #[derive(Debug)]
 pub(crate) struct Inflight {
-    pub(crate) entry: Entry,
+    entry: Entry,
     deadline: Instant,
-    pub(crate) consumer: Arc<Consumer>,
+    consumer: Arc<Consumer>,
 }
 
 struct Delayed {
@@ -88,18 +89,30 @@ impl Hasher for TagHasher {
 
 type TagMap<V> = HashMap<u64, V, BuildHasherDefault<TagHasher>>;
 
+/// Messages waiting to be handed out. Publishers lock only this.
 #[derive(Default)]
-pub(crate) struct GroupState {
+pub(crate) struct Queue {
     ready: VecDeque<Entry>,
     /// Ordered groups: messages waiting behind their key's head.
     waiting: HashMap<Arc<str>, VecDeque<Entry>>,
     /// Ordered groups: keys whose head is ready, in flight or delayed.
     busy: HashSet<Arc<str>>,
-    inflight: TagMap<Inflight>,
-    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    waiting_len: usize,
     delayed: BinaryHeap<Reverse<Delayed>>,
-    next_tag: u64,
     next_seq: u64,
+}
+
+/// Deliveries handed out and not settled. Acks lock only this, so they do not contend with
+/// publishers.
+#[derive(Default)]
+pub(crate) struct Flight {
+    inflight: TagMap<Inflight>,
+    /// Deadlines in the order they were set; non-decreasing while every subscription of the
+    /// group uses the same ack deadline (the common case: O(1) per delivery).
+    deadlines: VecDeque<(Instant, u64)>,
+    /// Deadlines that arrived out of order (extensions, mixed ack deadlines).
+    unordered: BinaryHeap<Reverse<(Instant, u64)>>,
+    next_tag: u64,
 }
 
 /// Counts of one group's messages.
@@ -128,14 +141,35 @@ pub(crate) struct Group {
     pub(crate) ordered: bool,
     pub(crate) max_deliveries: Option<u32>,
     pub(crate) dead_letter_topic: String,
-    state: Mutex<GroupState>,
+    capacity: usize,
+    // Lock order: queue, then flight.
+    queue: Mutex<Queue>,
+    flight: Mutex<Flight>,
     pub(crate) notify: Notify,
+    space: Notify,
+    publishers_waiting: AtomicUsize,
 }
 
-/// What a settle or expiry decided for an entry leaving flight.
-pub(crate) enum Outcome {
-    Done,
-    DeadLetter(Entry),
+/// Decrements the waiting-publisher count even if the waiting future is dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Outcome of settling a delivery.
+pub(crate) enum Settled {
+    /// Done; `Some` holds a message to dead-letter.
+    Done(Option<Entry>),
+    /// The delivery is no longer in flight (expired, or its subscription closed).
+    Gone,
+}
+
+fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock leaves consistent data (no invariant spans an await).
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Group {
@@ -145,6 +179,7 @@ impl Group {
         ordered: bool,
         max_deliveries: Option<u32>,
         dead_letter_topic: String,
+        capacity: usize,
     ) -> Self {
         Self {
             name,
@@ -152,51 +187,213 @@ impl Group {
             ordered,
             max_deliveries,
             dead_letter_topic,
-            state: Mutex::new(GroupState::default()),
+            capacity,
+            queue: Mutex::default(),
+            flight: Mutex::default(),
             notify: Notify::new(),
+            space: Notify::new(),
+            publishers_waiting: AtomicUsize::new(0),
         }
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, GroupState> {
-        // A panic while holding the lock leaves consistent data (no invariant spans an await).
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// Waits until the group holds at most half its capacity (publisher flow control, like a
+    /// broker blocking publishers while a queue is over its limit).
+    pub(crate) async fn wait_for_space(&self) {
+        loop {
+            let notified = self.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.publishers_waiting.fetch_add(1, Ordering::SeqCst);
+            let _waiting = Waiting(&self.publishers_waiting);
+            if relock(&self.queue).queued() <= self.capacity / 2 {
+                return;
+            }
+            notified.await;
+        }
     }
 
-    /// Enqueues published payloads; wakes a consumer.
-    pub(crate) fn enqueue(&self, payloads: impl IntoIterator<Item = Payload>) {
-        {
-            let mut st = self.lock();
+    fn signal_space(&self, q: &Queue) {
+        if self.publishers_waiting.load(Ordering::SeqCst) > 0 && q.queued() <= self.capacity / 2 {
+            self.space.notify_waiters();
+        }
+    }
+
+    /// Enqueues published payloads and wakes a consumer; `true` if the group is now over its
+    /// capacity.
+    pub(crate) fn enqueue(&self, payloads: impl IntoIterator<Item = Payload>) -> bool {
+        let full = {
+            let mut q = relock(&self.queue);
             for payload in payloads {
                 let key = if self.ordered {
                     payload.ordering_key()
                 } else {
                     None
                 };
-                st.push_new(Entry {
+                q.push_new(Entry {
                     payload,
                     deliveries: 0,
                     key,
                 });
             }
-        }
+            q.queued() > self.capacity
+        };
         self.notify.notify_one();
+        full
+    }
+
+    /// Hands out up to `max` ready messages to `consumer`, after moving due delayed messages
+    /// to ready and expiring overdue deliveries. `out` sees each (tag, entry). Returns how many
+    /// were taken, messages to dead-letter, and when something next becomes due.
+    pub(crate) fn take(
+        &self,
+        max: usize,
+        consumer: &Arc<Consumer>,
+        now: Instant,
+        deadline: Instant,
+        mut out: impl FnMut(u64, &Entry),
+    ) -> (usize, Vec<Entry>, Option<Instant>) {
+        let mut dead = Vec::new();
+        let mut q = relock(&self.queue);
+        let mut f = relock(&self.flight);
+        q.promote(now);
+        f.expire(now, |entry| {
+            if let Some(e) = q.requeue(self, entry, None, now) {
+                dead.push(e);
+            }
+        });
+        let mut n = 0;
+        while n < max {
+            let Some(mut entry) = q.ready.pop_front() else {
+                break;
+            };
+            entry.deliveries += 1;
+            let tag = f.next_tag;
+            f.next_tag += 1;
+            out(tag, &entry);
+            f.push_deadline(deadline, tag);
+            f.inflight.insert(
+                tag,
+                Inflight {
+                    entry,
+                    deadline,
+                    consumer: consumer.clone(),
+                },
+            );
+            n += 1;
+        }
+        let next_due = match (q.delayed.peek().map(|Reverse(d)| d.due), f.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        drop(f);
+        if n > 0 {
+            if !q.ready.is_empty() {
+                // Others may be waiting for what is left.
+                self.notify.notify_one();
+            }
+            self.signal_space(&q);
+        }
+        (n, dead, next_due)
+    }
+
+    fn remove(&self, tag: u64) -> Option<Inflight> {
+        let inf = relock(&self.flight).inflight.remove(&tag)?;
+        inf.consumer.released(1);
+        Some(inf)
+    }
+
+    /// Acks a delivery: the message is done; its key moves on.
+    pub(crate) fn ack(&self, tag: u64) -> Settled {
+        let Some(inf) = self.remove(tag) else {
+            return Settled::Gone;
+        };
+        if inf.entry.key.is_some() {
+            let mut q = relock(&self.queue);
+            q.complete(&inf.entry);
+            if !q.ready.is_empty() {
+                drop(q);
+                self.notify.notify_one();
+            }
+        }
+        Settled::Done(None)
+    }
+
+    /// Nacks a delivery: redelivered after `delay`, or dead-lettered at the delivery limit.
+    pub(crate) fn nack(&self, tag: u64, delay: Option<Duration>) -> Settled {
+        let Some(inf) = self.remove(tag) else {
+            return Settled::Gone;
+        };
+        let dead = relock(&self.queue).requeue(self, inf.entry, delay, Instant::now());
+        self.notify.notify_one();
+        Settled::Done(dead)
+    }
+
+    /// Moves a delivery's deadline; `false` if it is no longer in flight.
+    pub(crate) fn extend(&self, tag: u64, deadline: Instant) -> bool {
+        let mut f = relock(&self.flight);
+        match f.inflight.get_mut(&tag) {
+            Some(inf) => {
+                inf.deadline = deadline;
+                f.push_deadline(deadline, tag);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Returns every delivery of `consumer` to the head of the queue, in delivery order;
+    /// returns messages that reached the delivery limit, for dead-lettering.
+    pub(crate) fn release_consumer(&self, consumer_id: u64) -> Vec<Entry> {
+        let mut q = relock(&self.queue);
+        let mut f = relock(&self.flight);
+        let mut tags: Vec<u64> = f
+            .inflight
+            .iter()
+            .filter(|(_, i)| i.consumer.id == consumer_id)
+            .map(|(t, _)| *t)
+            .collect();
+        tags.sort_unstable_by(|a, b| b.cmp(a));
+        let mut dead = Vec::new();
+        for tag in tags {
+            if let Some(inf) = f.inflight.remove(&tag) {
+                inf.consumer.released(1);
+                let entry = inf.entry;
+                if self
+                    .max_deliveries
+                    .is_some_and(|max| entry.deliveries >= max)
+                {
+                    q.complete(&entry);
+                    dead.push(entry);
+                } else {
+                    q.ready.push_front(entry);
+                }
+            }
+        }
+        dead
     }
 
     pub(crate) fn stats(&self) -> GroupStats {
-        let st = self.lock();
+        let q = relock(&self.queue);
+        let f = relock(&self.flight);
         GroupStats {
-            ready: st.ready.len(),
-            in_flight: st.inflight.len(),
-            delayed: st.delayed.len(),
-            waiting_on_key: st.waiting.values().map(VecDeque::len).sum(),
+            ready: q.ready.len(),
+            in_flight: f.inflight.len(),
+            delayed: q.delayed.len(),
+            waiting_on_key: q.waiting_len,
         }
     }
 }
 
-impl GroupState {
+impl Queue {
+    /// Messages waiting to be handed out (ready or behind their key).
+    fn queued(&self) -> usize {
+        self.ready.len() + self.waiting_len
+    }
+
     fn push_new(&mut self, entry: Entry) {
         match &entry.key {
             Some(k) if self.busy.contains(k) => {
+                self.waiting_len += 1;
                 self.waiting.entry(k.clone()).or_default().push_back(entry);
             }
             Some(k) => {
@@ -207,97 +404,20 @@ impl GroupState {
         }
     }
 
-    /// Moves due delayed entries to ready and expires deliveries past their deadline.
-    /// Returns entries to dead-letter and the next instant something becomes due.
-    pub(crate) fn reap(
-        &mut self,
-        group: &Group,
-        now: Instant,
-        dead: &mut Vec<Entry>,
-    ) -> Option<Instant> {
-        while let Some(Reverse(d)) = self.delayed.peek() {
-            if d.due > now {
-                break;
-            }
+    fn promote(&mut self, now: Instant) {
+        while self.delayed.peek().is_some_and(|Reverse(d)| d.due <= now) {
             if let Some(Reverse(d)) = self.delayed.pop() {
                 self.ready.push_back(d.entry);
             }
         }
-        while let Some(Reverse((deadline, tag))) = self.deadlines.peek().copied() {
-            let live = self
-                .inflight
-                .get(&tag)
-                .is_some_and(|i| i.deadline == deadline);
-            if !live {
-                self.deadlines.pop();
-                continue;
-            }
-            if deadline > now {
-                break;
-            }
-            self.deadlines.pop();
-            if let Some(inf) = self.inflight.remove(&tag) {
-                inf.consumer.released(1);
-                if let Outcome::DeadLetter(e) = self.requeue(group, inf.entry, None, now) {
-                    dead.push(e);
-                }
-            }
-        }
-        let delayed = self.delayed.peek().map(|Reverse(d)| d.due);
-        let deadline = self.deadlines.peek().map(|Reverse((d, _))| *d);
-        match (delayed, deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
     }
 
-    /// Hands out up to `max` ready entries to `consumer`.
-    pub(crate) fn take(
-        &mut self,
-        max: usize,
-        consumer: &Arc<Consumer>,
-        deadline: Instant,
-        mut out: impl FnMut(u64, &Entry),
-    ) -> usize {
-        let mut n = 0;
-        while n < max {
-            let Some(mut entry) = self.ready.pop_front() else {
-                break;
-            };
-            entry.deliveries += 1;
-            let tag = self.next_tag;
-            self.next_tag += 1;
-            out(tag, &entry);
-            self.deadlines.push(Reverse((deadline, tag)));
-            self.inflight.insert(
-                tag,
-                Inflight {
-                    entry,
-                    deadline,
-                    consumer: consumer.clone(),
-                },
-            );
-            n += 1;
-        }
-        n
-    }
-
-    pub(crate) fn has_ready(&self) -> bool {
-        !self.ready.is_empty()
-    }
-
-    /// Removes a delivery from flight (ack, nack); `None` if it is no longer there.
-    pub(crate) fn settle(&mut self, tag: u64) -> Option<Inflight> {
-        let inf = self.inflight.remove(&tag)?;
-        inf.consumer.released(1);
-        Some(inf)
-    }
-
-    /// Finishes an acked entry: releases its key to the next waiting message.
-    pub(crate) fn complete(&mut self, entry: &Entry) {
+    /// Finishes an entry: releases its key to the next waiting message.
+    fn complete(&mut self, entry: &Entry) {
         if let Some(k) = &entry.key {
             match self.waiting.get_mut(k).and_then(VecDeque::pop_front) {
                 Some(next) => {
+                    self.waiting_len -= 1;
                     if self.waiting.get(k).is_some_and(VecDeque::is_empty) {
                         self.waiting.remove(k);
                     }
@@ -310,21 +430,21 @@ impl GroupState {
         }
     }
 
-    /// Puts an entry back for redelivery (after `delay`), or returns it for dead-lettering when
-    /// the group's delivery limit is reached. Its key stays busy, so order per key holds.
-    pub(crate) fn requeue(
+    /// Puts an entry back for redelivery (after `delay`); its key stays busy, so order per key
+    /// holds. At the group's delivery limit the entry is returned for dead-lettering instead.
+    fn requeue(
         &mut self,
         group: &Group,
         entry: Entry,
         delay: Option<Duration>,
         now: Instant,
-    ) -> Outcome {
+    ) -> Option<Entry> {
         if group
             .max_deliveries
             .is_some_and(|max| entry.deliveries >= max)
         {
             self.complete(&entry);
-            return Outcome::DeadLetter(entry);
+            return Some(entry);
         }
         match delay.filter(|d| !d.is_zero()) {
             Some(d) => {
@@ -339,47 +459,80 @@ impl GroupState {
             None if entry.key.is_some() => self.ready.push_front(entry),
             None => self.ready.push_back(entry),
         }
-        Outcome::Done
+        None
     }
+}
 
-    /// Moves a delivery's deadline; `false` if it is no longer in flight.
-    pub(crate) fn extend(&mut self, tag: u64, deadline: Instant) -> bool {
-        match self.inflight.get_mut(&tag) {
-            Some(inf) => {
-                inf.deadline = deadline;
-                self.deadlines.push(Reverse((deadline, tag)));
-                true
-            }
-            None => false,
+impl Flight {
+    fn push_deadline(&mut self, deadline: Instant, tag: u64) {
+        if self
+            .deadlines
+            .back()
+            .is_none_or(|(last, _)| *last <= deadline)
+        {
+            self.deadlines.push_back((deadline, tag));
+        } else {
+            self.unordered.push(Reverse((deadline, tag)));
         }
     }
 
-    /// Returns every delivery of `consumer` to the queue.
-    pub(crate) fn release_consumer(&mut self, group: &Group, consumer_id: u64) -> Vec<Entry> {
-        let mut tags: Vec<u64> = self
-            .inflight
-            .iter()
-            .filter(|(_, i)| i.consumer.id == consumer_id)
-            .map(|(t, _)| *t)
-            .collect();
-        // Requeue in delivery order, so the original order survives a restart.
-        tags.sort_unstable_by(|a, b| b.cmp(a));
-        let mut dead = Vec::new();
-        for tag in tags {
-            if let Some(inf) = self.settle(tag) {
-                let entry = inf.entry;
-                if group
-                    .max_deliveries
-                    .is_some_and(|max| entry.deliveries >= max)
-                {
-                    self.complete(&entry);
-                    dead.push(entry);
-                } else {
-                    // Back to the head: it was handed out before everything still ready.
-                    self.ready.push_front(entry);
+    fn is_live(&self, deadline: Instant, tag: u64) -> bool {
+        self.inflight
+            .get(&tag)
+            .is_some_and(|i| i.deadline == deadline)
+    }
+
+    /// Drops stale deadlines (acked or extended deliveries) from the fronts of both queues
+    /// and returns the earliest live one.
+    fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(&(d, tag)) = self.deadlines.front() {
+            if self.is_live(d, tag) {
+                break;
+            }
+            self.deadlines.pop_front();
+        }
+        while let Some(&Reverse((d, tag))) = self.unordered.peek() {
+            if self.is_live(d, tag) {
+                break;
+            }
+            self.unordered.pop();
+        }
+        match (
+            self.deadlines.front().map(|(d, _)| *d),
+            self.unordered.peek().map(|Reverse((d, _))| *d),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Removes deliveries past their deadline and hands their entries to `requeue`.
+    fn expire(&mut self, now: Instant, mut requeue: impl FnMut(Entry)) {
+        while self.next_deadline().is_some_and(|d| d <= now) {
+            let tag = match (self.deadlines.front(), self.unordered.peek()) {
+                (Some(&(a, ta)), Some(&Reverse((b, tb)))) => {
+                    if a <= b {
+                        self.deadlines.pop_front();
+                        ta
+                    } else {
+                        self.unordered.pop();
+                        tb
+                    }
                 }
+                (Some(&(_, ta)), None) => {
+                    self.deadlines.pop_front();
+                    ta
+                }
+                (None, Some(&Reverse((_, tb)))) => {
+                    self.unordered.pop();
+                    tb
+                }
+                (None, None) => break,
+            };
+            if let Some(inf) = self.inflight.remove(&tag) {
+                inf.consumer.released(1);
+                requeue(inf.entry);
             }
         }
-        dead
     }
 }

@@ -41,6 +41,8 @@ use group::{Group, Payload};
 
 /// Default maximum payload: 1 MiB, like Kafka's and SQS's defaults.
 pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+/// Default number of waiting messages per group before publishers are held back.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 65_536;
 
 /// An in-memory broker. Cheap to clone: clones share the same topics.
 ///
@@ -74,6 +76,7 @@ pub(crate) struct Topic {
 pub(crate) struct BrokerInner {
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     max_payload: usize,
+    queue_capacity: usize,
     pub(crate) faults: Arc<faults::FaultState>,
     pub(crate) next_consumer: AtomicU64,
     pub(crate) binding: Arc<Binding>,
@@ -84,6 +87,7 @@ pub(crate) struct BrokerInner {
 #[must_use]
 pub struct MemoryBrokerBuilder {
     max_payload: usize,
+    queue_capacity: usize,
 }
 
 impl MemoryBrokerBuilder {
@@ -94,12 +98,21 @@ impl MemoryBrokerBuilder {
         self
     }
 
+    /// How many messages one group may hold waiting before publishers to its topic wait for
+    /// consumers to catch up (flow control; default 65 536). The message that crosses the limit
+    /// is accepted; its publish returns once the group is back under half of it.
+    pub fn queue_capacity(mut self, messages: usize) -> Self {
+        self.queue_capacity = messages;
+        self
+    }
+
     /// Builds the broker.
     pub fn build(self) -> MemoryBroker {
         MemoryBroker {
             inner: Arc::new(BrokerInner {
                 topics: RwLock::default(),
                 max_payload: self.max_payload,
+                queue_capacity: self.queue_capacity,
                 faults: Arc::default(),
                 next_consumer: AtomicU64::new(1),
                 binding: Arc::new(Binding::kafka()),
@@ -124,6 +137,7 @@ impl MemoryBroker {
     pub fn builder() -> MemoryBrokerBuilder {
         MemoryBrokerBuilder {
             max_payload: DEFAULT_MAX_PAYLOAD,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
         }
     }
 
@@ -165,7 +179,8 @@ impl MemoryBroker {
     /// receive it as a delivery whose [`event`](messaging_core::Delivery::event) is a
     /// [`DecodeError`](messaging_core::DecodeError) unless it decodes (Kafka binding names).
     pub fn publish_raw(&self, topic: &str, raw: RawMessage) {
-        self.inner.route(topic, [Payload::Raw(Arc::new(raw))]);
+        let payload = Payload::Raw(Arc::new(raw));
+        self.inner.route(topic, std::iter::once(payload), 1);
     }
 
     /// Counts of one group's messages; `None` if the group does not exist.
@@ -207,22 +222,30 @@ impl BrokerInner {
             .clone()
     }
 
-    /// Delivers payloads to every group of `topic`; returns the offset of the first.
-    pub(crate) fn route(&self, topic: &str, payloads: impl IntoIterator<Item = Payload>) -> i64 {
+    /// Delivers `count` payloads to every group of `topic`. Returns the offset of the first
+    /// and the groups now over capacity, which the publisher waits for.
+    pub(crate) fn route<I>(&self, topic: &str, payloads: I, count: usize) -> (i64, Vec<Arc<Group>>)
+    where
+        I: Iterator<Item = Payload> + Clone,
+    {
         let topic = self.topic(topic);
-        let payloads: Vec<Payload> = payloads.into_iter().collect();
         let first = topic.next_offset.fetch_add(
-            i64::try_from(payloads.len()).unwrap_or(i64::MAX),
+            i64::try_from(count).unwrap_or(i64::MAX),
             std::sync::atomic::Ordering::Relaxed,
         );
+        let mut full = Vec::new();
         let groups = topic.groups.read().unwrap_or_else(|e| e.into_inner());
         if let Some((last, rest)) = groups.split_last() {
             for g in rest {
-                g.enqueue(payloads.iter().cloned());
+                if g.enqueue(payloads.clone()) {
+                    full.push(g.clone());
+                }
             }
-            last.enqueue(payloads);
+            if last.enqueue(payloads) {
+                full.push(last.clone());
+            }
         }
-        first
+        (first, full)
     }
 
     pub(crate) fn group(
@@ -248,6 +271,7 @@ impl BrokerInner {
             options.is_ordered(),
             options.delivery_limit(),
             options.dead_letter_topic_for(&topic.name),
+            self.queue_capacity,
         ));
         groups.push(g.clone());
         Ok(g)

@@ -54,12 +54,19 @@ impl MemoryPublisher {
         }
     }
 
-    fn payloads(&self, event: Event) -> impl Iterator<Item = Payload> {
+    /// The payloads to store for `event`: one, or two under the duplicate fault.
+    fn payloads(&self, event: Event) -> (Payload, Option<Payload>) {
         let faults = &self.broker.inner.faults;
         let twice = faults.armed() && faults.take_duplicate();
         let p = Payload::Event(Arc::new(event));
         let copy = twice.then(|| p.clone());
-        std::iter::once(p).chain(copy)
+        (p, copy)
+    }
+
+    async fn flow_control(full: Vec<Arc<super::group::Group>>) {
+        for g in full {
+            g.wait_for_space().await;
+        }
     }
 }
 
@@ -67,7 +74,13 @@ impl Publisher for MemoryPublisher {
     async fn publish(&self, topic: &str, event: Event) -> Result<Receipt, PublishError> {
         self.latency().await;
         self.check(&event)?;
-        let offset = self.broker.inner.route(topic, self.payloads(event));
+        let (p, copy) = self.payloads(event);
+        let count = 1 + usize::from(copy.is_some());
+        let (offset, full) = self
+            .broker
+            .inner
+            .route(topic, std::iter::once(p).chain(copy), count);
+        Self::flow_control(full).await;
         Ok(Receipt::new().with_offset(offset))
     }
 
@@ -84,13 +97,17 @@ impl Publisher for MemoryPublisher {
             match self.check(&event) {
                 Ok(()) => {
                     accepted_idx.push(i);
-                    payloads.extend(self.payloads(event));
+                    let (p, copy) = self.payloads(event);
+                    payloads.push(p);
+                    payloads.extend(copy);
                 }
                 Err(e) => failed.push((i, event, e)),
             }
         }
         // With duplicated payloads (a fault) receipts' offsets are approximate.
-        let first = self.broker.inner.route(topic, payloads);
+        let count = payloads.len();
+        let (first, full) = self.broker.inner.route(topic, payloads.into_iter(), count);
+        Self::flow_control(full).await;
         let receipts: Vec<(usize, Receipt)> = accepted_idx
             .into_iter()
             .enumerate()

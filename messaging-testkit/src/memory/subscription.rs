@@ -11,7 +11,7 @@ use messaging_core::{
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::group::{Entry, Group, Outcome, Payload};
+use super::group::{Entry, Group, Payload, Settled};
 use super::{BrokerInner, MemoryBroker};
 
 /// One subscription's shared state: its in-flight count (for prefetch) and whether it is closed.
@@ -20,6 +20,7 @@ pub(crate) struct Consumer {
     pub(crate) id: u64,
     group: Arc<Group>,
     broker: std::sync::Weak<BrokerInner>,
+    faults: Arc<super::faults::FaultState>,
     inflight: AtomicUsize,
     prefetch: usize,
     closed: AtomicBool,
@@ -44,7 +45,7 @@ impl Consumer {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        let dead = self.group.lock().release_consumer(&self.group, self.id);
+        let dead = self.group.release_consumer(self.id);
         self.dead_letter(dead);
         self.wake.notify_one();
         self.group.notify.notify_one();
@@ -55,10 +56,10 @@ impl Consumer {
             return;
         }
         if let Some(broker) = self.broker.upgrade() {
-            broker.route(
-                &self.group.dead_letter_topic,
-                dead.into_iter().map(|e| e.payload),
-            );
+            // Dead-lettering ignores flow control: it happens on a consumer's path.
+            let payloads: Vec<Payload> = dead.into_iter().map(|e| e.payload).collect();
+            let count = payloads.len();
+            broker.route(&self.group.dead_letter_topic, payloads.into_iter(), count);
         }
     }
 }
@@ -94,6 +95,7 @@ impl Subscriber for MemorySubscriber {
             id: inner.next_consumer.fetch_add(1, Ordering::Relaxed),
             group,
             broker: Arc::downgrade(inner),
+            faults: inner.faults.clone(),
             inflight: AtomicUsize::new(0),
             prefetch: options.prefetch_limit(),
             closed: AtomicBool::new(false),
@@ -150,31 +152,14 @@ impl MemorySubscription {
                 continue;
             }
             let mut out = Vec::new();
-            let mut dead = Vec::new();
-            let next_due = {
-                let mut st = group.lock();
-                let now = Instant::now();
-                let next_due = st.reap(group, now, &mut dead);
-                let want = room.min(max);
-                out.reserve(want.min(64));
-                let deadline = now + self.ack_deadline;
-                let topic = &group.topic;
-                let taken = st.take(want, c, deadline, |tag, entry| {
-                    out.push(MemoryDelivery::new(
-                        entry,
-                        tag,
-                        topic.clone(),
-                        c.clone(),
-                        &self.binding,
-                    ));
+            let now = Instant::now();
+            let want = room.min(max);
+            out.reserve(want.min(64));
+            let (taken, dead, next_due) =
+                group.take(want, c, now, now + self.ack_deadline, |tag, entry| {
+                    out.push(MemoryDelivery::new(entry, tag, c.clone(), &self.binding));
                 });
-                c.inflight.fetch_add(taken, Ordering::AcqRel);
-                if taken > 0 && st.has_ready() {
-                    // Others may be waiting for what is left.
-                    group.notify.notify_one();
-                }
-                next_due
-            };
+            c.inflight.fetch_add(taken, Ordering::AcqRel);
             c.dead_letter(dead);
             if !out.is_empty() {
                 return Ok(out);
@@ -230,20 +215,13 @@ enum Body {
 #[derive(Debug)]
 pub struct MemoryDelivery {
     body: Body,
-    topic: Arc<str>,
     attempt: u32,
     tag: u64,
     consumer: Arc<Consumer>,
 }
 
 impl MemoryDelivery {
-    fn new(
-        entry: &Entry,
-        tag: u64,
-        topic: Arc<str>,
-        consumer: Arc<Consumer>,
-        binding: &Binding,
-    ) -> Self {
+    fn new(entry: &Entry, tag: u64, consumer: Arc<Consumer>, binding: &Binding) -> Self {
         let body = match &entry.payload {
             Payload::Event(e) => Body::Event(e.clone()),
             Payload::Raw(raw) => match binding.decode(messaging_core::RawMessage::clone(raw)) {
@@ -253,7 +231,6 @@ impl MemoryDelivery {
         };
         Self {
             body,
-            topic,
             attempt: entry.deliveries,
             tag,
             consumer,
@@ -283,14 +260,29 @@ impl MemoryDelivery {
         }
     }
 
+    fn finish(self, settled: Settled) -> Result<(), SettleError<Self>> {
+        match settled {
+            Settled::Done(dead) => {
+                if let Some(entry) = dead {
+                    self.consumer.dead_letter(vec![entry]);
+                }
+                Ok(())
+            }
+            Settled::Gone => {
+                let kind = self.gone();
+                Err(self.settle_error(kind))
+            }
+        }
+    }
+
     fn fault(&self) -> bool {
-        let faults = self.consumer.broker.upgrade();
-        faults.is_some_and(|b| b.faults.armed() && b.faults.take_ack_failure())
+        let faults = &self.consumer.faults;
+        faults.armed() && faults.take_ack_failure()
     }
 }
 
 impl Delivery for MemoryDelivery {
-    fn event(&self) -> Result<&Event, &DecodeError> {
+    fn payload(&self) -> Result<&Event, &DecodeError> {
         match &self.body {
             Body::Event(e) => Ok(e),
             Body::Undecodable(e) => Err(e),
@@ -298,7 +290,7 @@ impl Delivery for MemoryDelivery {
     }
 
     fn topic(&self) -> &str {
-        &self.topic
+        &self.consumer.group.topic
     }
 
     fn attempt(&self) -> u32 {
@@ -309,59 +301,20 @@ impl Delivery for MemoryDelivery {
         if self.fault() {
             return Err(self.settle_error(AckErrorKind::Unavailable));
         }
-        let group = &self.consumer.group;
-        let mut st = group.lock();
-        match st.settle(self.tag) {
-            Some(inf) => {
-                st.complete(&inf.entry);
-                let woke = st.has_ready();
-                drop(st);
-                if woke {
-                    group.notify.notify_one();
-                }
-                Ok(())
-            }
-            None => {
-                drop(st);
-                let kind = self.gone();
-                Err(self.settle_error(kind))
-            }
-        }
+        let settled = self.consumer.group.ack(self.tag);
+        self.finish(settled)
     }
 
     async fn nack(self, delay: Option<Duration>) -> Result<(), SettleError<Self>> {
         if self.fault() {
             return Err(self.settle_error(AckErrorKind::Unavailable));
         }
-        let group = &self.consumer.group;
-        let outcome = {
-            let mut st = group.lock();
-            st.settle(self.tag)
-                .map(|inf| st.requeue(group, inf.entry, delay, Instant::now()))
-        };
-        match outcome {
-            Some(Outcome::Done) => {
-                group.notify.notify_one();
-                Ok(())
-            }
-            Some(Outcome::DeadLetter(entry)) => {
-                self.consumer.dead_letter(vec![entry]);
-                group.notify.notify_one();
-                Ok(())
-            }
-            None => {
-                let kind = self.gone();
-                Err(self.settle_error(kind))
-            }
-        }
+        let settled = self.consumer.group.nack(self.tag, delay);
+        self.finish(settled)
     }
 
     async fn extend_deadline(&mut self, by: Duration) -> Result<(), AckError> {
-        let extended = self
-            .consumer
-            .group
-            .lock()
-            .extend(self.tag, Instant::now() + by);
+        let extended = self.consumer.group.extend(self.tag, Instant::now() + by);
         if extended {
             Ok(())
         } else {
