@@ -21,7 +21,7 @@ use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use cloudevents::event::ExtensionValue;
 use cloudevents::event::{EventBuilder as _, EventBuilderV10};
-use cloudevents::{AttributesReader, Data, Event};
+use cloudevents::{AttributesReader, AttributesWriter, Data, Event};
 use serde::ser::{SerializeMap, Serializer};
 
 use crate::event::is_valid_extension_name;
@@ -279,7 +279,18 @@ impl Binding {
             }
         }
         match mode {
-            ContentMode::Binary => Ok(self.encode_binary(event)),
+            ContentMode::Binary => {
+                // A receiver would take such a content type for structured or batched mode.
+                if event.datacontenttype().is_some_and(|ct| {
+                    let ct = ct.trim_start().to_ascii_lowercase();
+                    ct.starts_with(STRUCTURED_CONTENT_TYPE) || ct.starts_with(BATCH_CONTENT_TYPE)
+                }) {
+                    return Err(EncodeError(
+                        "data of type application/cloudevents+json needs structured mode".into(),
+                    ));
+                }
+                Ok(self.encode_binary(event))
+            }
             ContentMode::Structured => Ok(Encoded {
                 content_type: Some(Cow::Borrowed(STRUCTURED_CONTENT_TYPE)),
                 headers: Vec::new(),
@@ -479,21 +490,13 @@ impl Binding {
                 b = b.extension(&name, value);
             }
         }
-        let has_data = ct.is_some() || !body.is_empty();
-        b = match (has_data, schema) {
-            (true, Some(s)) => {
-                b.data_with_schema(ct.unwrap_or_default(), s, Data::Binary(body.to_vec()))
-            }
-            (true, None) => match ct {
-                Some(ct) => b.data(ct, Data::Binary(body.to_vec())),
-                None => b,
-            },
-            (false, Some(_)) => return Err(invalid("dataschema without data".into())),
-            (false, None) => b,
-        };
         let mut event = b.build().map_err(|e| invalid(e.to_string()))?;
-        if ct.is_none() && !body.is_empty() {
+        if ct.is_some() || !body.is_empty() {
             event.set_data_unchecked(Data::Binary(body.to_vec()));
+            event.set_datacontenttype(ct);
+        }
+        if schema.is_some() {
+            event.set_dataschema(schema);
         }
         Ok(event)
     }

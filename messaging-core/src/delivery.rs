@@ -1,6 +1,7 @@
 //! Deliveries and how they are settled.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cloudevents::Event;
@@ -31,6 +32,14 @@ pub trait Delivery: Send + Sync + 'static {
     /// works in handlers.
     fn event(&self) -> Result<&Event, DecodeError> {
         self.payload().map_err(Clone::clone)
+    }
+
+    /// The event behind an `Arc`, for handlers that outlive the borrow. The default clones the
+    /// event; adapters that already share it override this to clone the `Arc` only.
+    fn shared_event(&self) -> Result<Arc<Event>, DecodeError> {
+        self.payload()
+            .map(|e| Arc::new(e.clone()))
+            .map_err(Clone::clone)
     }
 
     /// The topic the message was published to.

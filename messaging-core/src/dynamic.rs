@@ -214,6 +214,8 @@ impl Subscription for BoxSubscription {
 pub trait DynDelivery: Send + Sync + 'static {
     /// See [`Delivery::payload`].
     fn payload_dyn(&self) -> Result<&Event, &DecodeError>;
+    /// See [`Delivery::shared_event`].
+    fn shared_event_dyn(&self) -> Result<Arc<Event>, DecodeError>;
     /// See [`Delivery::topic`].
     fn topic_dyn(&self) -> &str;
     /// See [`Delivery::attempt`].
@@ -240,6 +242,9 @@ impl<D: Delivery> DynDelivery for D {
     fn payload_dyn(&self) -> Result<&Event, &DecodeError> {
         self.payload()
     }
+    fn shared_event_dyn(&self) -> Result<Arc<Event>, DecodeError> {
+        self.shared_event()
+    }
     fn topic_dyn(&self) -> &str {
         self.topic()
     }
@@ -263,6 +268,9 @@ impl<D: Delivery> DynDelivery for D {
 impl Delivery for BoxDelivery {
     fn payload(&self) -> Result<&Event, &DecodeError> {
         (**self).payload_dyn()
+    }
+    fn shared_event(&self) -> Result<Arc<Event>, DecodeError> {
+        (**self).shared_event_dyn()
     }
     fn topic(&self) -> &str {
         (**self).topic_dyn()

@@ -116,19 +116,21 @@ macro_rules! error_kind {
             $( $(#[$vmeta])* $variant, )+
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(match self { $( Self::$variant => $text, )+ })
             }
         }
 
-        impl ErrorKind for $name {
+        impl $crate::error::ErrorKind for $name {
             fn is_transient(&self) -> bool {
                 match self { $( Self::$variant => $transient, )+ }
             }
         }
     };
 }
+
+pub(crate) use error_kind as error_kind_pub;
 
 error_kind! {
     /// Why a publish failed.

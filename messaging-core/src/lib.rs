@@ -60,7 +60,11 @@ pub mod dynamic;
 pub mod error;
 pub mod event;
 pub mod features;
+pub mod handler;
+pub mod inspect;
+pub mod middleware;
 pub mod publisher;
+pub mod runtime;
 pub mod subscriber;
 
 pub use chrono;
@@ -80,5 +84,7 @@ pub use error::{
 };
 pub use event::{EventBuilder, EventExt};
 pub use features::{DelaySupport, Features, Requirements, Unsupported};
+pub use handler::{HandlerError, Incoming, Outcome, handler_fn};
+pub use inspect::{Inspect, InspectError, InspectErrorKind};
 pub use publisher::{PublishBatchError, Publisher, Receipt};
 pub use subscriber::{StartFrom, SubscribeOptions, Subscriber, Subscription};

@@ -49,6 +49,10 @@ impl Harness for MemoryHarness {
         Box::pin(async { Arc::new(self.broker.subscriber()) as Arc<dyn DynSubscriber> })
     }
 
+    fn can_publish_raw(&self) -> bool {
+        true
+    }
+
     fn publish_raw<'a>(&'a self, topic: &'a str, raw: RawMessage) -> Option<BoxFuture<'a, ()>> {
         Some(Box::pin(async move { self.broker.publish_raw(topic, raw) }))
     }

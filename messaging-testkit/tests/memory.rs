@@ -190,3 +190,65 @@ async fn raw_cloudevent_in_binary_mode_decodes() {
     let d = sub.recv().await.unwrap();
     assert_eq!(d.event().unwrap().id(), "e5");
 }
+
+#[tokio::test(start_paused = true)]
+async fn consumer_at_prefetch_limit_gets_its_expired_delivery_back() {
+    let opts = SubscribeOptions::new("g")
+        .prefetch(1)
+        .ack_deadline(Duration::from_secs(5));
+    let (broker, mut sub) = setup(opts).await;
+    broker
+        .publisher()
+        .publish("orders", event(1))
+        .await
+        .unwrap();
+    let first = sub.recv().await.unwrap();
+    drop(first); // neither acked nor nacked
+    let again = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+        .await
+        .expect("redelivered after the deadline although the prefetch was full")
+        .unwrap();
+    assert_eq!(again.attempt(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_consumer_wakes_to_redeliver_anothers_expired_delivery() {
+    let opts = || SubscribeOptions::new("g").ack_deadline(Duration::from_secs(5));
+    let (broker, a) = setup(opts()).await;
+    let b = broker
+        .subscriber()
+        .subscribe("orders", opts())
+        .await
+        .unwrap();
+    // Both consumers wait before anything is published; one gets the message and holds it
+    // unacked, the other must wake when its deadline passes and get it again.
+    let tasks: Vec<_> = [a, b]
+        .into_iter()
+        .map(|mut sub| {
+            tokio::spawn(async move {
+                let d = sub.recv().await.unwrap();
+                (d.attempt(), d, sub)
+            })
+        })
+        .collect();
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    broker
+        .publisher()
+        .publish("orders", event(1))
+        .await
+        .unwrap();
+    let mut attempts = Vec::new();
+    let mut keep = Vec::new();
+    for t in tasks {
+        let (attempt, d, sub) = tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .expect("both consumers get a delivery")
+            .unwrap();
+        attempts.push(attempt);
+        keep.push((d, sub));
+    }
+    attempts.sort_unstable();
+    assert_eq!(attempts, [1, 2]);
+}

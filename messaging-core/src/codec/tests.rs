@@ -1,6 +1,7 @@
 use super::*;
 use crate::event::{EventBuilder, EventExt};
 use chrono::TimeZone;
+use cloudevents::AttributesWriter;
 use proptest::prelude::*;
 
 fn kafka() -> Binding {
@@ -409,4 +410,23 @@ fn encode_rejects_invalid_extension_names() {
     assert!(err.to_string().contains("Not-Valid"));
     let publish: crate::PublishError = err.into();
     assert_eq!(publish.kind(), crate::PublishErrorKind::Encode);
+}
+
+#[test]
+fn dataschema_without_data_round_trips() {
+    let mut e = EventBuilder::new("s", "t").id("1").build().unwrap();
+    e.set_dataschema(Some(url::Url::parse("https://schemas.example.com/x").unwrap()));
+    let raw = kafka().encode(&e, ContentMode::Binary).unwrap().into_raw();
+    let back = kafka().decode(raw).unwrap();
+    assert_equivalent(&e, &back, true);
+}
+
+#[test]
+fn binary_mode_refuses_cloudevents_content_type_data() {
+    let e = EventBuilder::new("s", "t")
+        .data("application/cloudevents+json", serde_json::json!({}))
+        .build()
+        .unwrap();
+    assert!(kafka().encode(&e, ContentMode::Binary).is_err());
+    assert!(kafka().encode(&e, ContentMode::Structured).is_ok());
 }

@@ -146,6 +146,9 @@ pub(crate) struct Group {
     queue: Mutex<Queue>,
     flight: Mutex<Flight>,
     pub(crate) notify: Notify,
+    /// Woken when the earliest deadline may have moved earlier, so sleeping consumers
+    /// recompute when to expire deliveries.
+    pub(crate) deadlines_changed: Notify,
     space: Notify,
     publishers_waiting: AtomicUsize,
 }
@@ -165,6 +168,12 @@ pub(crate) enum Settled {
     Done(Option<Entry>),
     /// The delivery is no longer in flight (expired, or its subscription closed).
     Gone,
+}
+
+/// `now + d`, saturating far in the future instead of overflowing.
+pub(crate) fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -191,6 +200,7 @@ impl Group {
             queue: Mutex::default(),
             flight: Mutex::default(),
             notify: Notify::new(),
+            deadlines_changed: Notify::new(),
             space: Notify::new(),
             publishers_waiting: AtomicUsize::new(0),
         }
@@ -255,6 +265,10 @@ impl Group {
         let mut dead = Vec::new();
         let mut q = relock(&self.queue);
         let mut f = relock(&self.flight);
+        // Checked under the lock: `close` marks the consumer before it takes the lock to
+        // release its deliveries, so nothing is handed to a closed consumer.
+        let max = if consumer.is_closed() { 0 } else { max };
+        let first_deadline = f.deadlines.is_empty() && f.unordered.is_empty();
         q.promote(now);
         f.expire(now, |entry| {
             if let Some(e) = q.requeue(self, entry, None, now) {
@@ -281,11 +295,15 @@ impl Group {
             );
             n += 1;
         }
+        consumer.taken(n);
         let next_due = match (q.delayed.peek().map(|Reverse(d)| d.due), f.next_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         drop(f);
+        if n > 0 && first_deadline {
+            self.deadlines_changed.notify_waiters();
+        }
         if n > 0 {
             if !q.ready.is_empty() {
                 // Others may be waiting for what is left.
@@ -333,8 +351,13 @@ impl Group {
         let mut f = relock(&self.flight);
         match f.inflight.get_mut(&tag) {
             Some(inf) => {
+                let earlier = deadline < inf.deadline;
                 inf.deadline = deadline;
                 f.push_deadline(deadline, tag);
+                drop(f);
+                if earlier {
+                    self.deadlines_changed.notify_waiters();
+                }
                 true
             }
             None => false,
@@ -451,7 +474,7 @@ impl Queue {
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 self.delayed.push(Reverse(Delayed {
-                    due: now + d,
+                    due: later(now, d),
                     seq,
                     entry,
                 }));

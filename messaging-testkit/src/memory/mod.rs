@@ -27,9 +27,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, RwLock};
 
+use messaging_core::middleware::dead_letter::DEAD_LETTER_GROUP;
 use messaging_core::{
-    Binding, DelaySupport, Features, RawMessage, SubscribeError, SubscribeErrorKind,
-    SubscribeOptions,
+    Binding, DelaySupport, Features, Inspect, InspectError, RawMessage, SubscribeError,
+    SubscribeErrorKind, SubscribeOptions,
 };
 
 pub use faults::Faults;
@@ -199,6 +200,20 @@ impl MemoryBroker {
     }
 }
 
+impl Inspect for MemoryBroker {
+    async fn depth(&self, topic: &str, group: &str) -> Result<Option<u64>, InspectError> {
+        Ok(self
+            .group_stats(topic, group)
+            .map(|s| u64::try_from(s.total()).unwrap_or(u64::MAX)))
+    }
+}
+
+impl Inspect for MemorySubscriber {
+    async fn depth(&self, topic: &str, group: &str) -> Result<Option<u64>, InspectError> {
+        self.broker.depth(topic, group).await
+    }
+}
+
 impl BrokerInner {
     fn existing_topic(&self, name: &str) -> Option<Arc<Topic>> {
         let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
@@ -265,15 +280,25 @@ impl BrokerInner {
             }
             return Ok(g.clone());
         }
+        let dead_letter_topic = options.dead_letter_topic_for(&topic.name);
         let g = Arc::new(Group::new(
             options.group().to_owned(),
             topic.name.clone(),
             options.is_ordered(),
             options.delivery_limit(),
-            options.dead_letter_topic_for(&topic.name),
+            dead_letter_topic.clone(),
             self.queue_capacity,
         ));
         groups.push(g.clone());
+        drop(groups);
+        if options.delivery_limit().is_some() && dead_letter_topic != *topic.name {
+            // Like a dead-letter exchange bound to a queue: dead letters are kept from the
+            // start, in the group the dead-letter tools read.
+            self.group(
+                &dead_letter_topic,
+                &SubscribeOptions::new(DEAD_LETTER_GROUP),
+            )?;
+        }
         Ok(g)
     }
 

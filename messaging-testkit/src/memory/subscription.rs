@@ -11,7 +11,7 @@ use messaging_core::{
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::group::{Entry, Group, Payload, Settled};
+use super::group::{Entry, Group, Payload, Settled, later};
 use super::{BrokerInner, MemoryBroker};
 
 /// One subscription's shared state: its in-flight count (for prefetch) and whether it is closed.
@@ -36,7 +36,12 @@ impl Consumer {
         }
     }
 
-    fn is_closed(&self) -> bool {
+    /// Counts deliveries handed out; called under the group's lock.
+    pub(crate) fn taken(&self, n: usize) {
+        self.inflight.fetch_add(n, Ordering::AcqRel);
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 
@@ -144,30 +149,34 @@ impl MemorySubscription {
             if c.is_closed() {
                 return Err(Self::closed_error());
             }
+            // Registered before looking, so no deadline change between look and wait is missed.
+            let deadlines_changed = group.deadlines_changed.notified();
+            tokio::pin!(deadlines_changed);
+            deadlines_changed.as_mut().enable();
             let room = self
                 .prefetch
                 .saturating_sub(c.inflight.load(Ordering::Acquire));
-            if room == 0 {
-                c.wake.notified().await;
-                continue;
-            }
             let mut out = Vec::new();
             let now = Instant::now();
             let want = room.min(max);
             out.reserve(want.min(64));
-            let (taken, dead, next_due) =
-                group.take(want, c, now, now + self.ack_deadline, |tag, entry| {
-                    out.push(MemoryDelivery::new(entry, tag, c.clone(), &self.binding));
+            // Even with no room, this expires overdue deliveries, which may make room.
+            let (_, dead, next_due) =
+                group.take(want, c, now, later(now, self.ack_deadline), |tag, entry| {
+                    out.push(MemoryDelivery::new(entry, tag, c.clone(), &self.binding))
                 });
-            c.inflight.fetch_add(taken, Ordering::AcqRel);
             c.dead_letter(dead);
             if !out.is_empty() {
                 return Ok(out);
             }
+            if room == 0 && c.inflight.load(Ordering::Acquire) < self.prefetch {
+                continue;
+            }
             let next_due = next_due.map(|d| d.max(Instant::now()));
             tokio::select! {
-                () = group.notify.notified() => {}
+                () = group.notify.notified(), if room > 0 => {}
                 () = c.wake.notified() => {}
+                () = &mut deadlines_changed => {}
                 () = sleep_until(next_due) => {}
             }
         }
@@ -237,14 +246,6 @@ impl MemoryDelivery {
         }
     }
 
-    /// The event shared with other groups' deliveries; cheap to keep.
-    pub fn shared_event(&self) -> Option<Arc<Event>> {
-        match &self.body {
-            Body::Event(e) => Some(e.clone()),
-            Body::Undecodable(_) => None,
-        }
-    }
-
     fn settle_error(self, kind: AckErrorKind) -> SettleError<Self> {
         SettleError {
             error: AckError::new(kind),
@@ -289,6 +290,13 @@ impl Delivery for MemoryDelivery {
         }
     }
 
+    fn shared_event(&self) -> Result<Arc<Event>, DecodeError> {
+        match &self.body {
+            Body::Event(e) => Ok(e.clone()),
+            Body::Undecodable(e) => Err(e.clone()),
+        }
+    }
+
     fn topic(&self) -> &str {
         &self.consumer.group.topic
     }
@@ -314,7 +322,10 @@ impl Delivery for MemoryDelivery {
     }
 
     async fn extend_deadline(&mut self, by: Duration) -> Result<(), AckError> {
-        let extended = self.consumer.group.extend(self.tag, Instant::now() + by);
+        let extended = self
+            .consumer
+            .group
+            .extend(self.tag, later(Instant::now(), by));
         if extended {
             Ok(())
         } else {

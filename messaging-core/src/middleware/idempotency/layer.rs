@@ -1,0 +1,182 @@
+//! `IdempotencyLayer` / `Idempotent<S>`.
+
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use cloudevents::AttributesReader;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::{Claim, IdempotencyStore};
+use crate::event::EventExt;
+use crate::handler::{HandlerError, Incoming};
+
+/// Where the idempotency key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyFrom {
+    /// The CloudEvents `id`.
+    Id,
+    /// A string extension attribute (e.g. `idempotencykey`); messages without it fall back to
+    /// the `id`.
+    Extension(String),
+}
+
+/// Wraps a handler in [`Idempotent`].
+#[derive(Debug)]
+pub struct IdempotencyLayer<St> {
+    store: Arc<St>,
+    key: KeyFrom,
+    lease: Duration,
+    ttl: Duration,
+    prefix: String,
+}
+
+impl<St> Clone for IdempotencyLayer<St> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            key: self.key.clone(),
+            lease: self.lease,
+            ttl: self.ttl,
+            prefix: self.prefix.clone(),
+        }
+    }
+}
+
+impl<St: IdempotencyStore> IdempotencyLayer<St> {
+    /// Keys by event `id`, 5-minute claim lease, 24-hour retention.
+    pub fn new(store: Arc<St>) -> Self {
+        Self {
+            store,
+            key: KeyFrom::Id,
+            lease: Duration::from_secs(300),
+            ttl: Duration::from_secs(24 * 3600),
+            prefix: "messaging:idem:".into(),
+        }
+    }
+
+    /// Where the key comes from.
+    #[must_use]
+    pub fn key(mut self, key: KeyFrom) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// How long a claim blocks other consumers; set it longer than the handler's worst case.
+    #[must_use]
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How long processed keys are remembered.
+    #[must_use]
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Prefix of keys in the store (default `messaging:idem:`).
+    #[must_use]
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+}
+
+impl<S, St> Layer<S> for IdempotencyLayer<St> {
+    type Service = Idempotent<S, St>;
+
+    fn layer(&self, inner: S) -> Idempotent<S, St> {
+        Idempotent {
+            inner,
+            layer: Arc::new(IdempotencyLayer {
+                store: self.store.clone(),
+                key: self.key.clone(),
+                lease: self.lease,
+                ttl: self.ttl,
+                prefix: self.prefix.clone(),
+            }),
+        }
+    }
+}
+
+/// Skips messages whose key was processed before; see the [module docs](super) for the order
+/// of claim, process, mark and ack.
+#[derive(Debug)]
+pub struct Idempotent<S, St> {
+    inner: S,
+    layer: Arc<IdempotencyLayer<St>>,
+}
+
+impl<S: Clone, St> Clone for Idempotent<S, St> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+impl<S, St> Service<Incoming> for Idempotent<S, St>
+where
+    S: Service<Incoming, Response = (), Error = HandlerError> + Clone + Send + 'static,
+    S::Future: Send,
+    St: IdempotencyStore,
+{
+    type Response = ();
+    type Error = HandlerError;
+    type Future = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HandlerError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, msg: Incoming) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            let event = msg.event();
+            let id = match &layer.key {
+                KeyFrom::Id => event.id(),
+                KeyFrom::Extension(name) => event.extension_str(name).unwrap_or(event.id()),
+            };
+            let key = format!("{}{}:{}", layer.prefix, msg.group(), id);
+            match layer.store.begin(&key, layer.lease).await {
+                Err(e) => Err(HandlerError::transient(e)),
+                Ok(Claim::Done) => {
+                    metrics::counter!("messaging_duplicates_skipped_total").increment(1);
+                    tracing::debug!(key, "duplicate skipped");
+                    Ok(())
+                }
+                Ok(Claim::InProgress) => Err(HandlerError::transient(format!(
+                    "message {key} is being processed by another consumer"
+                ))
+                .retry_after(layer.lease)),
+                Ok(Claim::Acquired) => {
+                    poll_fn(|cx| inner.poll_ready(cx)).await?;
+                    match inner.call(msg.clone()).await {
+                        Ok(()) => {
+                            if let Err(e) = layer.store.complete(&key, layer.ttl).await {
+                                // The work is done; failing now would redo it. A later
+                                // duplicate may be processed again once the claim expires.
+                                tracing::warn!(key, error = %e, "could not mark message processed");
+                            }
+                            Ok(())
+                        }
+                        Err(e) => {
+                            if let Err(re) = layer.store.release(&key).await {
+                                tracing::warn!(key, error = %re, "could not release claim");
+                            }
+                            Err(e)
+                        }
+                    }
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,83 @@
+//! The idempotent consumer: duplicate deliveries of one event are processed once.
+//!
+//! [`IdempotencyLayer`] keys each message by its CloudEvents `id` (or a configured extension,
+//! such as the seed's `idempotency-key` sent as `idempotencykey`), scoped by subscription group
+//! so every group still processes every event once. It sits inside the retry layer, around
+//! the handler, over an [`IdempotencyStore`]: [`MemoryStore`] for one process,
+//! `RedisStore` (feature `redis`) for consumers on several machines.
+//!
+//! # Order of operations, and what a crash between them does
+//!
+//! 1. **claim** the key for a lease (`begin`): a key already *done* means a duplicate — skip
+//!    the handler and ack; a key *in progress* elsewhere means a concurrent duplicate — fail
+//!    transiently and retry after the lease.
+//! 2. **process**: run the handler.
+//! 3. **mark** the key done for the retention TTL (`complete`); on a handler failure, release
+//!    the claim instead so a retry can run.
+//! 4. **ack** (by the consumer runtime).
+//!
+//! | crash between | effect on redelivery |
+//! |---|---|
+//! | 1 and 2 | claim expires after the lease; the message is processed then |
+//! | 2 and 3 | the handler's effects happened but are not recorded: processed **again** after the lease — make side effects idempotent or transactional with the store where this matters |
+//! | 3 and 4 | recorded as done: the redelivery is skipped and acked — no duplicate |
+//!
+//! A duplicate arriving later than the retention TTL is processed again.
+
+mod layer;
+mod memory;
+#[cfg(feature = "redis")]
+mod redis;
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+pub use layer::{Idempotent, IdempotencyLayer, KeyFrom};
+pub use memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use self::redis::RedisStore;
+
+/// What claiming a key found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The key is now claimed by the caller.
+    Acquired,
+    /// Another consumer holds an unexpired claim.
+    InProgress,
+    /// Processing finished before: a duplicate.
+    Done,
+}
+
+/// Failure of the store itself (connection lost...). Always treated as transient.
+#[derive(Debug)]
+pub struct StoreError(pub crate::error::BoxError);
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "idempotency store failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// Where processed keys are remembered.
+pub trait IdempotencyStore: Send + Sync + 'static {
+    /// Claims `key` for `lease`, unless it is done or claimed by someone else.
+    fn begin(
+        &self,
+        key: &str,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
+
+    /// Marks `key` done, remembered for `ttl`.
+    fn complete(&self, key: &str, ttl: Duration)
+    -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Releases a claim after a failure, so a retry can claim it again.
+    fn release(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+}

@@ -1,0 +1,11 @@
+//! Middleware for handler stacks, as tower layers.
+//!
+//! - [`retry`]: decides every failure — retry in place or redeliver with backoff, or
+//!   dead-letter — following a [`RetryPolicy`](retry::RetryPolicy) with the seed's shape.
+//! - [`idempotency`]: absorbs duplicate deliveries, keyed by the event `id` or a header.
+//! - [`dead_letter`]: the one dead-letter metadata format, replay from a dead-letter queue,
+//!   and its depth.
+
+pub mod dead_letter;
+pub mod idempotency;
+pub mod retry;

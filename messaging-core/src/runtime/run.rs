@@ -1,0 +1,466 @@
+//! The receive loop, dispatch, settlement and shutdown.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use cloudevents::AttributesReader;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tower_service::Service;
+
+use super::{Consumer, Guarantee, context};
+use crate::codec::DecodeError;
+use crate::delivery::Delivery;
+use crate::dynamic::DynPublisher;
+use crate::error::{ErrorKind as _, ReceiveErrorKind, SubscribeError, SubscribeErrorKind};
+use crate::event::EventExt;
+use crate::features::DelaySupport;
+use crate::handler::{Incoming, Origin, Outcome};
+use crate::middleware::dead_letter::{self, DEAD_LETTER_GROUP};
+use crate::middleware::retry::RetryMode;
+use crate::subscriber::{SubscribeOptions, Subscriber, Subscription};
+
+/// What a run did, counted per delivery.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunReport {
+    /// Deliveries received.
+    pub received: u64,
+    /// Acked after handling (or, at-most-once, before).
+    pub acked: u64,
+    /// Nacked for redelivery by the retry policy.
+    pub redelivered: u64,
+    /// Published to the dead-letter topic, then acked.
+    pub dead_lettered: u64,
+    /// Still running at the end of the drain timeout: nacked for redelivery.
+    pub abandoned: u64,
+    /// Settlements the broker refused (the message will be redelivered).
+    pub settle_failures: u64,
+}
+
+/// Why a consumer could not start or stopped early.
+#[derive(Debug)]
+pub enum RunError {
+    /// Subscribing failed, or the broker cannot do what the consumer needs.
+    Subscribe(SubscribeError),
+    /// The subscription was closed by the broker; in-flight work was drained first.
+    Closed(RunReport),
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Subscribe(e) => write!(f, "consumer cannot start: {e}"),
+            Self::Closed(r) => write!(
+                f,
+                "subscription closed by the broker after {} deliveries",
+                r.received
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RunError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Subscribe(e) => Some(e),
+            Self::Closed(_) => None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    received: AtomicU64,
+    acked: AtomicU64,
+    redelivered: AtomicU64,
+    dead_lettered: AtomicU64,
+    abandoned: AtomicU64,
+    settle_failures: AtomicU64,
+}
+
+impl Counters {
+    fn report(&self) -> RunReport {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RunReport {
+            received: g(&self.received),
+            acked: g(&self.acked),
+            redelivered: g(&self.redelivered),
+            dead_lettered: g(&self.dead_lettered),
+            abandoned: g(&self.abandoned),
+            settle_failures: g(&self.settle_failures),
+        }
+    }
+}
+
+/// Metric handles, registered once per run.
+struct Metrics {
+    received: metrics::Counter,
+    acked: metrics::Counter,
+    redelivered: metrics::Counter,
+    dead_lettered: metrics::Counter,
+    settle_failures: metrics::Counter,
+    handler_seconds: metrics::Histogram,
+    in_flight: metrics::Gauge,
+}
+
+impl Metrics {
+    fn new(topic: &str, group: &str) -> Self {
+        let labels = [
+            ("topic", topic.to_owned()),
+            ("group", group.to_owned()),
+        ];
+        Self {
+            received: metrics::counter!("messaging_received_total", &labels),
+            acked: metrics::counter!("messaging_acked_total", &labels),
+            redelivered: metrics::counter!("messaging_redelivered_total", &labels),
+            dead_lettered: metrics::counter!("messaging_dead_lettered_total", &labels),
+            settle_failures: metrics::counter!("messaging_settle_failures_total", &labels),
+            handler_seconds: metrics::histogram!("messaging_handler_duration_seconds", &labels),
+            in_flight: metrics::gauge!("messaging_in_flight", &labels),
+        }
+    }
+}
+
+/// What every delivery task shares.
+struct Shared<Svc> {
+    service: Svc,
+    origin: Arc<Origin>,
+    publisher: Arc<dyn DynPublisher>,
+    dlq_topic: String,
+    guarantee: Guarantee,
+    hard_stop: CancellationToken,
+    counters: Counters,
+    metrics: Metrics,
+}
+
+const SETTLE_TRIES: u32 = 3;
+
+impl<Sub, Svc> Consumer<Sub, Svc>
+where
+    Sub: Subscriber,
+    Sub::Subscription: 'static,
+    Svc: Service<Incoming, Response = Outcome, Error = Infallible> + Clone + Send + Sync + 'static,
+    Svc::Future: Send,
+{
+    /// Runs until `shutdown` completes (then drains) or the broker closes the subscription.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<RunReport, RunError> {
+        let features = self.subscriber.features();
+        let prefetch = self.options.prefetch_limit().max(self.concurrency);
+        let options = self.options.clone().prefetch(prefetch);
+        options.validate(&features).map_err(RunError::Subscribe)?;
+        self.policy.validate().map_err(|e| {
+            RunError::Subscribe(
+                SubscribeError::new(SubscribeErrorKind::InvalidOptions).with_detail(e.to_string()),
+            )
+        })?;
+        if self.policy.mode == RetryMode::Redelivery
+            && features.delayed_redelivery == DelaySupport::None
+            && self.policy.max_retries > 0
+        {
+            return Err(RunError::Subscribe(
+                SubscribeError::new(SubscribeErrorKind::Unsupported).with_detail(format!(
+                    "broker {:?} does not support delayed redelivery, which retry mode `redelivery` needs",
+                    features.broker
+                )),
+            ));
+        }
+        let dlq_topic = self.policy.dead_letter_topic(&self.topic);
+        // Declare the dead-letter topic's group first, so dead letters are kept from the start.
+        let mut dlq = self
+            .subscriber
+            .subscribe(&dlq_topic, SubscribeOptions::new(DEAD_LETTER_GROUP))
+            .await
+            .map_err(RunError::Subscribe)?;
+        let _ = dlq.close().await;
+        drop(dlq);
+        let mut sub = self
+            .subscriber
+            .subscribe(&self.topic, options.clone())
+            .await
+            .map_err(RunError::Subscribe)?;
+
+        let shared = Arc::new(Shared {
+            service: self.service,
+            origin: Arc::new(Origin {
+                topic: self.topic.clone(),
+                group: options.group().to_owned(),
+            }),
+            publisher: self.publisher,
+            dlq_topic,
+            guarantee: self.guarantee,
+            hard_stop: CancellationToken::new(),
+            counters: Counters::default(),
+            metrics: Metrics::new(&self.topic, options.group()),
+        });
+        let permits = Arc::new(Semaphore::new(self.concurrency));
+        let mut tasks = JoinSet::new();
+        let lanes = options
+            .is_ordered()
+            .then(|| spawn_lanes(&mut tasks, &shared, self.concurrency));
+        let mut next_lane = 0usize;
+
+        tokio::pin!(shutdown);
+        let mut closed_by_broker = false;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let permit = tokio::select! {
+                () = &mut shutdown => break,
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let delivery = tokio::select! {
+                () = &mut shutdown => break,
+                r = sub.recv() => r,
+            };
+            let delivery = match delivery {
+                Ok(d) => d,
+                Err(e) if e.kind() == ReceiveErrorKind::Closed => {
+                    closed_by_broker = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "receive failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(50);
+            shared.counters.received.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.received.increment(1);
+            match &lanes {
+                None => {
+                    let shared = shared.clone();
+                    tasks.spawn(async move {
+                        process(&shared, delivery).await;
+                        drop(permit);
+                    });
+                }
+                Some(lanes) => {
+                    let lane = match delivery.payload().ok().and_then(|e| e.ordering_key()) {
+                        Some(key) => {
+                            let mut h = std::collections::hash_map::DefaultHasher::new();
+                            key.hash(&mut h);
+                            (h.finish() as usize) % lanes.len()
+                        }
+                        None => {
+                            next_lane = next_lane.wrapping_add(1);
+                            next_lane % lanes.len()
+                        }
+                    };
+                    // A lane only stops when its sender is dropped, below.
+                    let _ = lanes[lane].send((delivery, permit));
+                }
+            }
+            // Reap finished tasks so the set does not grow.
+            while tasks.try_join_next().is_some() {}
+        }
+
+        // Drain: stop receiving, let in-flight work finish, then stop the rest.
+        drop(lanes);
+        let drained = tokio::time::timeout(self.drain_timeout, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            shared.hard_stop.cancel();
+            while tasks.join_next().await.is_some() {}
+        }
+        let _ = sub.close().await;
+        let report = shared.counters.report();
+        if closed_by_broker {
+            Err(RunError::Closed(report))
+        } else {
+            Ok(report)
+        }
+    }
+}
+
+type Lane<D> = mpsc::UnboundedSender<(D, OwnedSemaphorePermit)>;
+
+fn spawn_lanes<D, Svc>(tasks: &mut JoinSet<()>, shared: &Arc<Shared<Svc>>, n: usize) -> Vec<Lane<D>>
+where
+    D: Delivery,
+    Svc: Service<Incoming, Response = Outcome, Error = Infallible> + Clone + Send + Sync + 'static,
+    Svc::Future: Send,
+{
+    (0..n)
+        .map(|_| {
+            let (tx, mut rx) = mpsc::unbounded_channel::<(D, OwnedSemaphorePermit)>();
+            let shared = shared.clone();
+            tasks.spawn(async move {
+                while let Some((d, permit)) = rx.recv().await {
+                    process(&shared, d).await;
+                    drop(permit);
+                }
+            });
+            tx
+        })
+        .collect()
+}
+
+async fn process<D, Svc>(shared: &Shared<Svc>, delivery: D)
+where
+    D: Delivery,
+    Svc: Service<Incoming, Response = Outcome, Error = Infallible> + Clone + Send + Sync + 'static,
+    Svc::Future: Send,
+{
+    shared.metrics.in_flight.increment(1.0);
+    let event = match delivery.shared_event() {
+        Ok(e) => e,
+        Err(err) => {
+            dead_letter_undecodable(shared, delivery, &err).await;
+            shared.metrics.in_flight.decrement(1.0);
+            return;
+        }
+    };
+    let msg = Incoming::new(event, shared.origin.clone(), delivery.attempt());
+    let span = tracing::info_span!(
+        "messaging.process",
+        topic = %shared.origin.topic,
+        group = %shared.origin.group,
+        id = %msg.event().id(),
+        r#type = %msg.event().ty(),
+        attempt = msg.attempt(),
+    );
+    let _enter = span.enter();
+    drop(_enter);
+
+    if shared.guarantee == Guarantee::AtMostOnce {
+        if settle(shared, delivery, Settle::Ack).await.is_err() {
+            // Not acked, so it may come again: at-most-once means not handling it now.
+            shared.metrics.in_flight.decrement(1.0);
+            return;
+        }
+        let outcome = call(shared, msg.clone()).await;
+        if let Outcome::DeadLetter(failure) = outcome {
+            let event = dead_letter::dead_letter_event(msg.event(), &failure, &shared.origin);
+            match shared.publisher.publish_dyn(&shared.dlq_topic, event).await {
+                Ok(_) => {
+                    shared.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.dead_lettered.increment(1);
+                }
+                Err(e) => tracing::error!(error = %e, "at-most-once: dead-letter publish failed; the message is lost"),
+            }
+        }
+        shared.metrics.in_flight.decrement(1.0);
+        return;
+    }
+
+    let outcome = tokio::select! {
+        o = call(shared, msg.clone()) => Some(o),
+        () = shared.hard_stop.cancelled() => None,
+    };
+    match outcome {
+        None => {
+            shared.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+            let _ = settle(shared, delivery, Settle::Nack(None)).await;
+        }
+        Some(Outcome::Ack) => {
+            let _ = settle(shared, delivery, Settle::Ack).await;
+        }
+        Some(Outcome::Redeliver { delay }) => {
+            if settle(shared, delivery, Settle::Nack(delay)).await.is_ok() {
+                shared.counters.redelivered.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.redelivered.increment(1);
+            }
+        }
+        Some(Outcome::DeadLetter(failure)) => {
+            let event = dead_letter::dead_letter_event(msg.event(), &failure, &shared.origin);
+            publish_dead_letter(shared, delivery, event).await;
+        }
+    }
+    shared.metrics.in_flight.decrement(1.0);
+}
+
+async fn call<Svc>(shared: &Shared<Svc>, msg: Incoming) -> Outcome
+where
+    Svc: Service<Incoming, Response = Outcome, Error = Infallible> + Clone + Send + Sync + 'static,
+    Svc::Future: Send,
+{
+    let mut svc = shared.service.clone();
+    let started = tokio::time::Instant::now();
+    let outcome = context::scope(msg.clone(), async move {
+        let Ok(()) = poll_fn(|cx| svc.poll_ready(cx)).await;
+        let Ok(outcome) = svc.call(msg).await;
+        outcome
+    })
+    .await;
+    shared
+        .metrics
+        .handler_seconds
+        .record(started.elapsed().as_secs_f64());
+    outcome
+}
+
+async fn dead_letter_undecodable<D: Delivery, Svc>(shared: &Shared<Svc>, delivery: D, err: &DecodeError) {
+    tracing::warn!(topic = %shared.origin.topic, error = %err, "undecodable message goes to the dead-letter queue");
+    let event = dead_letter::undecodable_event(err, &shared.origin, Utc::now());
+    publish_dead_letter(shared, delivery, event).await;
+}
+
+/// Publishes to the dead-letter topic, then acks; if the publish fails the original is nacked
+/// (after a pause), never acked.
+async fn publish_dead_letter<D: Delivery, Svc>(
+    shared: &Shared<Svc>,
+    delivery: D,
+    event: cloudevents::Event,
+) {
+    match shared.publisher.publish_dyn(&shared.dlq_topic, event).await {
+        Ok(_) => {
+            if settle(shared, delivery, Settle::Ack).await.is_ok() {
+                shared.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.dead_lettered.increment(1);
+            }
+        }
+        Err(e) => {
+            tracing::error!(dlq = %shared.dlq_topic, error = %e, "dead-letter publish failed; the message stays unacked and will be redelivered");
+            let _ = settle(shared, delivery, Settle::Nack(Some(Duration::from_secs(1)))).await;
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Settle {
+    Ack,
+    Nack(Option<Duration>),
+}
+
+/// Settles, retrying transient broker errors a few times with the delivery handed back.
+async fn settle<D: Delivery, Svc>(shared: &Shared<Svc>, mut delivery: D, how: Settle) -> Result<(), ()> {
+    for attempt in 1..=SETTLE_TRIES {
+        let result = match how {
+            Settle::Ack => delivery.ack().await,
+            Settle::Nack(delay) => delivery.nack(delay).await,
+        };
+        match result {
+            Ok(()) => {
+                if matches!(how, Settle::Ack) {
+                    shared.counters.acked.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.acked.increment(1);
+                }
+                return Ok(());
+            }
+            Err(e) if e.error.kind().is_transient() && attempt < SETTLE_TRIES => {
+                delivery = e.delivery;
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.error, "settling a delivery failed; the broker will redeliver it");
+                shared.counters.settle_failures.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.settle_failures.increment(1);
+                return Err(());
+            }
+        }
+    }
+    Err(())
+}
