@@ -16,13 +16,13 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "==> cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 echo "==> cargo doc"
-RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --locked --quiet
 
 echo "==> quickstart"
 cargo run --locked --quiet -p messaging-examples --bin quickstart
 
 echo "==> cargo test"
-cargo test --workspace --locked
+cargo test --workspace --locked --all-features

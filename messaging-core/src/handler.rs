@@ -335,7 +335,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::{PublishErrorKind};
+    use crate::error::PublishErrorKind;
 
     #[test]
     fn errors_are_classified_by_what_they_are() {
@@ -370,7 +370,11 @@ mod tests {
         assert_eq!(next.traceparent(), msg.event().traceparent());
         let msg2 = Incoming::new(Arc::new(next.clone()), msg.origin().clone(), 1);
         let third = msg2.follow_up("x", "y").build().unwrap();
-        assert_eq!(third.correlation_id(), Some("e1"), "correlation is kept along the chain");
+        assert_eq!(
+            third.correlation_id(),
+            Some("e1"),
+            "correlation is kept along the chain"
+        );
         assert_eq!(third.causation_id(), Some(next.id()));
     }
 }

@@ -415,7 +415,9 @@ fn encode_rejects_invalid_extension_names() {
 #[test]
 fn dataschema_without_data_round_trips() {
     let mut e = EventBuilder::new("s", "t").id("1").build().unwrap();
-    e.set_dataschema(Some(url::Url::parse("https://schemas.example.com/x").unwrap()));
+    e.set_dataschema(Some(
+        url::Url::parse("https://schemas.example.com/x").unwrap(),
+    ));
     let raw = kafka().encode(&e, ContentMode::Binary).unwrap().into_raw();
     let back = kafka().decode(raw).unwrap();
     assert_equivalent(&e, &back, true);

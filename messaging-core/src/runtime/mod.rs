@@ -58,7 +58,7 @@ use std::time::Duration;
 
 use crate::dynamic::DynPublisher;
 use crate::handler::Incoming;
-use crate::middleware::idempotency::{Idempotent, IdempotencyLayer, IdempotencyStore};
+use crate::middleware::idempotency::{IdempotencyLayer, IdempotencyStore, Idempotent};
 use crate::middleware::retry::{Retry, RetryLayer, RetryPolicy};
 use crate::subscriber::{SubscribeOptions, Subscriber};
 

@@ -112,10 +112,7 @@ struct Metrics {
 
 impl Metrics {
     fn new(topic: &str, group: &str) -> Self {
-        let labels = [
-            ("topic", topic.to_owned()),
-            ("group", group.to_owned()),
-        ];
+        let labels = [("topic", topic.to_owned()), ("group", group.to_owned())];
         Self {
             received: metrics::counter!("messaging_received_total", &labels),
             acked: metrics::counter!("messaging_acked_total", &labels),
@@ -150,7 +147,10 @@ where
     Svc::Future: Send,
 {
     /// Runs until `shutdown` completes (then drains) or the broker closes the subscription.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<RunReport, RunError> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<RunReport, RunError> {
         let features = self.subscriber.features();
         let prefetch = self.options.prefetch_limit().max(self.concurrency);
         let options = self.options.clone().prefetch(prefetch);
@@ -346,10 +346,15 @@ where
             let event = dead_letter::dead_letter_event(msg.event(), &failure, &shared.origin);
             match shared.publisher.publish_dyn(&shared.dlq_topic, event).await {
                 Ok(_) => {
-                    shared.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .counters
+                        .dead_lettered
+                        .fetch_add(1, Ordering::Relaxed);
                     shared.metrics.dead_lettered.increment(1);
                 }
-                Err(e) => tracing::error!(error = %e, "at-most-once: dead-letter publish failed; the message is lost"),
+                Err(e) => {
+                    tracing::error!(error = %e, "at-most-once: dead-letter publish failed; the message is lost")
+                }
             }
         }
         shared.metrics.in_flight.decrement(1.0);
@@ -402,7 +407,11 @@ where
     outcome
 }
 
-async fn dead_letter_undecodable<D: Delivery, Svc>(shared: &Shared<Svc>, delivery: D, err: &DecodeError) {
+async fn dead_letter_undecodable<D: Delivery, Svc>(
+    shared: &Shared<Svc>,
+    delivery: D,
+    err: &DecodeError,
+) {
     tracing::warn!(topic = %shared.origin.topic, error = %err, "undecodable message goes to the dead-letter queue");
     let event = dead_letter::undecodable_event(err, &shared.origin, Utc::now());
     publish_dead_letter(shared, delivery, event).await;
@@ -418,7 +427,10 @@ async fn publish_dead_letter<D: Delivery, Svc>(
     match shared.publisher.publish_dyn(&shared.dlq_topic, event).await {
         Ok(_) => {
             if settle(shared, delivery, Settle::Ack).await.is_ok() {
-                shared.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .counters
+                    .dead_lettered
+                    .fetch_add(1, Ordering::Relaxed);
                 shared.metrics.dead_lettered.increment(1);
             }
         }
@@ -436,7 +448,11 @@ enum Settle {
 }
 
 /// Settles, retrying transient broker errors a few times with the delivery handed back.
-async fn settle<D: Delivery, Svc>(shared: &Shared<Svc>, mut delivery: D, how: Settle) -> Result<(), ()> {
+async fn settle<D: Delivery, Svc>(
+    shared: &Shared<Svc>,
+    mut delivery: D,
+    how: Settle,
+) -> Result<(), ()> {
     for attempt in 1..=SETTLE_TRIES {
         let result = match how {
             Settle::Ack => delivery.ack().await,
@@ -456,7 +472,10 @@ async fn settle<D: Delivery, Svc>(shared: &Shared<Svc>, mut delivery: D, how: Se
             }
             Err(e) => {
                 tracing::warn!(error = %e.error, "settling a delivery failed; the broker will redeliver it");
-                shared.counters.settle_failures.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .counters
+                    .settle_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 shared.metrics.settle_failures.increment(1);
                 return Err(());
             }

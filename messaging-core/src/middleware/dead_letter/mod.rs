@@ -26,8 +26,8 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, Utc};
-use cloudevents::event::ExtensionValue;
 use cloudevents::Event;
+use cloudevents::event::ExtensionValue;
 
 use crate::codec::DecodeError;
 use crate::event::{EventBuilder, EventExt};
@@ -116,12 +116,16 @@ impl DeadLetterMetadata {
         Some(Self {
             reason: e.extension_str(REASON)?.to_owned(),
             error: e.extension_str(ERROR).unwrap_or_default().to_owned(),
-            attempts: int(e, ATTEMPTS).and_then(|i| u32::try_from(i).ok()).unwrap_or(0),
+            attempts: int(e, ATTEMPTS)
+                .and_then(|i| u32::try_from(i).ok())
+                .unwrap_or(0),
             topic: e.extension_str(TOPIC).unwrap_or_default().to_owned(),
             group: e.extension_str(GROUP).unwrap_or_default().to_owned(),
             first_failure: time(FIRST_FAILURE),
             last_failure: time(LAST_FAILURE),
-            replays: int(e, REPLAYS).and_then(|i| u32::try_from(i).ok()).unwrap_or(0),
+            replays: int(e, REPLAYS)
+                .and_then(|i| u32::try_from(i).ok())
+                .unwrap_or(0),
         })
     }
 }
@@ -131,7 +135,8 @@ impl DeadLetterMetadata {
 pub fn dead_letter_event(original: &Event, failure: &Failure, origin: &Origin) -> Event {
     let mut e = original.clone();
     let before = DeadLetterMetadata::from_event(original);
-    let attempts = i64::from(failure.attempts) + before.as_ref().map_or(0, |m| i64::from(m.attempts));
+    let attempts =
+        i64::from(failure.attempts) + before.as_ref().map_or(0, |m| i64::from(m.attempts));
     let first = before
         .as_ref()
         .and_then(|m| m.first_failure)
@@ -153,7 +158,12 @@ pub fn undecodable_event(error: &DecodeError, origin: &Origin, now: DateTime<Utc
     let headers: BTreeMap<&str, String> = raw
         .headers
         .iter()
-        .map(|(k, v)| (k.as_str(), base64::engine::general_purpose::STANDARD.encode(v)))
+        .map(|(k, v)| {
+            (
+                k.as_str(),
+                base64::engine::general_purpose::STANDARD.encode(v),
+            )
+        })
         .collect();
     let headers = serde_json::to_string(&headers).unwrap_or_default();
     let built = EventBuilder::new("urn:messaging:dead-letter", UNDECODABLE_TYPE)
@@ -169,7 +179,10 @@ pub fn undecodable_event(error: &DecodeError, origin: &Origin, now: DateTime<Utc
                 .time(now)
                 .build()
                 .unwrap_or_default();
-            e.set_data("application/octet-stream", error.raw().map(|r| r.body.clone()).unwrap_or_default());
+            e.set_data(
+                "application/octet-stream",
+                error.raw().map(|r| r.body.clone()).unwrap_or_default(),
+            );
             e
         }
     };
@@ -203,9 +216,9 @@ pub async fn depth<I: Inspect>(inspector: &I, dlq_topic: &str) -> Result<u64, In
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cloudevents::AttributesReader;
     use crate::codec::RawMessage;
     use crate::handler::DeadLetterReason;
+    use cloudevents::AttributesReader;
 
     fn origin() -> Origin {
         Origin {
@@ -226,13 +239,19 @@ mod tests {
 
     #[test]
     fn metadata_round_trips_and_accumulates_over_replays() {
-        let e = EventBuilder::new("s", "order.created").id("e1").build().unwrap();
+        let e = EventBuilder::new("s", "order.created")
+            .id("e1")
+            .build()
+            .unwrap();
         let f1 = failure(4, "2024-01-15T10:30:00Z", "2024-01-15T10:30:15Z");
         let dead = dead_letter_event(&e, &f1, &origin());
         let m = DeadLetterMetadata::from_event(&dead).unwrap();
         assert_eq!(m.reason, "retries-exhausted");
         assert_eq!(m.error, "payment provider down");
-        assert_eq!((m.attempts, m.topic.as_str(), m.group.as_str()), (4, "orders", "billing"));
+        assert_eq!(
+            (m.attempts, m.topic.as_str(), m.group.as_str()),
+            (4, "orders", "billing")
+        );
         assert_eq!(m.first_failure, Some(f1.first_failure));
         assert_eq!(m.last_failure, Some(f1.last_failure));
         assert_eq!(m.replays, 0);
@@ -243,7 +262,11 @@ mod tests {
         let again = dead_letter_event(&replayed, &f2, &origin());
         let m = DeadLetterMetadata::from_event(&again).unwrap();
         assert_eq!(m.attempts, 6, "attempts add up across replays");
-        assert_eq!(m.first_failure, Some(f1.first_failure), "first failure is kept");
+        assert_eq!(
+            m.first_failure,
+            Some(f1.first_failure),
+            "first failure is kept"
+        );
         assert_eq!(m.last_failure, Some(f2.last_failure));
         assert_eq!(m.replays, 1);
     }
@@ -255,7 +278,8 @@ mod tests {
             headers: vec![("x-legacy".into(), vec![0xff, 0x00])],
             body: b"{\"legacy\":true}".to_vec(),
         };
-        let err = DecodeError::new(crate::DecodeErrorKind::NotCloudEvent, "no ce_specversion").with_raw(raw);
+        let err = DecodeError::new(crate::DecodeErrorKind::NotCloudEvent, "no ce_specversion")
+            .with_raw(raw);
         let e = undecodable_event(&err, &origin(), Utc::now());
         assert_eq!(e.ty(), UNDECODABLE_TYPE);
         assert_eq!(e.data_bytes().unwrap().as_ref(), b"{\"legacy\":true}");

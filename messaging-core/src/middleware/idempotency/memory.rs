@@ -126,9 +126,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn lease_expiry_lets_another_claim() {
         let s = MemoryStore::new();
-        assert_eq!(s.begin("k", Duration::from_secs(5)).await.unwrap(), Claim::Acquired);
+        assert_eq!(
+            s.begin("k", Duration::from_secs(5)).await.unwrap(),
+            Claim::Acquired
+        );
         tokio::time::advance(Duration::from_secs(6)).await;
-        assert_eq!(s.begin("k", Duration::from_secs(5)).await.unwrap(), Claim::Acquired);
+        assert_eq!(
+            s.begin("k", Duration::from_secs(5)).await.unwrap(),
+            Claim::Acquired
+        );
         assert_eq!(s.len(), 1, "expired entries are purged, renewed ones kept");
     }
 }

@@ -33,10 +33,10 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-pub use layer::{Idempotent, IdempotencyLayer, KeyFrom};
-pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
+pub use layer::{IdempotencyLayer, Idempotent, KeyFrom};
+pub use memory::MemoryStore;
 
 /// What claiming a key found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,8 +75,11 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
 
     /// Marks `key` done, remembered for `ttl`.
-    fn complete(&self, key: &str, ttl: Duration)
-    -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn complete(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Releases a claim after a failure, so a retry can claim it again.
     fn release(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;

@@ -248,7 +248,14 @@ mod tests {
             ..RetryPolicy::default()
         };
         let delays: Vec<_> = p.delays().collect();
-        assert!(delays.iter().all(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(30)));
-        assert!(delays.windows(2).any(|w| w[0] != w[1]), "jitter varies delays");
+        assert!(
+            delays
+                .iter()
+                .all(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(30))
+        );
+        assert!(
+            delays.windows(2).any(|w| w[0] != w[1]),
+            "jitter varies delays"
+        );
     }
 }

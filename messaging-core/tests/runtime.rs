@@ -1,0 +1,732 @@
+//! The consumer runtime and its middleware on the in-memory broker, under paused time.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use messaging_core::handler::{HandlerError, Incoming, handler_fn};
+use messaging_core::middleware::dead_letter::{self, DeadLetterMetadata, ReplayOptions};
+use messaging_core::middleware::idempotency::{IdempotencyLayer, MemoryStore};
+use messaging_core::middleware::retry::{RetryMode, RetryPolicy};
+use messaging_core::runtime::{Consumer, Correlated, Guarantee, RunReport};
+use messaging_core::{
+    AttributesReader, Delivery, DynPublisher, Event, EventBuilder, EventExt, Publisher, RawMessage,
+    SubscribeOptions, Subscriber, Subscription,
+};
+use messaging_testkit::MemoryBroker;
+use tokio::time::Instant;
+
+fn event(n: usize) -> Event {
+    EventBuilder::new("test", "order.created")
+        .id(format!("e{n}"))
+        .json(&serde_json::json!({ "n": n }))
+        .build()
+        .unwrap()
+}
+
+fn policy(max_retries: u32, mode: RetryMode) -> RetryPolicy {
+    RetryPolicy {
+        max_retries,
+        jitter: false,
+        mode,
+        ..RetryPolicy::default()
+    }
+}
+
+fn publisher(broker: &MemoryBroker) -> Arc<dyn DynPublisher> {
+    Arc::new(broker.publisher())
+}
+
+/// Completes once `done()` holds (checked every 10 ms of tokio time).
+async fn until(done: impl Fn() -> bool) {
+    while !done() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn dead_letters(broker: &MemoryBroker, dlq: &str, n: usize) -> Vec<Event> {
+    let mut sub = broker
+        .subscriber()
+        .subscribe(dlq, SubscribeOptions::new(dead_letter::DEAD_LETTER_GROUP))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let d = tokio::time::timeout(Duration::from_secs(60), sub.recv())
+            .await
+            .expect("dead letter arrives")
+            .unwrap();
+        out.push(d.event().unwrap().clone());
+        d.nack(None).await.unwrap(); // leave it there
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_least_once_acks_every_success() {
+    let broker = MemoryBroker::new();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let h = handled.clone();
+    let consumer = Consumer::builder(
+        broker.subscriber(),
+        publisher(&broker),
+        "orders",
+        SubscribeOptions::new("billing"),
+    )
+    .concurrency(4)
+    .build(handler_fn(move |msg: Incoming| {
+        let h = h.clone();
+        async move {
+            let v: serde_json::Value = msg.data()?;
+            assert!(v["n"].is_u64());
+            h.fetch_add(1, Ordering::SeqCst);
+            Ok::<(), HandlerError>(())
+        }
+    }));
+    let run = tokio::spawn(consumer.run(until({
+        let h = handled.clone();
+        move || h.load(Ordering::SeqCst) == 10
+    })));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    for n in 0..10 {
+        broker
+            .publisher()
+            .publish("orders", event(n))
+            .await
+            .unwrap();
+    }
+    let report = run.await.unwrap().unwrap();
+    assert_eq!((report.received, report.acked), (10, 10));
+    assert_eq!(broker.group_stats("orders", "billing").unwrap().total(), 0);
+}
+
+/// Calls of a handler: (instant, attempt) per event id.
+type Calls = Arc<Mutex<HashMap<String, Vec<(Instant, u32)>>>>;
+
+fn failing_handler(
+    calls: Calls,
+    fail_times: usize,
+    permanent: bool,
+) -> impl tower_service::Service<Incoming, Response = (), Error = HandlerError, Future = impl Send>
++ Clone
++ Send
++ 'static {
+    handler_fn(move |msg: Incoming| {
+        let calls = calls.clone();
+        async move {
+            let n = {
+                let mut c = calls.lock().unwrap();
+                let v = c.entry(msg.event().id().to_owned()).or_default();
+                v.push((Instant::now(), msg.attempt()));
+                v.len()
+            };
+            if n <= fail_times {
+                if permanent {
+                    return Err(HandlerError::permanent("invalid order"));
+                }
+                return Err(HandlerError::transient("payment provider unavailable"));
+            }
+            Ok(())
+        }
+    })
+}
+
+fn total_calls(calls: &Calls) -> usize {
+    calls.lock().unwrap().values().map(Vec::len).sum()
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_place_retry_honours_backoff_delays() {
+    let broker = MemoryBroker::new();
+    let calls: Calls = Arc::default();
+    let consumer = Consumer::builder(
+        broker.subscriber(),
+        publisher(&broker),
+        "orders",
+        SubscribeOptions::new("g"),
+    )
+    .retry(policy(3, RetryMode::InPlace))
+    .build(failing_handler(calls.clone(), 2, false));
+    let c = calls.clone();
+    let run = tokio::spawn(consumer.run(async move {
+        until(|| c.lock().unwrap().get("e1").is_some_and(|v| v.len() == 3)).await;
+    }));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    broker
+        .publisher()
+        .publish("orders", event(1))
+        .await
+        .unwrap();
+    let report = run.await.unwrap().unwrap();
+    let v = calls.lock().unwrap()["e1"].clone();
+    let gaps: Vec<Duration> = v.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    assert_eq!(gaps, [Duration::from_secs(1), Duration::from_secs(2)]);
+    assert!(
+        v.iter().all(|(_, attempt)| *attempt == 1),
+        "in place: one delivery"
+    );
+    assert_eq!((report.acked, report.redelivered), (1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn redelivery_retry_nacks_with_backoff_delays() {
+    let broker = MemoryBroker::new();
+    let calls: Calls = Arc::default();
+    let consumer = Consumer::builder(
+        broker.subscriber(),
+        publisher(&broker),
+        "orders",
+        SubscribeOptions::new("g"),
+    )
+    .retry(policy(3, RetryMode::Redelivery))
+    .build(failing_handler(calls.clone(), 2, false));
+    let c = calls.clone();
+    let run = tokio::spawn(consumer.run(async move {
+        until(|| c.lock().unwrap().get("e1").is_some_and(|v| v.len() == 3)).await;
+    }));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    broker
+        .publisher()
+        .publish("orders", event(1))
+        .await
+        .unwrap();
+    let report = run.await.unwrap().unwrap();
+    let v = calls.lock().unwrap()["e1"].clone();
+    let attempts: Vec<u32> = v.iter().map(|(_, a)| *a).collect();
+    assert_eq!(attempts, [1, 2, 3], "each retry is a new delivery");
+    let gaps: Vec<Duration> = v.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    assert!(
+        gaps[0] >= Duration::from_secs(1) && gaps[0] < Duration::from_millis(1100),
+        "{gaps:?}"
+    );
+    assert!(
+        gaps[1] >= Duration::from_secs(2) && gaps[1] < Duration::from_millis(2100),
+        "{gaps:?}"
+    );
+    assert_eq!((report.acked, report.redelivered), (1, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn exhausted_retries_dead_letter_once_with_metadata() {
+    for mode in [RetryMode::InPlace, RetryMode::Redelivery] {
+        let broker = MemoryBroker::new();
+        let calls: Calls = Arc::default();
+        let consumer = Consumer::builder(
+            broker.subscriber(),
+            publisher(&broker),
+            "orders",
+            SubscribeOptions::new("billing"),
+        )
+        .retry(policy(2, mode))
+        .build(failing_handler(calls.clone(), usize::MAX, false));
+        let b = broker.clone();
+        let run = tokio::spawn(consumer.run(async move {
+            until(|| {
+                b.group_stats("orders.dlq", dead_letter::DEAD_LETTER_GROUP)
+                    .is_some_and(|s| s.total() == 1)
+            })
+            .await;
+        }));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        broker
+            .publisher()
+            .publish("orders", event(1))
+            .await
+            .unwrap();
+        let report = run.await.unwrap().unwrap();
+        assert_eq!(report.dead_lettered, 1, "{mode:?}");
+        assert_eq!(
+            total_calls(&calls),
+            3,
+            "{mode:?}: first attempt + 2 retries"
+        );
+        let dead = dead_letters(&broker, "orders.dlq", 1).await;
+        assert_eq!(dead[0].id(), "e1");
+        let m = DeadLetterMetadata::from_event(&dead[0]).unwrap();
+        assert_eq!(m.reason, "retries-exhausted");
+        assert!(
+            m.error.contains("payment provider unavailable"),
+            "{}",
+            m.error
+        );
+        assert_eq!(
+            (m.attempts, m.topic.as_str(), m.group.as_str()),
+            (3, "orders", "billing")
+        );
+        assert!(m.first_failure.unwrap() < m.last_failure.unwrap(), "{m:?}");
+        assert_eq!(
+            broker.group_stats("orders", "billing").unwrap().total(),
+            0,
+            "original acked"
+        );
+        assert_eq!(dead_letter::depth(&broker, "orders.dlq").await.unwrap(), 1);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_failure_dead_letters_at_once_and_poison_does_not_block() {
+    let broker = MemoryBroker::new();
+    let calls: Calls = Arc::default();
+    let c2 = calls.clone();
+    let handler = handler_fn(move |msg: Incoming| {
+        let calls = c2.clone();
+        async move {
+            calls
+                .lock()
+                .unwrap()
+                .entry(msg.event().id().to_owned())
+                .or_default()
+                .push((Instant::now(), msg.attempt()));
+            if msg.event().id() == "e0" {
+                return Err(HandlerError::permanent("order total is negative"));
+            }
+            Ok(())
+        }
+    });
+    let consumer = Consumer::builder(
+        broker.subscriber(),
+        publisher(&broker),
+        "orders",
+        SubscribeOptions::new("g"),
+    )
+    .concurrency(1)
+    .build(handler);
+    let c = calls.clone();
+    let run = tokio::spawn(consumer.run(async move { until(|| total_calls(&c) == 5).await }));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    for n in 0..5 {
+        broker
+            .publisher()
+            .publish("orders", event(n))
+            .await
+            .unwrap();
+    }
+    let report = run.await.unwrap().unwrap();
+    assert_eq!(
+        calls.lock().unwrap()["e0"].len(),
+        1,
+        "a permanent failure is not retried"
+    );
+    assert_eq!((report.acked, report.dead_lettered), (5, 1));
+    let dead = dead_letters(&broker, "orders.dlq", 1).await;
+    assert_eq!(
+        DeadLetterMetadata::from_event(&dead[0]).unwrap().reason,
+        "permanent-failure"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn undecodable_input_is_dead_lettered_with_its_bytes() {
+    let broker = MemoryBroker::new();
+    let calls: Calls = Arc::default();
+    let consumer = Consumer::builder(
+        broker.subscriber(),
+        publisher(&broker),
+        "orders",
+        SubscribeOptions::new("g"),
+    )
+    .build(failing_handler(calls.clone(), 0, false));
+    let b = broker.clone();
+    let run = tokio::spawn(consumer.run(async move {
+        until(|| {
+            b.group_stats("orders.dlq", dead_letter::DEAD_LETTER_GROUP)
+                .is_some_and(|s| s.total() == 1)
+        })
+        .await;
+    }));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    broker.publish_raw(
+        "orders",
+        RawMessage {
+            content_type: Some("text/csv".into()),
+            headers: vec![],
+            body: b"id,amount\n1,99.99\n".to_vec(),
+        },
+    );
+    let report = run.await.unwrap().unwrap();
+    assert_eq!((report.dead_lettered, total_calls(&calls)), (1, 0));
+    let dead = dead_letters(&broker, "orders.dlq", 1).await;
+    assert_eq!(dead[0].ty(), dead_letter::UNDECODABLE_TYPE);
+    assert_eq!(
+        dead[0].data_bytes().unwrap().as_ref(),
+        b"id,amount\n1,99.99\n"
+    );
+    assert_eq!(dead[0].datacontenttype(), Some("text/csv"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_dead_letter_publish_leaves_the_original_unacked() {
+    let broker = MemoryBroker::new();
+    let calls: Calls = Arc::default();
+    let consumer = Consumer::builder(
+        broker.subscriber(),
+        publisher(&broker),
+        "orders",
+        SubscribeOptions::new("g"),
+    )
+    .retry(RetryPolicy::no_retries())
+    .build(failing_handler(calls.clone(), usize::MAX, false));
+    let b = broker.clone();
+    let run = tokio::spawn(consumer.run(async move {
+        until(|| {
+            b.group_stats("orders.dlq", dead_letter::DEAD_LETTER_GROUP)
+                .is_some_and(|s| s.total() == 1)
+        })
+        .await;
+    }));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    broker
+        .publisher()
+        .publish("orders", event(1))
+        .await
+        .unwrap();
+    broker.faults().fail_next_publishes(1); // the first dead-letter publish
+    let report = run.await.unwrap().unwrap();
+    let attempts: Vec<u32> = calls.lock().unwrap()["e1"]
+        .iter()
+        .map(|(_, a)| *a)
+        .collect();
+    assert_eq!(
+        attempts,
+        [1, 2],
+        "not acked after the failed dead-letter publish: redelivered"
+    );
+    assert_eq!(report.dead_lettered, 1);
+    assert_eq!(broker.group_stats("orders", "g").unwrap().total(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn replay_delivers_dead_letters_again_with_history() {
+    let broker = MemoryBroker::new();
+    let broken = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let handled: Arc<Mutex<Vec<Event>>> = Arc::default();
+    let (bk, hd) = (broken.clone(), handled.clone());
+    let handler = handler_fn(move |msg: Incoming| {
+        let (broken, handled) = (bk.clone(), hd.clone());
+        async move {
+            if broken.load(Ordering::SeqCst) {
+                return Err(HandlerError::permanent("bug in the consumer"));
+            }
+            handled.lock().unwrap().push(msg.event().clone());
+            Ok(())
+        }
+    });
+    let consumer = Consumer::builder(
+        broker.subscriber(),
+        publisher(&broker),
+        "orders",
+        SubscribeOptions::new("g"),
+    )
+    .build(handler);
+    let h = handled.clone();
+    let run =
+        tokio::spawn(consumer.run(async move { until(|| h.lock().unwrap().len() == 2).await }));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    for n in 0..3 {
+        broker
+            .publisher()
+            .publish("orders", event(n))
+            .await
+            .unwrap();
+    }
+    until(|| {
+        broker
+            .group_stats("orders.dlq", dead_letter::DEAD_LETTER_GROUP)
+            .is_some_and(|s| s.total() == 3)
+    })
+    .await;
+    assert_eq!(dead_letter::depth(&broker, "orders.dlq").await.unwrap(), 3);
+
+    // The bug is fixed; replay two of them (filter + limit), leave e2.
+    broken.store(false, Ordering::SeqCst);
+    let dry = dead_letter::replay(
+        &broker.subscriber(),
+        &broker.publisher(),
+        "orders.dlq",
+        ReplayOptions::new().dry_run(true),
+    )
+    .await
+    .unwrap();
+    assert_eq!(dry.replayed, 3);
+    assert_eq!(
+        dead_letter::depth(&broker, "orders.dlq").await.unwrap(),
+        3,
+        "a dry run moves nothing"
+    );
+    let report = dead_letter::replay(
+        &broker.subscriber(),
+        &broker.publisher(),
+        "orders.dlq",
+        ReplayOptions::new().filter(|e| e.id() != "e2").limit(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!((report.replayed, report.skipped), (2, 1));
+    run.await.unwrap().unwrap();
+    let handled = handled.lock().unwrap().clone();
+    let mut ids: Vec<&str> = handled.iter().map(|e| e.id()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["e0", "e1"]);
+    let m = DeadLetterMetadata::from_event(&handled[0]).unwrap();
+    assert_eq!(
+        (m.replays, m.reason.as_str()),
+        (1, "permanent-failure"),
+        "history is kept"
+    );
+    assert_eq!(dead_letter::depth(&broker, "orders.dlq").await.unwrap(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn duplicate_delivery_is_absorbed_by_the_idempotent_consumer() {
+    let broker = MemoryBroker::new();
+    let calls: Calls = Arc::default();
+    let store = Arc::new(MemoryStore::new());
+    let consumer = Consumer::builder(
+        broker.subscriber(),
+        publisher(&broker),
+        "orders",
+        SubscribeOptions::new("g"),
+    )
+    .concurrency(2)
+    .build_idempotent(
+        IdempotencyLayer::new(store.clone()),
+        failing_handler(calls.clone(), 0, false),
+    );
+    let (b, c) = (broker.clone(), calls.clone());
+    let run = tokio::spawn(consumer.run(async move {
+        until(|| {
+            total_calls(&c) == 3 && b.group_stats("orders", "g").is_some_and(|s| s.total() == 0)
+        })
+        .await;
+    }));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    broker.faults().duplicate_next_deliveries(2);
+    for n in 0..3 {
+        broker
+            .publisher()
+            .publish("orders", event(n))
+            .await
+            .unwrap();
+    }
+    let report = run.await.unwrap().unwrap();
+    assert_eq!(
+        (report.received, report.acked),
+        (5, 5),
+        "two duplicates delivered and acked"
+    );
+    let calls = calls.lock().unwrap();
+    assert_eq!(calls.len(), 3);
+    assert!(
+        calls.values().all(|v| v.len() == 1),
+        "each event handled once: {calls:?}"
+    );
+    assert_eq!(
+        broker.group_stats("orders", "g").unwrap().total(),
+        0,
+        "both copies acked"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_most_once_acks_before_handling() {
+    let broker = MemoryBroker::new();
+    let calls: Calls = Arc::default();
+    let consumer = Consumer::builder(
+        broker.subscriber(),
+        publisher(&broker),
+        "orders",
+        SubscribeOptions::new("g"),
+    )
+    .guarantee(Guarantee::AtMostOnce)
+    .retry(RetryPolicy {
+        mode: RetryMode::Redelivery,
+        ..policy(3, RetryMode::Redelivery)
+    })
+    .build(failing_handler(calls.clone(), usize::MAX, false));
+    let c = calls.clone();
+    let run = tokio::spawn(consumer.run(async move {
+        until(|| total_calls(&c) == 1).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    broker
+        .publisher()
+        .publish("orders", event(1))
+        .await
+        .unwrap();
+    let report = run.await.unwrap().unwrap();
+    assert_eq!(
+        total_calls(&calls),
+        1,
+        "a failed message is not redelivered at most once"
+    );
+    assert_eq!((report.acked, report.redelivered), (1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn graceful_shutdown_under_load_loses_nothing_and_acks_nothing_twice() {
+    let broker = MemoryBroker::new();
+    let handled = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+    let make = |handled: Arc<Mutex<HashMap<String, usize>>>| {
+        handler_fn(move |msg: Incoming| {
+            let handled = handled.clone();
+            async move {
+                let n: usize = msg.data::<serde_json::Value>()?["n"].as_u64().unwrap_or(0) as usize;
+                // Some handlers are slower than the drain timeout.
+                tokio::time::sleep(Duration::from_millis(if n % 10 == 0 { 500 } else { 20 })).await;
+                *handled
+                    .lock()
+                    .unwrap()
+                    .entry(msg.event().id().to_owned())
+                    .or_default() += 1;
+                Ok::<(), HandlerError>(())
+            }
+        })
+    };
+    let first = Consumer::builder(
+        broker.subscriber(),
+        publisher(&broker),
+        "orders",
+        SubscribeOptions::new("g"),
+    )
+    .concurrency(8)
+    .drain_timeout(Duration::from_millis(100))
+    .build(make(handled.clone()));
+    let first = tokio::spawn(first.run(tokio::time::sleep(Duration::from_millis(150))));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    for n in 0..200 {
+        broker
+            .publisher()
+            .publish("orders", event(n))
+            .await
+            .unwrap();
+    }
+    let r1: RunReport = first.await.unwrap().unwrap();
+    assert!(r1.acked < 200, "shut down mid-load");
+    assert!(
+        r1.abandoned > 0,
+        "slow handlers were cut off at the drain timeout"
+    );
+    let h = handled.clone();
+    let second = Consumer::builder(
+        broker.subscriber(),
+        publisher(&broker),
+        "orders",
+        SubscribeOptions::new("g"),
+    )
+    .concurrency(8)
+    .build(make(handled.clone()));
+    let r2 = second
+        .run(until(move || h.lock().unwrap().len() == 200))
+        .await
+        .unwrap();
+    assert_eq!(
+        r1.acked + r2.acked,
+        200,
+        "every message acked exactly once across the restart"
+    );
+    assert_eq!(broker.group_stats("orders", "g").unwrap().total(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ordered_consumer_keeps_key_order_with_concurrency() {
+    let broker = MemoryBroker::new();
+    let log: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let active = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (l, a, p) = (log.clone(), active.clone(), peak.clone());
+    let handler = handler_fn(move |msg: Incoming| {
+        let (log, active, peak) = (l.clone(), a.clone(), p.clone());
+        async move {
+            let now = active.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            let v: serde_json::Value = msg.data()?;
+            tokio::time::sleep(Duration::from_millis(3 + v["n"].as_u64().unwrap_or(0) % 7)).await;
+            log.lock().unwrap().push((
+                msg.event().ordering_key().unwrap_or("").to_owned(),
+                v["n"].as_u64().unwrap_or(0),
+            ));
+            active.fetch_sub(1, Ordering::SeqCst);
+            Ok::<(), HandlerError>(())
+        }
+    });
+    let consumer = Consumer::builder(
+        broker.subscriber(),
+        publisher(&broker),
+        "orders",
+        SubscribeOptions::new("g").ordered(true),
+    )
+    .concurrency(4)
+    .build(handler);
+    let lg = log.clone();
+    let run =
+        tokio::spawn(consumer.run(async move { until(|| lg.lock().unwrap().len() == 100).await }));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let keys = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    for n in 0..100 {
+        let e = EventBuilder::new("t", "t")
+            .ordering_key(keys[n % 8])
+            .json(&serde_json::json!({"n": n}))
+            .build()
+            .unwrap();
+        broker.publisher().publish("orders", e).await.unwrap();
+    }
+    run.await.unwrap().unwrap();
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for (k, n) in log.lock().unwrap().iter() {
+        if let Some(prev) = last.insert(k.clone(), *n) {
+            assert!(*n > prev, "key {k}: {n} after {prev}");
+        }
+    }
+    assert!(
+        peak.load(Ordering::SeqCst) >= 2,
+        "keys were handled concurrently"
+    );
+    assert!(
+        peak.load(Ordering::SeqCst) <= 4,
+        "at most `concurrency` at once"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_published_from_a_handler_carry_correlation_and_causation() {
+    let broker = MemoryBroker::new();
+    let out = Correlated(broker.publisher());
+    let handler = handler_fn(move |msg: Incoming| {
+        let out = out.clone();
+        async move {
+            let invoice = EventBuilder::new("billing", "invoice.issued")
+                .json(&msg.data::<serde_json::Value>()?)
+                .build()?;
+            out.publish("invoices", invoice).await?;
+            Ok::<(), HandlerError>(())
+        }
+    });
+    let mut invoices = broker
+        .subscriber()
+        .subscribe("invoices", SubscribeOptions::new("audit"))
+        .await
+        .unwrap();
+    let consumer = Consumer::builder(
+        broker.subscriber(),
+        publisher(&broker),
+        "orders",
+        SubscribeOptions::new("g"),
+    )
+    .build(handler);
+    let run = tokio::spawn(consumer.run(tokio::time::sleep(Duration::from_secs(1))));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let order = EventBuilder::new("shop", "order.created")
+        .id("o1")
+        .correlation_id("checkout-7")
+        .json(&1)
+        .build()
+        .unwrap();
+    broker.publisher().publish("orders", order).await.unwrap();
+    let d = invoices.recv().await.unwrap();
+    let invoice = d.event().unwrap();
+    assert_eq!(invoice.correlation_id(), Some("checkout-7"));
+    assert_eq!(invoice.causation_id(), Some("o1"));
+    run.await.unwrap().unwrap();
+}
