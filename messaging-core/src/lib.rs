@@ -64,6 +64,7 @@ pub mod handler;
 pub mod inspect;
 pub mod middleware;
 pub mod publisher;
+pub mod request;
 pub mod runtime;
 pub mod subscriber;
 

@@ -14,6 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
+use tracing::Instrument;
 
 use super::{Consumer, Guarantee, context};
 use crate::codec::DecodeError;
@@ -332,8 +333,6 @@ where
         r#type = %msg.event().ty(),
         attempt = msg.attempt(),
     );
-    let _enter = span.enter();
-    drop(_enter);
 
     if shared.guarantee == Guarantee::AtMostOnce {
         if settle(shared, delivery, Settle::Ack).await.is_err() {
@@ -341,7 +340,7 @@ where
             shared.metrics.in_flight.decrement(1.0);
             return;
         }
-        let outcome = call(shared, msg.clone()).await;
+        let outcome = call(shared, msg.clone()).instrument(span).await;
         if let Outcome::DeadLetter(failure) = outcome {
             let event = dead_letter::dead_letter_event(msg.event(), &failure, &shared.origin);
             match shared.publisher.publish_dyn(&shared.dlq_topic, event).await {
@@ -362,7 +361,7 @@ where
     }
 
     let outcome = tokio::select! {
-        o = call(shared, msg.clone()) => Some(o),
+        o = call(shared, msg.clone()).instrument(span) => Some(o),
         () = shared.hard_stop.cancelled() => None,
     };
     match outcome {

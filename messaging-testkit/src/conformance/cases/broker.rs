@@ -1,4 +1,4 @@
-//! The cases. Each runs on its own topics and groups and bounds every wait.
+//! Broker-level cases: the traits' promises, without the runtime.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -6,98 +6,12 @@ use std::time::Duration;
 
 use messaging_core::{
     AckErrorKind, AttributesReader, Delivery, DynPublisher, EventExt, ExtensionValue,
-    PublishErrorKind, RawMessage, ReceiveErrorKind, Requirements, StartFrom, SubscribeOptions,
-    Subscription,
+    PublishErrorKind, RawMessage, ReceiveErrorKind, StartFrom, SubscribeOptions, Subscription,
 };
 use tokio::time::Instant;
 
-use super::ctx::{ack, event_id, nack};
-use super::{CaseResult, Ctx, Needs};
-
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __conformance_cases {
-    ($mode:ident $($args:tt)*) => {
-        $crate::__conformance_expand! { $mode [$($args)*]
-            publish_subscribe
-            publish_to_new_topic_succeeds
-            batch_publish
-            many_topics
-            concurrent_publishers
-            competing_consumers_share_a_group
-            every_group_gets_every_message
-            new_group_and_older_messages
-            attributes_round_trip
-            typed_json_payload
-            non_utf8_body
-            empty_body
-            large_payload_within_limit
-            payload_over_limit_is_rejected
-            publish_after_close_fails
-            receive_after_close_fails
-            close_then_continue
-            restart_loses_nothing
-            cancelled_receive_loses_nothing
-            recv_batch_returns_up_to_max
-            prefetch_bounds_unsettled_deliveries
-            ordering_per_key
-            ordering_per_key_across_consumers
-            ordering_survives_redelivery
-            ack_is_final
-            nack_redelivers_with_next_attempt
-            nack_with_delay_waits
-            unacked_redelivered_after_deadline
-            extend_deadline_prevents_redelivery
-            native_dead_letter_after_max_deliveries
-            undecodable_message_is_delivered_as_error
-        }
-    };
-}
-
-/// Every case, by name.
-pub const ALL: &[&str] = crate::__conformance_cases!(names);
-
-/// What case `name` needs from the broker.
-pub fn needs(name: &str) -> Needs {
-    let features = |f: Requirements| Needs {
-        features: f,
-        ..Needs::default()
-    };
-    match name {
-        "ordering_per_key"
-        | "ordering_per_key_across_consumers"
-        | "ordering_survives_redelivery" => features(Requirements {
-            ordering: true,
-            ..Requirements::default()
-        }),
-        "nack_with_delay_waits" => features(Requirements {
-            delayed_redelivery: true,
-            ..Requirements::default()
-        }),
-        "unacked_redelivered_after_deadline" => features(Requirements {
-            ack_deadline: true,
-            ..Requirements::default()
-        }),
-        "extend_deadline_prevents_redelivery" => features(Requirements {
-            ack_deadline: true,
-            extend_deadline: true,
-            ..Requirements::default()
-        }),
-        "payload_over_limit_is_rejected" => Needs {
-            payload_limit: true,
-            ..Needs::default()
-        },
-        "native_dead_letter_after_max_deliveries" => Needs {
-            native_dead_letter: true,
-            ..Needs::default()
-        },
-        "undecodable_message_is_delivered_as_error" => Needs {
-            raw_publish: true,
-            ..Needs::default()
-        },
-        _ => Needs::default(),
-    }
-}
+use crate::conformance::ctx::{ack, event_id, nack};
+use crate::conformance::{CaseResult, Ctx};
 
 fn sub_options(ctx: &Ctx, group: &str) -> SubscribeOptions {
     SubscribeOptions::new(ctx.group(group))

@@ -1,0 +1,264 @@
+//! Request-reply over any broker.
+//!
+//! A [`Requester`] owns a private reply topic, which it subscribes to before the first
+//! request. [`Requester::request`] stamps the request with a `replyto` extension (the reply
+//! topic) and waits for the event whose `causationid` is the request's `id`, up to a timeout.
+//! A responder replies with [`reply`] (or the [`Incoming::follow_up`] builder plus
+//! [`reply_to`]). Replies that arrive after their request timed out are acked and dropped.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use messaging_core::request::{reply, Requester};
+//! use messaging_core::{Delivery, DynPublisher, EventBuilder, EventExt, SubscribeOptions, Subscriber, Subscription};
+//! use messaging_testkit::MemoryBroker;
+//!
+//! let broker = MemoryBroker::new();
+//! let publisher: Arc<dyn DynPublisher> = Arc::new(broker.publisher());
+//! let mut prices = broker.subscriber().subscribe("prices", SubscribeOptions::new("pricing")).await?;
+//! let requester = Requester::start(&broker.subscriber(), publisher.clone()).await?;
+//!
+//! let server = tokio::spawn({
+//!     let publisher = publisher.clone();
+//!     async move {
+//!         let d = prices.recv().await.unwrap();
+//!         let answer = EventBuilder::new("pricing", "price.quoted").json(&42);
+//!         reply(&*publisher, d.event().unwrap(), answer).await.unwrap();
+//!         d.ack().await.unwrap();
+//!     }
+//! });
+//! let question = EventBuilder::new("shop", "price.requested").json(&"ORD-5678").build()?;
+//! let answer = requester.request("prices", question, Duration::from_secs(5)).await?;
+//! assert_eq!(answer.data_json::<u32>()?, 42);
+//! # server.await?; Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cloudevents::{AttributesReader, Event};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::delivery::Delivery;
+use crate::dynamic::DynPublisher;
+use crate::error::{PublishError, SubscribeError};
+use crate::event::{BuildError, EventBuilder, EventExt};
+use crate::subscriber::{SubscribeOptions, Subscriber, Subscription};
+
+/// Extension naming the topic a reply goes to.
+pub const REPLY_TO: &str = "replyto";
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Event>>>>;
+
+/// Sends requests and matches their replies.
+pub struct Requester {
+    publisher: Arc<dyn DynPublisher>,
+    reply_topic: String,
+    pending: Pending,
+    listener: JoinHandle<()>,
+}
+
+impl fmt::Debug for Requester {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Requester")
+            .field("reply_topic", &self.reply_topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Requester {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// Why a request got no reply.
+#[derive(Debug)]
+pub enum RequestError {
+    /// The request could not be published.
+    Publish(PublishError),
+    /// No reply within the timeout.
+    Timeout(Duration),
+    /// The requester stopped listening for replies (its subscription closed).
+    Closed,
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Publish(e) => write!(f, "request not sent: {e}"),
+            Self::Timeout(d) => write!(f, "no reply within {d:?}"),
+            Self::Closed => f.write_str("requester stopped listening for replies"),
+        }
+    }
+}
+
+impl std::error::Error for RequestError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Publish(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl RequestError {
+    /// Whether sending the request again can succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Publish(e) => e.is_transient(),
+            Self::Timeout(_) => true,
+            Self::Closed => false,
+        }
+    }
+}
+
+impl Requester {
+    /// Subscribes to a fresh reply topic (`reply-<uuid>`) and starts listening.
+    pub async fn start<S>(
+        subscriber: &S,
+        publisher: Arc<dyn DynPublisher>,
+    ) -> Result<Self, SubscribeError>
+    where
+        S: Subscriber,
+        S::Subscription: 'static,
+    {
+        let reply_topic = format!("reply-{}", uuid::Uuid::new_v4().simple());
+        Self::start_on(subscriber, publisher, reply_topic).await
+    }
+
+    /// Like [`start`](Self::start), on a reply topic of your choosing (one per requester).
+    pub async fn start_on<S>(
+        subscriber: &S,
+        publisher: Arc<dyn DynPublisher>,
+        reply_topic: String,
+    ) -> Result<Self, SubscribeError>
+    where
+        S: Subscriber,
+        S::Subscription: 'static,
+    {
+        let mut sub = subscriber
+            .subscribe(&reply_topic, SubscribeOptions::new("requester"))
+            .await?;
+        let pending: Pending = Arc::default();
+        let listening = pending.clone();
+        let listener = tokio::spawn(async move {
+            while let Ok(d) = sub.recv().await {
+                if let Ok(event) = d.payload() {
+                    let waiter = event.causation_id().and_then(|id| {
+                        listening
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(id)
+                    });
+                    match waiter {
+                        Some(tx) => {
+                            let _ = tx.send(event.clone());
+                        }
+                        None => tracing::debug!(id = %event.id(), "late or unknown reply dropped"),
+                    }
+                }
+                let _ = d.ack().await;
+            }
+            // Waiters see their sender dropped.
+            listening.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        });
+        Ok(Self {
+            publisher,
+            reply_topic,
+            pending,
+            listener,
+        })
+    }
+
+    /// The topic replies come to.
+    pub fn reply_topic(&self) -> &str {
+        &self.reply_topic
+    }
+
+    /// Publishes `request` to `topic` and waits up to `timeout` for its reply.
+    pub async fn request(
+        &self,
+        topic: &str,
+        mut request: Event,
+        timeout: Duration,
+    ) -> Result<Event, RequestError> {
+        request.set_extension(REPLY_TO, self.reply_topic.as_str());
+        let id = request.id().to_owned();
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), tx);
+        let forget = || {
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        };
+        if let Err(e) = self.publisher.publish_dyn(topic, request).await {
+            forget();
+            return Err(RequestError::Publish(e));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(RequestError::Closed),
+            Err(_) => {
+                forget();
+                Err(RequestError::Timeout(timeout))
+            }
+        }
+    }
+}
+
+/// The reply topic of a request, if it asks for a reply.
+pub fn reply_to(request: &Event) -> Option<&str> {
+    request.extension_str(REPLY_TO)
+}
+
+/// Why a reply could not be sent.
+#[derive(Debug)]
+pub enum ReplyError {
+    /// The request has no `replyto`.
+    NoReplyTo,
+    /// The reply event is invalid.
+    Build(BuildError),
+    /// Publishing failed.
+    Publish(PublishError),
+}
+
+impl fmt::Display for ReplyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoReplyTo => f.write_str("request has no replyto extension"),
+            Self::Build(e) => write!(f, "invalid reply: {e}"),
+            Self::Publish(e) => write!(f, "reply not sent: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ReplyError {}
+
+/// Sends `reply` for `request`: to its `replyto` topic, with causation ID = the request's `id`
+/// and the request's correlation ID.
+pub async fn reply<P: DynPublisher + ?Sized>(
+    publisher: &P,
+    request: &Event,
+    reply: EventBuilder,
+) -> Result<(), ReplyError> {
+    let topic = reply_to(request).ok_or(ReplyError::NoReplyTo)?;
+    let reply = reply
+        .causation_id(request.id())
+        .correlation_id(request.correlation_id().unwrap_or(request.id()))
+        .build()
+        .map_err(ReplyError::Build)?;
+    publisher
+        .publish_dyn(topic, reply)
+        .await
+        .map(|_| ())
+        .map_err(ReplyError::Publish)
+}
