@@ -11,7 +11,6 @@ use std::time::Duration;
 use chrono::Utc;
 use cloudevents::AttributesReader;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 use tracing::Instrument;
@@ -139,6 +138,8 @@ struct Shared<Svc> {
 }
 
 const SETTLE_TRIES: u32 = 3;
+/// Most deliveries taken from the subscription in one receive.
+const RECV_BATCH: usize = 64;
 
 impl<Sub, Svc> Consumer<Sub, Svc>
 where
@@ -200,29 +201,37 @@ where
             counters: Counters::default(),
             metrics: Metrics::new(&self.topic, options.group()),
         });
+        // A permit per delivery in the runtime; all of them back means nothing is in flight.
         let permits = Arc::new(Semaphore::new(self.concurrency));
-        let mut tasks = JoinSet::new();
         let lanes = options
             .is_ordered()
-            .then(|| spawn_lanes(&mut tasks, &shared, self.concurrency));
+            .then(|| spawn_lanes(&shared, self.concurrency));
         let mut next_lane = 0usize;
 
         tokio::pin!(shutdown);
         let mut closed_by_broker = false;
         let mut backoff = Duration::from_millis(50);
         loop {
-            let permit = tokio::select! {
+            let first = tokio::select! {
                 () = &mut shutdown => break,
                 p = permits.clone().acquire_owned() => match p {
                     Ok(p) => p,
                     Err(_) => break,
                 },
             };
-            let delivery = tokio::select! {
+            // Take whatever other permits are free, and receive up to that many at once.
+            let mut batch_permits = vec![first];
+            while batch_permits.len() < RECV_BATCH {
+                match permits.clone().try_acquire_owned() {
+                    Ok(p) => batch_permits.push(p),
+                    Err(_) => break,
+                }
+            }
+            let received = tokio::select! {
                 () = &mut shutdown => break,
-                r = sub.recv() => r,
+                r = sub.recv_batch(batch_permits.len()) => r,
             };
-            let delivery = match delivery {
+            let deliveries = match received {
                 Ok(d) => d,
                 Err(e) if e.kind() == ReceiveErrorKind::Closed => {
                     closed_by_broker = true;
@@ -236,45 +245,46 @@ where
                 }
             };
             backoff = Duration::from_millis(50);
-            shared.counters.received.fetch_add(1, Ordering::Relaxed);
-            shared.metrics.received.increment(1);
-            match &lanes {
-                None => {
-                    let shared = shared.clone();
-                    tasks.spawn(async move {
-                        process(&shared, delivery).await;
-                        drop(permit);
-                    });
-                }
-                Some(lanes) => {
-                    let lane = match delivery.payload().ok().and_then(|e| e.ordering_key()) {
-                        Some(key) => {
-                            let mut h = std::collections::hash_map::DefaultHasher::new();
-                            key.hash(&mut h);
-                            (h.finish() as usize) % lanes.len()
-                        }
-                        None => {
-                            next_lane = next_lane.wrapping_add(1);
-                            next_lane % lanes.len()
-                        }
-                    };
-                    // A lane only stops when its sender is dropped, below.
-                    let _ = lanes[lane].send((delivery, permit));
+            let n = deliveries.len() as u64;
+            shared.counters.received.fetch_add(n, Ordering::Relaxed);
+            shared.metrics.received.increment(n);
+            // Unused permits drop back into the semaphore.
+            for (delivery, permit) in deliveries.into_iter().zip(batch_permits) {
+                match &lanes {
+                    None => {
+                        let shared = shared.clone();
+                        tokio::spawn(async move {
+                            process(&shared, delivery).await;
+                            drop(permit);
+                        });
+                    }
+                    Some(lanes) => {
+                        let lane = match delivery.payload().ok().and_then(|e| e.ordering_key()) {
+                            Some(key) => {
+                                let mut h = std::collections::hash_map::DefaultHasher::new();
+                                key.hash(&mut h);
+                                (h.finish() as usize) % lanes.len()
+                            }
+                            None => {
+                                next_lane = next_lane.wrapping_add(1);
+                                next_lane % lanes.len()
+                            }
+                        };
+                        // A lane only stops when its sender is dropped, below.
+                        let _ = lanes[lane].send((delivery, permit));
+                    }
                 }
             }
-            // Reap finished tasks so the set does not grow.
-            while tasks.try_join_next().is_some() {}
         }
 
-        // Drain: stop receiving, let in-flight work finish, then stop the rest.
+        // Drain: stop receiving, let in-flight work finish, then stop the rest. Every task
+        // holds a permit until its delivery is settled.
         drop(lanes);
-        let drained = tokio::time::timeout(self.drain_timeout, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
+        let all = u32::try_from(self.concurrency).unwrap_or(u32::MAX);
+        let drained = tokio::time::timeout(self.drain_timeout, permits.acquire_many(all)).await;
         if drained.is_err() {
             shared.hard_stop.cancel();
-            while tasks.join_next().await.is_some() {}
+            let _ = permits.acquire_many(all).await;
         }
         let _ = sub.close().await;
         let report = shared.counters.report();
@@ -288,7 +298,7 @@ where
 
 type Lane<D> = mpsc::UnboundedSender<(D, OwnedSemaphorePermit)>;
 
-fn spawn_lanes<D, Svc>(tasks: &mut JoinSet<()>, shared: &Arc<Shared<Svc>>, n: usize) -> Vec<Lane<D>>
+fn spawn_lanes<D, Svc>(shared: &Arc<Shared<Svc>>, n: usize) -> Vec<Lane<D>>
 where
     D: Delivery,
     Svc: Service<Incoming, Response = Outcome, Error = Infallible> + Clone + Send + Sync + 'static,
@@ -298,7 +308,7 @@ where
         .map(|_| {
             let (tx, mut rx) = mpsc::unbounded_channel::<(D, OwnedSemaphorePermit)>();
             let shared = shared.clone();
-            tasks.spawn(async move {
+            tokio::spawn(async move {
                 while let Some((d, permit)) = rx.recv().await {
                     process(&shared, d).await;
                     drop(permit);
@@ -316,10 +326,11 @@ where
     Svc::Future: Send,
 {
     shared.metrics.in_flight.increment(1.0);
+    // Cold paths are boxed so they do not swell every delivery's task.
     let event = match delivery.shared_event() {
         Ok(e) => e,
         Err(err) => {
-            dead_letter_undecodable(shared, delivery, &err).await;
+            Box::pin(dead_letter_undecodable(shared, delivery, &err)).await;
             shared.metrics.in_flight.decrement(1.0);
             return;
         }
@@ -333,33 +344,11 @@ where
         r#type = %msg.event().ty(),
         attempt = msg.attempt(),
     );
-
     if shared.guarantee == Guarantee::AtMostOnce {
-        if settle(shared, delivery, Settle::Ack).await.is_err() {
-            // Not acked, so it may come again: at-most-once means not handling it now.
-            shared.metrics.in_flight.decrement(1.0);
-            return;
-        }
-        let outcome = call(shared, msg.clone()).instrument(span).await;
-        if let Outcome::DeadLetter(failure) = outcome {
-            let event = dead_letter::dead_letter_event(msg.event(), &failure, &shared.origin);
-            match shared.publisher.publish_dyn(&shared.dlq_topic, event).await {
-                Ok(_) => {
-                    shared
-                        .counters
-                        .dead_lettered
-                        .fetch_add(1, Ordering::Relaxed);
-                    shared.metrics.dead_lettered.increment(1);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "at-most-once: dead-letter publish failed; the message is lost")
-                }
-            }
-        }
+        Box::pin(at_most_once(shared, delivery, msg, span)).await;
         shared.metrics.in_flight.decrement(1.0);
         return;
     }
-
     let outcome = tokio::select! {
         o = call(shared, msg.clone()).instrument(span) => Some(o),
         () = shared.hard_stop.cancelled() => None,
@@ -367,23 +356,55 @@ where
     match outcome {
         None => {
             shared.counters.abandoned.fetch_add(1, Ordering::Relaxed);
-            let _ = settle(shared, delivery, Settle::Nack(None)).await;
+            let _ = Box::pin(settle(shared, delivery, Settle::Nack(None))).await;
         }
         Some(Outcome::Ack) => {
-            let _ = settle(shared, delivery, Settle::Ack).await;
+            let _ = Box::pin(settle(shared, delivery, Settle::Ack)).await;
         }
         Some(Outcome::Redeliver { delay }) => {
-            if settle(shared, delivery, Settle::Nack(delay)).await.is_ok() {
+            if Box::pin(settle(shared, delivery, Settle::Nack(delay)))
+                .await
+                .is_ok()
+            {
                 shared.counters.redelivered.fetch_add(1, Ordering::Relaxed);
                 shared.metrics.redelivered.increment(1);
             }
         }
         Some(Outcome::DeadLetter(failure)) => {
             let event = dead_letter::dead_letter_event(msg.event(), &failure, &shared.origin);
-            publish_dead_letter(shared, delivery, event).await;
+            Box::pin(publish_dead_letter(shared, delivery, event)).await;
         }
     }
     shared.metrics.in_flight.decrement(1.0);
+}
+
+/// Acks first; a failure after that can only be dead-lettered, never retried.
+async fn at_most_once<D, Svc>(shared: &Shared<Svc>, delivery: D, msg: Incoming, span: tracing::Span)
+where
+    D: Delivery,
+    Svc: Service<Incoming, Response = Outcome, Error = Infallible> + Clone + Send + Sync + 'static,
+    Svc::Future: Send,
+{
+    if settle(shared, delivery, Settle::Ack).await.is_err() {
+        // Not acked, so it may come again: at-most-once means not handling it now.
+        return;
+    }
+    let outcome = call(shared, msg.clone()).instrument(span).await;
+    if let Outcome::DeadLetter(failure) = outcome {
+        let event = dead_letter::dead_letter_event(msg.event(), &failure, &shared.origin);
+        match shared.publisher.publish_dyn(&shared.dlq_topic, event).await {
+            Ok(_) => {
+                shared
+                    .counters
+                    .dead_lettered
+                    .fetch_add(1, Ordering::Relaxed);
+                shared.metrics.dead_lettered.increment(1);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "at-most-once: dead-letter publish failed; the message is lost");
+            }
+        }
+    }
 }
 
 async fn call<Svc>(shared: &Shared<Svc>, msg: Incoming) -> Outcome

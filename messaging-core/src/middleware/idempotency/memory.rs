@@ -1,6 +1,7 @@
 //! An in-process idempotency store with TTLs.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -14,24 +15,65 @@ enum State {
     Done,
 }
 
+/// Keys are kept as 128-bit keyed hashes: no allocation per key, and a collision (two
+/// different keys taken for one) has a probability of about n²/2¹²⁹.
+type Digest = u128;
+
+/// The digests are already uniformly distributed: hashing them again is wasted work.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
-    keys: HashMap<String, (State, Instant)>,
+    keys: HashMap<Digest, (State, Instant), BuildHasherDefault<DigestHasher>>,
     /// Expiry order, for purging; entries may be stale (the key was renewed or removed).
-    expiries: VecDeque<(Instant, String)>,
+    expiries: VecDeque<(Instant, Digest)>,
 }
 
 /// Keys in process memory, expiring by tokio's clock (so paused-time tests work). Suits one
 /// consumer process; consumers on several machines need a shared store such as `RedisStore`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    seeds: (RandomState, RandomState),
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::with_capacity(0)
+    }
 }
 
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store with room for `keys` keys, so a busy consumer does not pay for the
+    /// table growing (size it to the messages expected within the retention TTL).
+    pub fn with_capacity(keys: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                keys: HashMap::with_capacity_and_hasher(keys, BuildHasherDefault::default()),
+                expiries: VecDeque::with_capacity(keys * 2),
+            }),
+            seeds: (RandomState::new(), RandomState::new()),
+        }
     }
 
     /// Keys currently remembered (claimed or done, unexpired).
@@ -50,13 +92,10 @@ impl MemoryStore {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn set(&self, key: &str, state: State, ttl: Duration) {
-        let now = Instant::now();
-        let mut inner = self.lock();
-        inner.purge(now);
-        let expiry = now + ttl;
-        inner.keys.insert(key.to_owned(), (state, expiry));
-        inner.expiries.push_back((expiry, key.to_owned()));
+    fn digest(&self, key: &str) -> Digest {
+        let hi = self.seeds.0.hash_one(key);
+        let lo = self.seeds.1.hash_one(key);
+        (u128::from(hi) << 64) | u128::from(lo)
     }
 }
 
@@ -73,36 +112,49 @@ impl Inner {
             }
         }
     }
+
+    fn set(&mut self, key: Digest, state: State, expiry: Instant) {
+        self.keys.insert(key, (state, expiry));
+        self.expiries.push_back((expiry, key));
+    }
 }
 
 impl IdempotencyStore for MemoryStore {
     async fn begin(&self, key: &str, lease: Duration) -> Result<Claim, StoreError> {
+        let key = self.digest(key);
         let now = Instant::now();
-        {
-            let mut inner = self.lock();
-            inner.purge(now);
-            match inner.keys.get(key) {
-                Some((State::Done, exp)) if *exp > now => return Ok(Claim::Done),
-                Some((State::Claimed, exp)) if *exp > now => return Ok(Claim::InProgress),
-                _ => {}
-            }
+        let mut inner = self.lock();
+        inner.purge(now);
+        match inner.keys.get(&key) {
+            Some((State::Done, exp)) if *exp > now => return Ok(Claim::Done),
+            Some((State::Claimed, exp)) if *exp > now => return Ok(Claim::InProgress),
+            _ => {}
         }
-        self.set(key, State::Claimed, lease);
+        inner.set(key, State::Claimed, later(now, lease));
         Ok(Claim::Acquired)
     }
 
     async fn complete(&self, key: &str, ttl: Duration) -> Result<(), StoreError> {
-        self.set(key, State::Done, ttl);
+        let key = self.digest(key);
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.set(key, State::Done, later(now, ttl));
         Ok(())
     }
 
     async fn release(&self, key: &str) -> Result<(), StoreError> {
+        let key = self.digest(key);
         let mut inner = self.lock();
-        if matches!(inner.keys.get(key), Some((State::Claimed, _))) {
-            inner.keys.remove(key);
+        if matches!(inner.keys.get(&key), Some((State::Claimed, _))) {
+            inner.keys.remove(&key);
         }
         Ok(())
     }
+}
+
+fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 #[cfg(test)]
