@@ -730,3 +730,58 @@ async fn events_published_from_a_handler_carry_correlation_and_causation() {
     assert_eq!(invoice.causation_id(), Some("o1"));
     run.await.unwrap().unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn depth_monitor_sets_lag_and_dead_letter_gauges() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let broker = MemoryBroker::new();
+    let _g = broker
+        .subscriber()
+        .subscribe("orders", SubscribeOptions::new("g"))
+        .await
+        .unwrap();
+    let _d = broker
+        .subscriber()
+        .subscribe(
+            "orders.dlq",
+            SubscribeOptions::new(dead_letter::DEAD_LETTER_GROUP),
+        )
+        .await
+        .unwrap();
+    for n in 0..3 {
+        broker
+            .publisher()
+            .publish("orders", event(n))
+            .await
+            .unwrap();
+    }
+    broker
+        .publisher()
+        .publish("orders.dlq", event(9))
+        .await
+        .unwrap();
+    let monitor = messaging_core::runtime::monitor_depth(
+        &broker,
+        "orders",
+        "g",
+        "orders.dlq",
+        Duration::from_secs(1),
+        tokio::time::sleep(Duration::from_millis(1500)),
+    );
+    // The local recorder must be in place while the gauges are registered and set.
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    monitor.await;
+    let values: HashMap<String, f64> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(key, _, _, v)| match v {
+            DebugValue::Gauge(g) => Some((key.key().name().to_owned(), g.into_inner())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(values.get("messaging_consumer_lag"), Some(&3.0));
+    assert_eq!(values.get("messaging_dead_letter_depth"), Some(&1.0));
+}

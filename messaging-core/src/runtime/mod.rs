@@ -51,6 +51,7 @@
 //! nothing is settled twice.
 
 mod context;
+mod monitor;
 mod run;
 
 use std::sync::Arc;
@@ -63,6 +64,7 @@ use crate::middleware::retry::{Retry, RetryLayer, RetryPolicy};
 use crate::subscriber::{SubscribeOptions, Subscriber};
 
 pub use context::{Correlated, current};
+pub use monitor::monitor_depth;
 pub use run::{RunError, RunReport};
 
 /// When deliveries are settled relative to handling; see the [module docs](self).

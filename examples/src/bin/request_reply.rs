@@ -1,0 +1,76 @@
+//! Request-reply: a pricing service answers quotes; a request nobody answers times out.
+//! `cargo run -p messaging-examples --bin request_reply`
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use messaging_core::handler::{HandlerError, Incoming, handler_fn};
+use messaging_core::request::{RequestError, Requester, reply};
+use messaging_core::runtime::Consumer;
+use messaging_core::{AttributesReader, DynPublisher, EventBuilder, EventExt, SubscribeOptions};
+use messaging_testkit::MemoryBroker;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let broker = MemoryBroker::new();
+    let publisher: Arc<dyn DynPublisher> = Arc::new(broker.publisher());
+
+    // The responder: a consumer whose handler replies.
+    let out = publisher.clone();
+    let pricing = handler_fn(move |msg: Incoming| {
+        let out = out.clone();
+        async move {
+            let sku: String = msg.data()?;
+            let price = if sku == "ORD-5678" { 99.99 } else { 10.0 };
+            reply(
+                &*out,
+                msg.event(),
+                EventBuilder::new("pricing", "price.quoted").json(&price),
+            )
+            .await
+            .map_err(HandlerError::transient)?;
+            Ok::<(), HandlerError>(())
+        }
+    });
+    let server = Consumer::builder(
+        broker.subscriber(),
+        publisher.clone(),
+        "price-requests",
+        SubscribeOptions::new("pricing"),
+    )
+    .build(pricing);
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let s = stop.clone();
+    let server = tokio::spawn(server.run(async move { s.notified().await }));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let requester = Requester::start(&broker.subscriber(), publisher.clone()).await?;
+    let question = EventBuilder::new("shop", "price.requested")
+        .json(&"ORD-5678")
+        .build()?;
+    let id = question.id().to_owned();
+    let answer = requester
+        .request("price-requests", question, Duration::from_secs(5))
+        .await?;
+    println!(
+        "request {id} answered: {} (causation {})",
+        answer.data_json::<f64>()?,
+        answer.causation_id().unwrap_or("-")
+    );
+
+    let unanswered = EventBuilder::new("shop", "stock.requested")
+        .json(&"ORD-1")
+        .build()?;
+    match requester
+        .request("stock-requests", unanswered, Duration::from_millis(200))
+        .await
+    {
+        Err(RequestError::Timeout(after)) => {
+            println!("stock request timed out after {after:?}, as nobody serves it")
+        }
+        other => return Err(format!("expected a timeout, got {other:?}").into()),
+    }
+    stop.notify_waiters();
+    server.await??;
+    Ok(())
+}
