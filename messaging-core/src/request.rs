@@ -3,7 +3,7 @@
 //! A [`Requester`] owns a private reply topic, which it subscribes to before the first
 //! request. [`Requester::request`] stamps the request with a `replyto` extension (the reply
 //! topic) and waits for the event whose `causationid` is the request's `id`, up to a timeout.
-//! A responder replies with [`reply`] (or the [`Incoming::follow_up`] builder plus
+//! A responder replies with [`reply`] (or the [`Incoming::follow_up`](crate::handler::Incoming::follow_up) builder plus
 //! [`reply_to`]). Replies that arrive after their request timed out are acked and dropped.
 //!
 //! ```
