@@ -785,3 +785,51 @@ async fn depth_monitor_sets_lag_and_dead_letter_gauges() {
     assert_eq!(values.get("messaging_consumer_lag"), Some(&3.0));
     assert_eq!(values.get("messaging_dead_letter_depth"), Some(&1.0));
 }
+
+#[tokio::test(start_paused = true)]
+async fn late_replies_are_dropped_and_the_requester_keeps_working() {
+    use messaging_core::request::{RequestError, Requester, reply};
+    let broker = MemoryBroker::new();
+    let p = publisher(&broker);
+    let mut server = broker
+        .subscriber()
+        .subscribe("rpc", SubscribeOptions::new("server"))
+        .await
+        .unwrap();
+    let requester = Requester::start(&broker.subscriber(), p.clone())
+        .await
+        .unwrap();
+    let slow = tokio::spawn({
+        let p = p.clone();
+        async move {
+            for delay in [Duration::from_secs(2), Duration::ZERO] {
+                let d = server.recv().await.unwrap();
+                tokio::time::sleep(delay).await;
+                reply(
+                    &*p,
+                    d.event().unwrap(),
+                    EventBuilder::new("srv", "answer").json(&delay.as_secs()),
+                )
+                .await
+                .unwrap();
+                d.ack().await.unwrap();
+            }
+        }
+    });
+    let err = requester
+        .request("rpc", event(1), Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RequestError::Timeout(_)));
+    tokio::time::sleep(Duration::from_secs(2)).await; // the late reply arrives and is dropped
+    let answer = requester
+        .request("rpc", event(2), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.data_json::<u64>().unwrap(),
+        0,
+        "the second request gets its own reply"
+    );
+    slow.await.unwrap();
+}

@@ -24,8 +24,9 @@ pub(crate) fn scope<F: Future>(msg: Incoming, f: F) -> impl Future<Output = F::O
 }
 
 /// A publisher that stamps events published while handling a message with that message's
-/// correlation ID (its `id` if it had none), a causation ID (its `id`) and its `traceparent`,
-/// unless the event already has them.
+/// correlation ID (its `id` if it had none), a causation ID (its `id`) and a `traceparent`,
+/// unless the event already has them. The `traceparent` is the handler span's (feature
+/// `opentelemetry`), else the incoming event's.
 #[derive(Debug, Clone)]
 pub struct Correlated<P>(pub P);
 
@@ -41,7 +42,12 @@ fn stamp(mut event: Event) -> Event {
         event.set_extension(CAUSATION_ID, cause.id());
     }
     if event.traceparent().is_none() {
-        if let Some(tp) = cause.traceparent() {
+        // With OpenTelemetry, the handler's span is the parent; without, the incoming trace.
+        #[cfg(feature = "opentelemetry")]
+        let own = super::trace_context::current_traceparent();
+        #[cfg(not(feature = "opentelemetry"))]
+        let own: Option<String> = None;
+        if let Some(tp) = own.or_else(|| cause.traceparent().map(str::to_owned)) {
             event.set_extension(TRACEPARENT, tp);
         }
     }

@@ -53,6 +53,8 @@
 mod context;
 mod monitor;
 mod run;
+#[cfg(feature = "opentelemetry")]
+mod trace_context;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -344,6 +344,8 @@ where
         r#type = %msg.event().ty(),
         attempt = msg.attempt(),
     );
+    #[cfg(feature = "opentelemetry")]
+    super::trace_context::continue_trace(&span, msg.event());
     if shared.guarantee == Guarantee::AtMostOnce {
         Box::pin(at_most_once(shared, delivery, msg, span)).await;
         shared.metrics.in_flight.decrement(1.0);

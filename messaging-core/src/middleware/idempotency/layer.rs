@@ -180,3 +180,95 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! What a crash between claim, process, mark and ack does, step by step.
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::event::EventBuilder;
+    use crate::handler::{Origin, handler_fn};
+    use crate::middleware::idempotency::MemoryStore;
+
+    fn msg() -> Incoming {
+        let e = EventBuilder::new("s", "t").id("e1").build().unwrap();
+        let origin = Arc::new(Origin {
+            topic: "orders".into(),
+            group: "billing".into(),
+        });
+        Incoming::new(Arc::new(e), origin, 1)
+    }
+
+    fn setup() -> (
+        Arc<MemoryStore>,
+        Arc<AtomicUsize>,
+        impl Service<Incoming, Response = (), Error = HandlerError> + Clone,
+    ) {
+        let store = Arc::new(MemoryStore::new());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        let handler = handler_fn(move |_msg: Incoming| {
+            let r = r.clone();
+            async move {
+                r.fetch_add(1, Ordering::SeqCst);
+                Ok::<(), HandlerError>(())
+            }
+        });
+        let layer = IdempotencyLayer::new(store.clone()).lease(Duration::from_secs(60));
+        (store, runs, Layer::layer(&layer, handler))
+    }
+
+    async fn call(
+        svc: &mut (impl Service<Incoming, Response = (), Error = HandlerError> + Clone),
+    ) -> Result<(), HandlerError> {
+        poll_fn(|cx| svc.poll_ready(cx)).await?;
+        svc.call(msg()).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn crash_after_mark_before_ack_skips_the_redelivery() {
+        let (_store, runs, mut svc) = setup();
+        call(&mut svc).await.unwrap(); // processed and marked; the ack is lost with the process
+        call(&mut svc).await.unwrap(); // the broker redelivers
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "the duplicate is skipped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn crash_between_process_and_mark_reprocesses_after_the_lease() {
+        let (store, runs, mut svc) = setup();
+        // The dead process claimed the key and ran the handler, but never marked it done.
+        let key = "messaging:idem:billing:e1";
+        assert_eq!(
+            store.begin(key, Duration::from_secs(60)).await.unwrap(),
+            Claim::Acquired
+        );
+        let err = call(&mut svc).await.unwrap_err();
+        assert!(!err.is_permanent(), "still claimed: retried later");
+        assert_eq!(err.requested_delay(), Some(Duration::from_secs(60)));
+        assert_eq!(runs.load(Ordering::SeqCst), 0);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        call(&mut svc).await.unwrap();
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            1,
+            "processed again once the lease expired"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_handler_releases_its_claim() {
+        let store = Arc::new(MemoryStore::new());
+        let failing =
+            handler_fn(|_msg: Incoming| async { Err::<(), _>(HandlerError::transient("down")) });
+        let mut svc = Layer::layer(&IdempotencyLayer::new(store.clone()), failing);
+        assert!(call(&mut svc).await.is_err());
+        let key = "messaging:idem:billing:e1";
+        assert_eq!(
+            store.begin(key, Duration::from_secs(1)).await.unwrap(),
+            Claim::Acquired,
+            "retry can claim"
+        );
+    }
+}

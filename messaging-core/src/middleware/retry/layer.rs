@@ -117,6 +117,17 @@ where
     }
 }
 
+/// `messaging_retries_total{topic, group, mode}`: on the failure path only.
+fn count_retry(msg: &Incoming, mode: &'static str) {
+    metrics::counter!(
+        "messaging_retries_total",
+        "topic" => msg.topic().to_owned(),
+        "group" => msg.group().to_owned(),
+        "mode" => mode,
+    )
+    .increment(1);
+}
+
 async fn run_once<S>(inner: &mut S, msg: &Incoming) -> Result<(), HandlerError>
 where
     S: Service<Incoming, Response = (), Error = HandlerError>,
@@ -161,7 +172,10 @@ where
                     return dead(DeadLetterReason::Permanent);
                 }
                 match delays.next() {
-                    Some(d) => tokio::time::sleep(error.requested_delay().unwrap_or(d)).await,
+                    Some(d) => {
+                        count_retry(&msg, "in-place");
+                        tokio::time::sleep(error.requested_delay().unwrap_or(d)).await;
+                    }
                     None => return dead(DeadLetterReason::RetriesExhausted),
                 }
             }
@@ -190,6 +204,7 @@ where
             }
             match policy.delay_before_retry(msg.attempt()) {
                 Some(d) => {
+                    count_retry(&msg, "redelivery");
                     first_failures.record(id, now);
                     Outcome::Redeliver {
                         delay: Some(error.requested_delay().unwrap_or(d)),
