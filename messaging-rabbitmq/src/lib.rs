@@ -1,1 +1,56 @@
-//! RabbitMQ adapter for `messaging` over lapin. Not implemented yet: see issue 5.
+//! RabbitMQ adapter for `messaging`, over [lapin](https://docs.rs/lapin).
+//!
+//! # Topology
+//!
+//! | core word | RabbitMQ |
+//! |---|---|
+//! | topic | durable fanout exchange named after the topic, declared on first use |
+//! | subscription group | durable queue `<topic>.<group>` (quorum by default, classic as an option) bound to the exchange; its consumers compete, every group gets every message |
+//! | ordering key | an ordered subscription's queue is a classic queue with `x-single-active-consumer` and a prefetch of 1: one consumer, one message at a time, in queue order, also across requeues (a quorum queue would put a requeued message last) — every key keeps its order (stronger than per key, and slower: one message in flight per group). A nack *with a delay* re-enters the queue behind later messages; ordered consumers retry in place. Ordered groups have no broker-side delivery limit and count attempts from the `redelivered` flag (1 or 2). |
+//!
+//! Declarations are idempotent: subscribing again declares the same queue with the same
+//! arguments; different arguments for an existing queue are refused by the broker
+//! (`Rejected`).
+//!
+//! # Acks, delays, dead letters
+//!
+//! Acks and nacks go to the delivery's channel; the subscription's prefetch is the channel's
+//! QoS. A nack without delay requeues. A nack with a delay re-publishes (with a publisher
+//! confirm) to a per-delay queue `<queue>.delay.<ms>` whose message TTL dead-letters back to the
+//! group's queue, then acks — the delayed-message plugin is not needed. The attempt number
+//! comes from the quorum queue's `x-delivery-count` plus an `x-messaging-attempt` header carried
+//! across delays. With [`SubscribeOptions::max_deliveries`](messaging_core::SubscribeOptions::max_deliveries)
+//! the queue gets `x-delivery-limit` and `x-dead-letter-exchange` (the dead-letter topic), a
+//! broker-side backstop for consumers that crash before the runtime can dead-letter.
+//!
+//! # Features
+//!
+//! | feature | value |
+//! |---|---|
+//! | consumer groups | yes |
+//! | ordering | yes (single active consumer) |
+//! | replay of old messages | no |
+//! | delayed redelivery | emulated (TTL + dead-letter queues) |
+//! | native dead letter | quorum queues only |
+//! | ack deadline / extend | no (RabbitMQ's `consumer_timeout` closes the channel instead) |
+//! | max payload | configured, 16 MiB by default |
+//! | transactions | no |
+//!
+//! # CloudEvents
+//!
+//! Binary mode (default) maps attributes to application properties named `cloudEvents:<name>`
+//! (`cloudEvents_<name>` accepted) and `datacontenttype` to the `content-type` property;
+//! structured mode sends `application/cloudevents+json`. Messages from plain AMQP producers
+//! arrive as decode errors carrying their bytes, so the runtime dead-letters them.
+
+mod broker;
+mod codec;
+mod config;
+mod error;
+mod publisher;
+mod subscriber;
+
+pub use broker::{ConnectError, RabbitBroker};
+pub use config::{QueueType, RabbitConfig};
+pub use publisher::RabbitPublisher;
+pub use subscriber::{RabbitDelivery, RabbitSubscriber, RabbitSubscription};

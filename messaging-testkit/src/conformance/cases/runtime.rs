@@ -24,14 +24,27 @@ use tokio::time::Instant;
 use crate::conformance::ctx::{ack, event_id};
 use crate::conformance::{CaseResult, Ctx};
 
+fn options(ctx: &Ctx, group: &str) -> SubscribeOptions {
+    SubscribeOptions::new(ctx.group(group)).ack_deadline(ctx.settings.ack_deadline * 4)
+}
+
 fn builder(ctx: &Ctx, topic: &str, group: &str) -> ConsumerBuilder<Arc<dyn DynSubscriber>> {
     Consumer::builder(
         ctx.subscriber().clone(),
         ctx.publisher().clone(),
         topic,
-        SubscribeOptions::new(ctx.group(group)).ack_deadline(ctx.settings.ack_deadline * 4),
+        options(ctx, group),
     )
     .drain_timeout(ctx.settings.timeout)
+}
+
+/// Creates the group (and the topic's dead-letter group) before the consumer starts, so a
+/// message published right after the consumer is spawned is not published into the void.
+async fn declare(ctx: &Ctx, topic: &str, group: &str) {
+    let mut sub = ctx.subscribe(topic, options(ctx, group)).await;
+    let _ = messaging_core::Subscription::close(&mut sub).await;
+    let mut dead = dlq(ctx, topic).await;
+    let _ = messaging_core::Subscription::close(&mut dead).await;
 }
 
 /// Resolves once `done()` holds, or after the case's timeout (the case's asserts then fail).
@@ -110,6 +123,7 @@ pub async fn runtime_retry_honours_backoff_delays(ctx: &Ctx) -> CaseResult {
         ..RetryPolicy::default()
     };
     let failing: HashSet<_> = [ctx.id(0)].into();
+    declare(ctx, &topic, "g").await;
     let consumer =
         builder(ctx, &topic, "g")
             .retry(policy)
@@ -156,6 +170,7 @@ pub async fn runtime_dead_letters_after_max_retries(ctx: &Ctx) -> CaseResult {
         ..RetryPolicy::default()
     };
     let failing: HashSet<_> = [ctx.id(0)].into();
+    declare(ctx, &topic, "billing").await;
     let consumer = builder(ctx, &topic, "billing").retry(policy).build(flaky(
         log.clone(),
         failing,
@@ -213,6 +228,7 @@ pub async fn runtime_replay_delivers_again(ctx: &Ctx) -> CaseResult {
             Ok(())
         }
     });
+    declare(ctx, &topic, "g").await;
     let consumer = builder(ctx, &topic, "g").build(handler);
     let (sn, t) = (seen.clone(), ctx.settings.timeout * 3);
     let run = tokio::spawn(consumer.run(async move {
@@ -265,6 +281,7 @@ pub async fn runtime_idempotent_consumer_absorbs_duplicates(ctx: &Ctx) -> CaseRe
     let topic = ctx.topic("t");
     let log: Log = Arc::default();
     let store = Arc::new(MemoryStore::new());
+    declare(ctx, &topic, "g").await;
     let consumer = builder(ctx, &topic, "g").concurrency(2).build_idempotent(
         IdempotencyLayer::new(store),
         flaky(log.clone(), HashSet::new(), 0, false),
@@ -295,6 +312,7 @@ pub async fn runtime_poison_message_does_not_block_others(ctx: &Ctx) -> CaseResu
     let topic = ctx.topic("t");
     let log: Log = Arc::default();
     let failing: HashSet<_> = [ctx.id(0)].into();
+    declare(ctx, &topic, "g").await;
     let consumer = builder(ctx, &topic, "g").concurrency(1).build(flaky(
         log.clone(),
         failing,
@@ -328,6 +346,7 @@ pub async fn runtime_poison_message_does_not_block_others(ctx: &Ctx) -> CaseResu
 pub async fn runtime_undecodable_input_is_dead_lettered(ctx: &Ctx) -> CaseResult {
     let topic = ctx.topic("t");
     let log: Log = Arc::default();
+    declare(ctx, &topic, "g").await;
     let consumer = builder(ctx, &topic, "g").build(flaky(log.clone(), HashSet::new(), 0, false));
     let (l, t) = (log.clone(), ctx.settings.timeout);
     let run = tokio::spawn(consumer.run(async move {
@@ -381,6 +400,7 @@ pub async fn runtime_shutdown_under_load_loses_nothing(ctx: &Ctx) -> CaseResult 
             }
         })
     };
+    declare(ctx, &topic, "g").await;
     let first = builder(ctx, &topic, "g")
         .concurrency(4)
         .drain_timeout(Duration::from_millis(10))

@@ -1,0 +1,353 @@
+//! Subscribing: a group is a durable queue bound to the topic's exchange.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation};
+use messaging_core::{
+    AckError, AckErrorKind, DecodeError, Delivery, Event, Features, ReceiveError, ReceiveErrorKind,
+    SettleError, SubscribeError, SubscribeOptions, Subscriber, Subscription,
+};
+
+use crate::broker::Shared;
+use crate::{codec, error};
+
+/// Opens subscriptions on RabbitMQ.
+#[derive(Clone)]
+pub struct RabbitSubscriber {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for RabbitSubscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitSubscriber").finish_non_exhaustive()
+    }
+}
+
+impl Subscriber for RabbitSubscriber {
+    type Subscription = RabbitSubscription;
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        options: SubscribeOptions,
+    ) -> Result<RabbitSubscription, SubscribeError> {
+        options.validate(&self.shared.features())?;
+        if options.is_ordered() && options.delivery_limit().is_some() {
+            // Ordered groups are classic queues (see the crate docs), which have no delivery limit.
+            return Err(
+                SubscribeError::new(messaging_core::SubscribeErrorKind::Unsupported).with_detail(
+                    "rabbitmq: an ordered group cannot have a broker-side delivery limit",
+                ),
+            );
+        }
+        let ch = self
+            .shared
+            .conn
+            .create_channel()
+            .await
+            .map_err(error::subscribe)?;
+        // An ordered queue hands out one message at a time: with more prefetched, a requeued
+        // message would come back behind the ones already in the client's buffer.
+        let prefetch = if options.is_ordered() {
+            1
+        } else {
+            u16::try_from(options.prefetch_limit()).unwrap_or(u16::MAX)
+        };
+        ch.basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(error::subscribe)?;
+        let queue = self
+            .shared
+            .declare_group(&ch, topic, &options)
+            .await
+            .map_err(error::subscribe)?;
+        let consumer = ch
+            .basic_consume(
+                ShortString::from(queue.as_str()),
+                ShortString::from(""),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(error::subscribe)?;
+        Ok(RabbitSubscription {
+            shared: self.shared.clone(),
+            channel: ch,
+            consumer,
+            topic: Arc::from(topic),
+            queue: Arc::from(queue.as_str()),
+            closed: false,
+        })
+    }
+
+    fn features(&self) -> Features {
+        self.shared.features()
+    }
+}
+
+/// One consumer of a group's queue, on its own channel. Closing (or dropping) it closes the
+/// channel, and RabbitMQ requeues its unacked deliveries.
+pub struct RabbitSubscription {
+    shared: Arc<Shared>,
+    channel: Channel,
+    consumer: lapin::Consumer,
+    topic: Arc<str>,
+    queue: Arc<str>,
+    closed: bool,
+}
+
+impl std::fmt::Debug for RabbitSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitSubscription")
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RabbitSubscription {
+    fn wrap(&self, d: lapin::message::Delivery) -> RabbitDelivery {
+        RabbitDelivery::new(
+            self.shared.clone(),
+            self.topic.clone(),
+            self.queue.clone(),
+            d,
+        )
+    }
+
+    fn closed() -> ReceiveError {
+        ReceiveError::new(ReceiveErrorKind::Closed)
+    }
+}
+
+impl Subscription for RabbitSubscription {
+    type Delivery = RabbitDelivery;
+
+    async fn recv(&mut self) -> Result<RabbitDelivery, ReceiveError> {
+        if self.closed {
+            return Err(Self::closed());
+        }
+        match self.consumer.next().await {
+            None => Err(Self::closed().with_detail("consumer cancelled or channel closed")),
+            Some(Err(e)) => Err(error::receive(e)),
+            Some(Ok(d)) => Ok(self.wrap(d)),
+        }
+    }
+
+    async fn recv_batch(&mut self, max: usize) -> Result<Vec<RabbitDelivery>, ReceiveError> {
+        let first = self.recv().await?;
+        let mut out = vec![first];
+        // Whatever else the prefetch already brought, without waiting.
+        while out.len() < max {
+            match self.consumer.next().now_or_never() {
+                Some(Some(Ok(d))) => out.push(self.wrap(d)),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn close(&mut self) -> Result<(), ReceiveError> {
+        if !self.closed {
+            self.closed = true;
+            if let Err(e) = self
+                .channel
+                .close(200, ShortString::from("subscription closed"))
+                .await
+            {
+                tracing::debug!(error = %e, "closing the consumer channel");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RabbitSubscription {
+    fn drop(&mut self) {
+        if !self.closed && self.channel.status().connected() {
+            let ch = self.channel.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = ch
+                        .close(200, ShortString::from("subscription dropped"))
+                        .await;
+                });
+            }
+        }
+    }
+}
+
+/// A delivery from RabbitMQ, settled on its channel.
+pub struct RabbitDelivery {
+    shared: Arc<Shared>,
+    body: Result<Arc<Event>, DecodeError>,
+    attempt: u32,
+    topic: Arc<str>,
+    queue: Arc<str>,
+    inner: lapin::message::Delivery,
+}
+
+impl std::fmt::Debug for RabbitDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitDelivery")
+            .field("queue", &self.queue)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RabbitDelivery {
+    fn new(
+        shared: Arc<Shared>,
+        topic: Arc<str>,
+        queue: Arc<str>,
+        inner: lapin::message::Delivery,
+    ) -> Self {
+        let props = &inner.properties;
+        let before = codec::int_header(props, codec::ATTEMPT_HEADER).unwrap_or(0);
+        let redeliveries =
+            codec::int_header(props, codec::DELIVERY_COUNT).unwrap_or(i64::from(inner.redelivered));
+        let attempt = u32::try_from(before + redeliveries + 1).unwrap_or(u32::MAX);
+        let body = codec::decode(&shared.binding, props, &inner.data).map(Arc::new);
+        Self {
+            shared,
+            body,
+            attempt,
+            topic,
+            queue,
+            inner,
+        }
+    }
+
+    fn fail(self, error: AckError) -> SettleError<Self> {
+        SettleError {
+            error,
+            delivery: self,
+        }
+    }
+
+    /// Re-publishes through a per-delay queue whose TTL dead-letters back to this queue, then
+    /// acks: RabbitMQ has no delayed delivery without a plugin.
+    async fn redeliver_after(&self, delay: Duration) -> Result<(), AckError> {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX).max(1);
+        let delay_queue = format!("{}.delay.{ms}", self.queue);
+        let ch = self
+            .shared
+            .confirm_channel()
+            .await
+            .map_err(|e| AckError::new(AckErrorKind::Unavailable).with_detail(e.to_string()))?;
+        let mut args = FieldTable::default();
+        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ms as i64));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(LongString::from(self.queue.as_bytes().to_vec())),
+        );
+        // Idle delay queues go away by themselves.
+        args.insert(
+            "x-expires".into(),
+            AMQPValue::LongLongInt((ms + 60_000) as i64),
+        );
+        ch.queue_declare(
+            ShortString::from(delay_queue.as_str()),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await
+        .map_err(error::ack)?;
+        let mut headers = self.inner.properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            codec::ATTEMPT_HEADER.into(),
+            AMQPValue::LongLongInt(i64::from(self.attempt)),
+        );
+        let props: BasicProperties = self.inner.properties.clone().with_headers(headers);
+        let confirm = ch
+            .basic_publish(
+                ShortString::from(""),
+                ShortString::from(delay_queue.as_str()),
+                BasicPublishOptions::default(),
+                &self.inner.data,
+                props,
+            )
+            .await
+            .map_err(error::ack)?;
+        match confirm.await.map_err(error::ack)? {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            other => Err(AckError::new(AckErrorKind::Unavailable)
+                .with_detail(format!("delayed redelivery not confirmed: {other:?}"))),
+        }
+    }
+}
+
+impl Delivery for RabbitDelivery {
+    fn payload(&self) -> Result<&Event, &DecodeError> {
+        self.body.as_deref()
+    }
+
+    fn shared_event(&self) -> Result<Arc<Event>, DecodeError> {
+        self.body.clone()
+    }
+
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    async fn ack(self) -> Result<(), SettleError<Self>> {
+        match self.inner.acker.ack(BasicAckOptions::default()).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.fail(
+                AckError::new(AckErrorKind::Closed)
+                    .with_detail("channel closed; the message was requeued"),
+            )),
+            Err(e) => Err(self.fail(error::ack(e))),
+        }
+    }
+
+    async fn nack(self, delay: Option<Duration>) -> Result<(), SettleError<Self>> {
+        if let Some(delay) = delay.filter(|d| !d.is_zero()) {
+            if !self.inner.acker.usable() {
+                return Err(self.fail(AckError::new(AckErrorKind::Closed)));
+            }
+            if let Err(e) = self.redeliver_after(delay).await {
+                return Err(self.fail(e));
+            }
+            return match self.inner.acker.ack(BasicAckOptions::default()).await {
+                Ok(true) => Ok(()),
+                // The copy waits in the delay queue and the original is requeued: a duplicate,
+                // never a loss.
+                Ok(false) => Err(self.fail(AckError::new(AckErrorKind::Closed))),
+                Err(e) => Err(self.fail(error::ack(e))),
+            };
+        }
+        let options = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        match self.inner.acker.nack(options).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.fail(AckError::new(AckErrorKind::Closed))),
+            Err(e) => Err(self.fail(error::ack(e))),
+        }
+    }
+
+    async fn extend_deadline(&mut self, _by: Duration) -> Result<(), AckError> {
+        Err(AckError::new(AckErrorKind::Unsupported)
+            .with_detail("RabbitMQ has no per-delivery deadline to extend"))
+    }
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# RabbitMQ for the messaging-rabbitmq tests: install from Debian if missing, listen on
+# 127.0.0.1 only, enable the consistent-hash exchange and management plugins, start if not
+# running, wait until ready. Idempotent.
+set -euo pipefail
+if ! command -v rabbitmq-server >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
+fi
+conf=/etc/rabbitmq/rabbitmq.conf
+mkdir -p /etc/rabbitmq
+touch "$conf"
+grep -q '^listeners\.tcp\.' "$conf" || echo "listeners.tcp.default = 127.0.0.1:5672" >>"$conf"
+grep -q '^management\.tcp\.ip' "$conf" || echo "management.tcp.ip = 127.0.0.1" >>"$conf"
+if ! rabbitmqctl -q status >/dev/null 2>&1; then
+    # The management plugin starts with the node, so it reads management.tcp.ip above.
+    rabbitmq-plugins -q enable --offline rabbitmq_consistent_hash_exchange rabbitmq_management >/dev/null
+    # Debian's service starter may be absent or refuse without systemd: start directly.
+    rabbitmq-server -detached
+fi
+timeout 120 rabbitmqctl -q await_startup
+# On a node that was already running, enable only what is safe online: the management plugin
+# would listen on every interface until the node restarts with the config above.
+rabbitmq-plugins -q enable --online rabbitmq_consistent_hash_exchange >/dev/null
+for _ in $(seq 1 60); do
+    if (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+        echo "rabbitmq ready on 127.0.0.1:5672"
+        exit 0
+    fi
+    sleep 0.5
+done
+echo "rabbitmq did not open 127.0.0.1:5672" >&2
+exit 1
