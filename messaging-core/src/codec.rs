@@ -348,18 +348,58 @@ impl Binding {
         result.map_err(|e| e.with_raw(raw))
     }
 
-    /// Decodes from borrowed parts, so an adapter need not copy a message that decodes fine.
-    /// The error carries no raw message; attach it with [`DecodeError::with_raw`].
+    /// Decodes from borrowed parts, so an adapter need not build a [`RawMessage`] for a message
+    /// that decodes fine. The error carries no raw message; attach it with
+    /// [`DecodeError::with_raw`].
     pub fn decode_parts<'h>(
         &self,
         content_type: Option<&str>,
         headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
         body: &[u8],
     ) -> Result<Event, DecodeError> {
+        match Self::mode_of(content_type)? {
+            ContentMode::Structured => decode_structured(body),
+            ContentMode::Binary => {
+                let (mut event, ct) = self.decode_binary(content_type, headers)?;
+                attach(&mut event, ct, || body.to_vec(), body.is_empty());
+                Ok(event)
+            }
+        }
+    }
+
+    /// Like [`decode_parts`](Self::decode_parts), taking the body by value: in binary mode the
+    /// body becomes the event's data without a copy. On failure the body comes back with the
+    /// error.
+    pub fn decode_parts_owned<'h>(
+        &self,
+        content_type: Option<&str>,
+        headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
+        body: Vec<u8>,
+    ) -> Result<Event, (DecodeError, Vec<u8>)> {
+        let mode = match Self::mode_of(content_type) {
+            Ok(m) => m,
+            Err(e) => return Err((e, body)),
+        };
+        match mode {
+            ContentMode::Structured => decode_structured(&body).map_err(|e| (e, body)),
+            ContentMode::Binary => {
+                let empty = body.is_empty();
+                match self.decode_binary(content_type, headers) {
+                    Ok((mut event, ct)) => {
+                        attach(&mut event, ct, || body, empty);
+                        Ok(event)
+                    }
+                    Err(e) => Err((e, body)),
+                }
+            }
+        }
+    }
+
+    fn mode_of(content_type: Option<&str>) -> Result<ContentMode, DecodeError> {
         if let Some(ct) = content_type {
             let lower = ct.trim_start().to_ascii_lowercase();
             if lower.starts_with(STRUCTURED_CONTENT_TYPE) {
-                return decode_structured(body);
+                return Ok(ContentMode::Structured);
             }
             if lower.starts_with(BATCH_CONTENT_TYPE) {
                 return Err(DecodeError::new(
@@ -368,7 +408,7 @@ impl Binding {
                 ));
             }
         }
-        self.decode_binary(content_type, headers, body)
+        Ok(ContentMode::Binary)
     }
 
     fn attribute_of<'h>(&self, header: &'h str) -> Option<&'h str> {
@@ -378,12 +418,12 @@ impl Binding {
         })
     }
 
+    /// Every attribute but the data; returns the event and the data's content type.
     fn decode_binary<'h>(
         &self,
         content_type: Option<&str>,
         headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
-        body: &[u8],
-    ) -> Result<Event, DecodeError> {
+    ) -> Result<(Event, Option<String>), DecodeError> {
         let mut specversion = None;
         let mut b = EventBuilderV10::new();
         let mut seen: u16 = 0;
@@ -491,14 +531,18 @@ impl Binding {
             }
         }
         let mut event = b.build().map_err(|e| invalid(e.to_string()))?;
-        if ct.is_some() || !body.is_empty() {
-            event.set_data_unchecked(Data::Binary(body.to_vec()));
-            event.set_datacontenttype(ct);
-        }
         if schema.is_some() {
             event.set_dataschema(schema);
         }
-        Ok(event)
+        Ok((event, ct.map(str::to_owned)))
+    }
+}
+
+/// Sets the body as the event's data: no content type and no body means no data.
+fn attach(event: &mut Event, ct: Option<String>, body: impl FnOnce() -> Vec<u8>, empty: bool) {
+    if ct.is_some() || !empty {
+        event.set_data_unchecked(Data::Binary(body()));
+        event.set_datacontenttype(ct);
     }
 }
 

@@ -75,7 +75,7 @@ impl RabbitBroker {
     /// Connects, with lapin's automatic recovery enabled.
     pub async fn connect(config: RabbitConfig) -> Result<Self, ConnectError> {
         let props = ConnectionProperties::default()
-            .with_connection_name(LongString::from("messaging-rabbitmq"))
+            .with_connection_name(LongString::from(config.connection_name.as_str()))
             .enable_auto_recover();
         let conn = Connection::connect(&config.uri, props)
             .await
@@ -204,6 +204,12 @@ impl Shared {
         );
         if options.is_ordered() {
             args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        }
+        if let Some(expires) = self.config.queue_expires {
+            let ms = i64::try_from(expires.as_millis())
+                .unwrap_or(i64::MAX)
+                .max(1);
+            args.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
         }
         if let Some(max) = options.delivery_limit() {
             let dlq = options.dead_letter_topic_for(topic);

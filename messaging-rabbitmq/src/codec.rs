@@ -1,6 +1,8 @@
 //! CloudEvents AMQP protocol binding: binary mode as `cloudEvents:` application properties
 //! plus the `content-type` property; structured mode as `application/cloudevents+json`.
 
+use std::borrow::Cow;
+
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use messaging_core::codec::{Binding, ContentMode, EncodeError};
@@ -12,11 +14,11 @@ pub(crate) const ATTEMPT_HEADER: &str = "x-messaging-attempt";
 pub(crate) const DELIVERY_COUNT: &str = "x-delivery-count";
 
 /// Properties and body for `event`.
-pub(crate) fn encode(
-    binding: &Binding,
-    event: &Event,
+pub(crate) fn encode<'a>(
+    binding: &'a Binding,
+    event: &'a Event,
     mode: ContentMode,
-) -> Result<(BasicProperties, Vec<u8>, usize), EncodeError> {
+) -> Result<(BasicProperties, Cow<'a, [u8]>, usize), EncodeError> {
     let encoded = binding.encode(event, mode)?;
     let size = encoded.wire_size();
     let mut headers = FieldTable::default();
@@ -32,22 +34,23 @@ pub(crate) fn encode(
     if let Some(ct) = &encoded.content_type {
         props = props.with_content_type(ShortString::from(ct.as_ref()));
     }
-    Ok((props, encoded.body.into_owned(), size))
+    Ok((props, encoded.body, size))
 }
 
-fn value_bytes(v: &AMQPValue) -> Option<Vec<u8>> {
+fn value_bytes(v: &AMQPValue) -> Option<Cow<'_, [u8]>> {
+    let text = |s: String| Some(Cow::Owned(s.into_bytes()));
     match v {
-        AMQPValue::LongString(s) => Some(s.as_bytes().to_vec()),
-        AMQPValue::ShortString(s) => Some(s.as_str().as_bytes().to_vec()),
-        AMQPValue::Boolean(b) => Some(b.to_string().into_bytes()),
-        AMQPValue::ShortShortInt(n) => Some(n.to_string().into_bytes()),
-        AMQPValue::ShortShortUInt(n) => Some(n.to_string().into_bytes()),
-        AMQPValue::ShortInt(n) => Some(n.to_string().into_bytes()),
-        AMQPValue::ShortUInt(n) => Some(n.to_string().into_bytes()),
-        AMQPValue::LongInt(n) => Some(n.to_string().into_bytes()),
-        AMQPValue::LongUInt(n) => Some(n.to_string().into_bytes()),
-        AMQPValue::LongLongInt(n) => Some(n.to_string().into_bytes()),
-        AMQPValue::Timestamp(n) => Some(n.to_string().into_bytes()),
+        AMQPValue::LongString(s) => Some(Cow::Borrowed(s.as_bytes())),
+        AMQPValue::ShortString(s) => Some(Cow::Borrowed(s.as_str().as_bytes())),
+        AMQPValue::Boolean(b) => text(b.to_string()),
+        AMQPValue::ShortShortInt(n) => text(n.to_string()),
+        AMQPValue::ShortShortUInt(n) => text(n.to_string()),
+        AMQPValue::ShortInt(n) => text(n.to_string()),
+        AMQPValue::ShortUInt(n) => text(n.to_string()),
+        AMQPValue::LongInt(n) => text(n.to_string()),
+        AMQPValue::LongUInt(n) => text(n.to_string()),
+        AMQPValue::LongLongInt(n) => text(n.to_string()),
+        AMQPValue::Timestamp(n) => text(n.to_string()),
         _ => None,
     }
 }
@@ -67,14 +70,15 @@ pub(crate) fn int_header(props: &BasicProperties, name: &str) -> Option<i64> {
     }
 }
 
-/// The event in a delivery, or a decode error carrying the raw message.
+/// The event in a delivery (the body moves into its data), or a decode error carrying the raw
+/// message.
 pub(crate) fn decode(
     binding: &Binding,
     props: &BasicProperties,
-    body: &[u8],
+    body: Vec<u8>,
 ) -> Result<Event, DecodeError> {
     let content_type = props.content_type().as_ref().map(ShortString::as_str);
-    let headers: Vec<(&str, Vec<u8>)> = props
+    let headers: Vec<(&str, Cow<'_, [u8]>)> = props
         .headers()
         .as_ref()
         .map(|h| {
@@ -85,19 +89,19 @@ pub(crate) fn decode(
         })
         .unwrap_or_default();
     binding
-        .decode_parts(
+        .decode_parts_owned(
             content_type,
-            headers.iter().map(|(k, v)| (*k, v.as_slice())),
+            headers.iter().map(|(k, v)| (*k, v.as_ref())),
             body,
         )
-        .map_err(|e| {
+        .map_err(|(e, body)| {
             e.with_raw(RawMessage {
                 content_type: content_type.map(str::to_owned),
                 headers: headers
                     .iter()
-                    .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                    .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
                     .collect(),
-                body: body.to_vec(),
+                body,
             })
         })
 }
@@ -115,7 +119,8 @@ mod tests {
             .ordering_key("k")
             .build()
             .unwrap();
-        let (props, body, _) = encode(&Binding::amqp(), &e, ContentMode::Binary).unwrap();
+        let binding = Binding::amqp();
+        let (props, body, _) = encode(&binding, &e, ContentMode::Binary).unwrap();
         let headers = props.headers().as_ref().unwrap().inner();
         assert!(headers.contains_key("cloudEvents:id"));
         assert!(headers.contains_key("cloudEvents:partitionkey"));
@@ -123,14 +128,14 @@ mod tests {
             props.content_type().as_ref().unwrap().as_str(),
             "application/json"
         );
-        let back = decode(&Binding::amqp(), &props, &body).unwrap();
+        let back = decode(&Binding::amqp(), &props, body.into_owned()).unwrap();
         assert_eq!((back.id(), back.ordering_key()), ("e1", Some("k")));
     }
 
     #[test]
     fn a_plain_amqp_message_is_a_decode_error_with_its_bytes() {
         let props = BasicProperties::default().with_content_type("text/plain".into());
-        let err = decode(&Binding::amqp(), &props, b"hello").unwrap_err();
+        let err = decode(&Binding::amqp(), &props, b"hello".to_vec()).unwrap_err();
         assert_eq!(err.raw().unwrap().body, b"hello");
     }
 }

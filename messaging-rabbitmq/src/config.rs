@@ -35,6 +35,11 @@ pub struct RabbitConfig {
     pub mandatory: bool,
     /// How long a publish waits for the broker's confirm (default 30 s).
     pub confirm_timeout: Duration,
+    /// Connection name shown by `rabbitmqctl list_connections` (default `messaging-rabbitmq`).
+    pub connection_name: String,
+    /// Deletes group queues unused (no consumer, not redeclared) for this long (`x-expires`);
+    /// `None` (default) keeps them, as production groups must. For tests and ephemeral groups.
+    pub queue_expires: Option<Duration>,
 }
 
 impl RabbitConfig {
@@ -47,6 +52,8 @@ impl RabbitConfig {
             max_payload: 16 * 1024 * 1024,
             mandatory: false,
             confirm_timeout: Duration::from_secs(30),
+            connection_name: "messaging-rabbitmq".into(),
+            queue_expires: None,
         }
     }
 }
@@ -72,6 +79,8 @@ impl fmt::Debug for RabbitConfig {
             .field("max_payload", &self.max_payload)
             .field("mandatory", &self.mandatory)
             .field("confirm_timeout", &self.confirm_timeout)
+            .field("connection_name", &self.connection_name)
+            .field("queue_expires", &self.queue_expires)
             .finish()
     }
 }

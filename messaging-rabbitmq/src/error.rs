@@ -8,6 +8,11 @@ use messaging_core::{
 /// Whether the connection or channel failing is the cause (a retry, after recovery, can help)
 /// rather than the broker refusing the operation.
 fn is_transport(e: &lapin::Error) -> bool {
+    // CONNECTION_FORCED (an operator or a node shutting down), RESOURCE_ERROR, INTERNAL_ERROR:
+    // the connection is gone or the broker is struggling; automatic recovery reconnects.
+    if let lapin::ErrorKind::ProtocolError(amqp) = e.kind() {
+        return matches!(amqp.get_id(), 320 | 506 | 541);
+    }
     e.is_io_error()
         || e.is_runtime_shutdown_error()
         || matches!(
@@ -41,11 +46,12 @@ pub(crate) fn subscribe(e: lapin::Error) -> SubscribeError {
         .with_source(e)
 }
 
+/// Receiving while the connection recovers is transient: the consumer resumes afterwards.
 pub(crate) fn receive(e: lapin::Error) -> ReceiveError {
     let kind = if is_transport(&e) {
-        ReceiveErrorKind::Closed
-    } else {
         ReceiveErrorKind::Unavailable
+    } else {
+        ReceiveErrorKind::Closed
     };
     ReceiveError::new(kind)
         .with_detail(e.to_string())

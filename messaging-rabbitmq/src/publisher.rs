@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures_util::future::join_all;
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Confirmation, PublisherConfirm};
+use std::borrow::Cow;
+
+use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use messaging_core::{
     Event, Features, PublishBatchError, PublishError, PublishErrorKind, Publisher, Receipt,
 };
@@ -37,7 +39,10 @@ impl RabbitPublisher {
         }
     }
 
-    fn encode(&self, event: &Event) -> Result<(BasicProperties, Vec<u8>), PublishError> {
+    fn encode<'a>(
+        &'a self,
+        event: &'a Event,
+    ) -> Result<(BasicProperties, Cow<'a, [u8]>), PublishError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(PublishError::new(PublishErrorKind::Closed));
         }
@@ -51,17 +56,23 @@ impl RabbitPublisher {
         Ok((props, body))
     }
 
-    async fn send(
-        &self,
-        topic: &str,
-        props: BasicProperties,
-        body: &[u8],
-    ) -> Result<PublisherConfirm, PublishError> {
+    /// The confirm channel, with `topic`'s exchange declared.
+    async fn channel(&self, topic: &str) -> Result<Channel, PublishError> {
         let ch = self.shared.confirm_channel().await?;
         self.shared
             .ensure_exchange(&ch, topic)
             .await
             .map_err(error::publish)?;
+        Ok(ch)
+    }
+
+    async fn send(
+        &self,
+        ch: &Channel,
+        topic: &str,
+        props: BasicProperties,
+        body: &[u8],
+    ) -> Result<PublisherConfirm, PublishError> {
         ch.basic_publish(
             ShortString::from(topic),
             ShortString::from(""),
@@ -76,31 +87,39 @@ impl RabbitPublisher {
         .map_err(error::publish)
     }
 
-    async fn confirmed(&self, confirm: PublisherConfirm) -> Result<Receipt, PublishError> {
-        let timeout = self.shared.config.confirm_timeout;
-        match tokio::time::timeout(timeout, confirm).await {
-            Err(_) => Err(PublishError::new(PublishErrorKind::Timeout)
-                .with_detail(format!("no confirm within {timeout:?}"))),
-            Ok(Err(e)) => Err(error::publish(e)),
-            Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => Ok(Receipt::new()),
-            Ok(Ok(Confirmation::Ack(Some(returned)))) => Err(PublishError::new(
-                PublishErrorKind::Unroutable,
-            )
-            .with_detail(format!(
-                "no queue bound: {} {}",
-                returned.reply_code, returned.reply_text
-            ))),
-            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::new(PublishErrorKind::Unavailable)
-                .with_detail("broker nacked the message")),
-        }
+    fn timeout_error(&self) -> PublishError {
+        PublishError::new(PublishErrorKind::Timeout).with_detail(format!(
+            "no confirm within {:?}",
+            self.shared.config.confirm_timeout
+        ))
+    }
+}
+
+fn confirmation(result: lapin::Result<Confirmation>) -> Result<Receipt, PublishError> {
+    match result {
+        Err(e) => Err(error::publish(e)),
+        Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(Receipt::new()),
+        Ok(Confirmation::Ack(Some(returned))) => Err(PublishError::new(
+            PublishErrorKind::Unroutable,
+        )
+        .with_detail(format!(
+            "no queue bound: {} {}",
+            returned.reply_code, returned.reply_text
+        ))),
+        Ok(Confirmation::Nack(_)) => Err(PublishError::new(PublishErrorKind::Unavailable)
+            .with_detail("broker nacked the message")),
     }
 }
 
 impl Publisher for RabbitPublisher {
     async fn publish(&self, topic: &str, event: Event) -> Result<Receipt, PublishError> {
         let (props, body) = self.encode(&event)?;
-        let confirm = self.send(topic, props, &body).await?;
-        self.confirmed(confirm).await
+        let ch = self.channel(topic).await?;
+        let confirm = self.send(&ch, topic, props, &body).await?;
+        match tokio::time::timeout(self.shared.config.confirm_timeout, confirm).await {
+            Ok(result) => confirmation(result),
+            Err(_) => Err(self.timeout_error()),
+        }
     }
 
     async fn publish_batch(
@@ -108,48 +127,56 @@ impl Publisher for RabbitPublisher {
         topic: &str,
         events: Vec<Event>,
     ) -> Result<Vec<Receipt>, PublishBatchError> {
-        // Send everything first, then wait for all confirms together.
+        // Send everything, then wait for all the confirms together, under one timeout.
+        let ch = match self.channel(topic).await {
+            Ok(ch) => ch,
+            Err(e) => {
+                let kind = e.kind();
+                let detail = e.to_string();
+                return Err(PublishBatchError::all(events, || {
+                    PublishError::new(kind).with_detail(detail.clone())
+                }));
+            }
+        };
         let mut pending = Vec::with_capacity(events.len());
         let mut failed = Vec::new();
-        let mut kept = Vec::with_capacity(events.len());
-        for (i, event) in events.into_iter().enumerate() {
-            let sent = match self.encode(&event) {
-                Ok((props, body)) => self.send(topic, props, &body).await,
+        for (i, event) in events.iter().enumerate() {
+            let sent = match self.encode(event) {
+                Ok((props, body)) => self.send(&ch, topic, props, &body).await,
                 Err(e) => Err(e),
             };
             match sent {
-                Ok(confirm) => {
-                    pending.push((i, confirm));
-                    kept.push((i, event));
-                }
-                Err(e) => failed.push((i, event, e)),
+                Ok(confirm) => pending.push((i, confirm)),
+                Err(e) => failed.push((i, e)),
             }
         }
-        let results = join_all(
-            pending
-                .into_iter()
-                .map(|(i, c)| async move { (i, self.confirmed(c).await) }),
+        let indices: Vec<usize> = pending.iter().map(|(i, _)| *i).collect();
+        let results: Vec<Result<Receipt, PublishError>> = match tokio::time::timeout(
+            self.shared.config.confirm_timeout,
+            join_all(pending.into_iter().map(|(_, c)| c)),
         )
-        .await;
+        .await
+        {
+            Ok(results) => results.into_iter().map(confirmation).collect(),
+            Err(_) => indices.iter().map(|_| Err(self.timeout_error())).collect(),
+        };
         let mut accepted = Vec::with_capacity(results.len());
-        let mut events: std::collections::HashMap<usize, Event> = kept.into_iter().collect();
-        for (i, r) in results {
+        for (i, r) in indices.into_iter().zip(results) {
             match r {
                 Ok(receipt) => accepted.push((i, receipt)),
-                Err(e) => {
-                    if let Some(event) = events.remove(&i) {
-                        failed.push((i, event, e));
-                    }
-                }
+                Err(e) => failed.push((i, e)),
             }
         }
         if failed.is_empty() {
-            accepted.sort_by_key(|(i, _)| *i);
-            Ok(accepted.into_iter().map(|(_, r)| r).collect())
-        } else {
-            failed.sort_by_key(|(i, _, _)| *i);
-            Err(PublishBatchError { accepted, failed })
+            return Ok(accepted.into_iter().map(|(_, r)| r).collect());
         }
+        failed.sort_by_key(|(i, _)| *i);
+        let mut events: Vec<Option<Event>> = events.into_iter().map(Some).collect();
+        let failed = failed
+            .into_iter()
+            .filter_map(|(i, e)| events[i].take().map(|event| (i, event, e)))
+            .collect();
+        Err(PublishBatchError { accepted, failed })
     }
 
     async fn close(&self) -> Result<(), PublishError> {

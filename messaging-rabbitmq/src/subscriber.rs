@@ -207,14 +207,15 @@ impl RabbitDelivery {
         shared: Arc<Shared>,
         topic: Arc<str>,
         queue: Arc<str>,
-        inner: lapin::message::Delivery,
+        mut inner: lapin::message::Delivery,
     ) -> Self {
         let props = &inner.properties;
         let before = codec::int_header(props, codec::ATTEMPT_HEADER).unwrap_or(0);
         let redeliveries =
             codec::int_header(props, codec::DELIVERY_COUNT).unwrap_or(i64::from(inner.redelivered));
         let attempt = u32::try_from(before + redeliveries + 1).unwrap_or(u32::MAX);
-        let body = codec::decode(&shared.binding, props, &inner.data).map(Arc::new);
+        let data = std::mem::take(&mut inner.data);
+        let body = codec::decode(&shared.binding, &inner.properties, data).map(Arc::new);
         Self {
             shared,
             body,
@@ -267,18 +268,34 @@ impl RabbitDelivery {
         )
         .await
         .map_err(error::ack)?;
-        let mut headers = self.inner.properties.headers().clone().unwrap_or_default();
+        // The body moved into the event: encode it again (or take the raw bytes back from
+        // the decode error), and carry the attempt count across.
+        let (props, body) = match &self.body {
+            Ok(event) => {
+                let (props, body, _) =
+                    codec::encode(&self.shared.binding, event, self.shared.config.content_mode)
+                        .map_err(|e| {
+                            AckError::new(AckErrorKind::Unsupported).with_detail(e.to_string())
+                        })?;
+                (props, body.into_owned())
+            }
+            Err(e) => (
+                self.inner.properties.clone(),
+                e.raw().map(|r| r.body.clone()).unwrap_or_default(),
+            ),
+        };
+        let mut headers = props.headers().clone().unwrap_or_default();
         headers.insert(
             codec::ATTEMPT_HEADER.into(),
             AMQPValue::LongLongInt(i64::from(self.attempt)),
         );
-        let props: BasicProperties = self.inner.properties.clone().with_headers(headers);
+        let props: BasicProperties = props.with_headers(headers);
         let confirm = ch
             .basic_publish(
                 ShortString::from(""),
                 ShortString::from(delay_queue.as_str()),
                 BasicPublishOptions::default(),
-                &self.inner.data,
+                &body,
                 props,
             )
             .await

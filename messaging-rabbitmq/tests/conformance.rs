@@ -13,6 +13,14 @@ use messaging_testkit::conformance::{Harness, Settings};
 
 const URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+/// Test queues delete themselves two minutes after their last use.
+fn test_config() -> RabbitConfig {
+    RabbitConfig {
+        queue_expires: Some(Duration::from_secs(120)),
+        ..RabbitConfig::new(URI)
+    }
+}
+
 struct RabbitHarness {
     broker: tokio::sync::OnceCell<RabbitBroker>,
 }
@@ -27,7 +35,7 @@ impl RabbitHarness {
     async fn broker(&self) -> &RabbitBroker {
         self.broker
             .get_or_init(|| async {
-                RabbitBroker::connect(RabbitConfig::new(URI))
+                RabbitBroker::connect(test_config())
                     .await
                     .unwrap_or_else(|e| {
                         panic!("RabbitMQ is not reachable (run scripts/brokers/rabbitmq.sh): {e}")
@@ -45,7 +53,7 @@ impl Harness for RabbitHarness {
         f.ordering = true;
         f.delayed_redelivery = messaging_core::DelaySupport::Emulated;
         f.native_dead_letter = true;
-        f.max_payload = Some(RabbitConfig::new(URI).max_payload);
+        f.max_payload = Some(test_config().max_payload);
         f.persistent = true;
         f
     }

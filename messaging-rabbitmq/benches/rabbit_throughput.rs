@@ -1,0 +1,190 @@
+//! Raw lapin against the adapter on the same RabbitMQ, in one run: publish with confirms and
+//! consume with acks, persistent messages, 100 B and 1 KiB.
+//!
+//! `cargo bench -p messaging-rabbitmq --bench rabbit_throughput` (RabbitMQ on 127.0.0.1:5672)
+//!
+//! Both sides use a durable quorum queue bound to a fanout exchange. The raw publisher keeps
+//! 256 confirms in flight (publish 256, then await their confirms), as a skilled lapin user
+//! would, each with a freshly allocated payload; the adapter uses `publish_batch` with 256
+//! events cloned from a template. The adapter's messages also carry the CloudEvents attributes
+//! as `cloudEvents:*` application properties (about 200 bytes), which the raw side does not
+//! send. The raw consumer acks each
+//! delivery from a `basic_consume` stream with a prefetch of 256; the adapter receives with
+//! `recv_batch(256)` and acks each delivery. Median of 5 runs of `MESSAGES` messages.
+
+#![allow(missing_docs)]
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use messaging_core::{
+    Delivery, EventBuilder, Publisher, SubscribeOptions, Subscriber, Subscription,
+};
+use messaging_rabbitmq::{RabbitBroker, RabbitConfig};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const MESSAGES: usize = 20_000;
+const WINDOW: usize = 256;
+const RUNS: usize = 5;
+
+fn unique(prefix: &str) -> String {
+    format!("bench-{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Declares `<topic>.g` through the adapter (same queue either side).
+async fn declare(broker: &RabbitBroker, topic: &str) {
+    let mut s = broker
+        .subscriber()
+        .subscribe(topic, SubscribeOptions::new("g"))
+        .await
+        .expect("declare");
+    s.close().await.expect("close");
+}
+
+async fn raw_publish(conn: &Connection, topic: &str, size: usize) -> Duration {
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let template = vec![7u8; size];
+    let start = Instant::now();
+    for _ in 0..MESSAGES / WINDOW {
+        let mut confirms = Vec::with_capacity(WINDOW);
+        for _ in 0..WINDOW {
+            // A fresh payload per message, as the adapter side builds a fresh event.
+            let body = template.clone();
+            let c = ch
+                .basic_publish(
+                    ShortString::from(topic),
+                    ShortString::from(""),
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .expect("publish");
+            confirms.push(c);
+        }
+        for c in join_all(confirms).await {
+            assert!(c.expect("confirm").is_ack());
+        }
+    }
+    start.elapsed()
+}
+
+async fn adapter_publish(broker: &RabbitBroker, topic: &str, size: usize) -> Duration {
+    let publisher = broker.publisher();
+    let template = EventBuilder::new("bench", "bench.event")
+        .bytes(None, vec![7u8; size])
+        .build()
+        .expect("event");
+    let start = Instant::now();
+    for _ in 0..MESSAGES / WINDOW {
+        let events = (0..WINDOW).map(|_| template.clone()).collect();
+        publisher
+            .publish_batch(topic, events)
+            .await
+            .expect("publish");
+    }
+    start.elapsed()
+}
+
+async fn raw_consume(conn: &Connection, topic: &str) -> Duration {
+    let ch = conn.create_channel().await.expect("channel");
+    ch.basic_qos(WINDOW as u16, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut consumer = ch
+        .basic_consume(
+            ShortString::from(format!("{topic}.g")),
+            ShortString::from(""),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let start = Instant::now();
+    for _ in 0..(MESSAGES / WINDOW) * WINDOW {
+        let d = consumer.next().await.expect("open").expect("delivery");
+        d.acker.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    let t = start.elapsed();
+    let _ = ch.close(200, ShortString::from("done")).await;
+    t
+}
+
+async fn adapter_consume(broker: &RabbitBroker, topic: &str) -> Duration {
+    let mut sub = broker
+        .subscriber()
+        .subscribe(topic, SubscribeOptions::new("g").prefetch(WINDOW))
+        .await
+        .expect("subscribe");
+    let start = Instant::now();
+    let mut n = 0;
+    while n < (MESSAGES / WINDOW) * WINDOW {
+        for d in sub.recv_batch(WINDOW).await.expect("recv") {
+            std::hint::black_box(d.event().expect("decodes"));
+            d.ack().await.expect("ack");
+            n += 1;
+        }
+    }
+    let t = start.elapsed();
+    sub.close().await.expect("close");
+    t
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn rate(d: Duration) -> f64 {
+    ((MESSAGES / WINDOW) * WINDOW) as f64 / d.as_secs_f64()
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let conn = Connection::connect(URI, ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ on 127.0.0.1:5672 (run scripts/brokers/rabbitmq.sh)");
+        let broker = RabbitBroker::connect(RabbitConfig {
+            queue_expires: Some(Duration::from_secs(120)),
+            ..RabbitConfig::new(URI)
+        })
+        .await
+        .expect("connect");
+        println!("RabbitMQ: raw lapin vs messaging-rabbitmq, {} persistent messages per run, quorum queue, median of {RUNS}", (MESSAGES / WINDOW) * WINDOW);
+        println!("{:>6} {:>8} {:>12} {:>12} {:>7}", "size", "op", "raw msg/s", "adapter/s", "ratio");
+        for size in [100, 1024] {
+            let (mut rp, mut ap, mut rc, mut ac) = (vec![], vec![], vec![], vec![]);
+            for _ in 0..RUNS {
+                let t1 = unique("raw");
+                declare(&broker, &t1).await;
+                rp.push(raw_publish(&conn, &t1, size).await);
+                rc.push(raw_consume(&conn, &t1).await);
+                let t2 = unique("adapter");
+                declare(&broker, &t2).await;
+                ap.push(adapter_publish(&broker, &t2, size).await);
+                ac.push(adapter_consume(&broker, &t2).await);
+            }
+            let (rp, ap, rc, ac) = (rate(median(rp)), rate(median(ap)), rate(median(rc)), rate(median(ac)));
+            println!("{size:>5}B {:>8} {rp:>12.0} {ap:>12.0} {:>7.2}", "publish", ap / rp);
+            println!("{size:>5}B {:>8} {rc:>12.0} {ac:>12.0} {:>7.2}", "consume", ac / rc);
+        }
+    });
+}

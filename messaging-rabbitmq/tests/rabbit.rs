@@ -1,0 +1,188 @@
+//! RabbitMQ-specific behaviour on the real broker: mandatory publishes, and a connection the
+//! broker drops mid-stream.
+
+use std::process::Command;
+use std::time::Duration;
+
+use messaging_core::{
+    AckErrorKind, AttributesReader, Delivery, EventBuilder, PublishErrorKind, Publisher,
+    SubscribeOptions, Subscriber, Subscription,
+};
+use messaging_rabbitmq::{RabbitBroker, RabbitConfig};
+
+const URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn unique(what: &str) -> String {
+    format!("rt-{what}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Test queues delete themselves two minutes after their last use.
+fn config() -> RabbitConfig {
+    RabbitConfig {
+        queue_expires: Some(Duration::from_secs(120)),
+        ..RabbitConfig::new(URI)
+    }
+}
+
+async fn connect(config: RabbitConfig) -> RabbitBroker {
+    RabbitBroker::connect(config).await.unwrap_or_else(|e| {
+        panic!("RabbitMQ is not reachable (run scripts/brokers/rabbitmq.sh): {e}")
+    })
+}
+
+#[tokio::test]
+async fn mandatory_publish_without_a_group_is_unroutable() {
+    let broker = connect(RabbitConfig {
+        mandatory: true,
+        ..config()
+    })
+    .await;
+    let topic = unique("nobody");
+    let e = EventBuilder::new("t", "t").build().unwrap();
+    let err = broker
+        .publisher()
+        .publish(&topic, e.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), PublishErrorKind::Unroutable, "{err}");
+    assert!(!err.is_transient());
+    // Once a group exists the same publish goes through.
+    let _sub = broker
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new("g"))
+        .await
+        .unwrap();
+    broker.publisher().publish(&topic, e).await.unwrap();
+}
+
+/// Closes every connection with `name` from the broker's side, as a network failure would.
+fn drop_connections(name: &str) {
+    let out = Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "pid", "client_properties"])
+        .output()
+        .expect("rabbitmqctl runs");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let mut closed = 0;
+    for line in listing.lines().filter(|l| l.contains(name)) {
+        let pid = line.split_whitespace().next().unwrap_or_default();
+        let status = Command::new("rabbitmqctl")
+            .args(["-q", "close_connection", pid, "test drops the connection"])
+            .status()
+            .expect("rabbitmqctl runs");
+        assert!(status.success());
+        closed += 1;
+    }
+    assert!(closed > 0, "no connection named {name}: {listing}");
+}
+
+#[tokio::test]
+async fn dropped_connection_fails_stale_acks_and_loses_nothing() {
+    let name = unique("conn");
+    let broker = connect(RabbitConfig {
+        connection_name: name.clone(),
+        ..config()
+    })
+    .await;
+    let topic = unique("drop");
+    let mut sub = broker
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new("g"))
+        .await
+        .unwrap();
+    let e = EventBuilder::new("t", "t").id("kept").build().unwrap();
+    broker.publisher().publish(&topic, e).await.unwrap();
+    let held = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    drop_connections(&name);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let err = held
+        .ack()
+        .await
+        .expect_err("the channel died with the connection");
+    assert_eq!(err.error.kind(), AckErrorKind::Closed, "{}", err.error);
+
+    // A fresh connection gets the unacked message again.
+    let again = connect(config()).await;
+    let mut sub2 = again
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new("g"))
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), sub2.recv())
+        .await
+        .expect("redelivered")
+        .unwrap();
+    assert_eq!(d.event().unwrap().id(), "kept");
+    assert!(d.attempt() >= 2, "the broker counted the first delivery");
+    d.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_same_broker_recovers_after_a_dropped_connection() {
+    let name = unique("recover");
+    let broker = connect(RabbitConfig {
+        connection_name: name.clone(),
+        ..config()
+    })
+    .await;
+    let topic = unique("recover");
+    let mut sub = broker
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new("g"))
+        .await
+        .unwrap();
+    broker
+        .publisher()
+        .publish(
+            &topic,
+            EventBuilder::new("t", "t").id("before").build().unwrap(),
+        )
+        .await
+        .unwrap();
+    let held = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    drop_connections(&name);
+    drop(held);
+    // Publishing works again once the connection has recovered.
+    let mut published = false;
+    for _ in 0..40 {
+        let e = EventBuilder::new("t", "t").id("after").build().unwrap();
+        match broker.publisher().publish(&topic, e).await {
+            Ok(_) => {
+                published = true;
+                break;
+            }
+            Err(e) => {
+                assert!(e.is_transient(), "a dropped connection is transient: {e}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+    assert!(published, "publisher did not recover");
+    // The subscription resumes: both messages arrive (the first one redelivered).
+    let mut ids = Vec::new();
+    while ids.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(10), sub.recv())
+            .await
+            .expect("consuming resumed")
+        {
+            Ok(d) => {
+                ids.push(d.event().unwrap().id().to_owned());
+                d.ack().await.unwrap();
+            }
+            Err(e) => {
+                assert!(
+                    e.is_transient() || e.kind() == messaging_core::ReceiveErrorKind::Closed,
+                    "{e}"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+    ids.sort();
+    assert_eq!(ids, ["after", "before"]);
+}
