@@ -395,18 +395,20 @@ where
     if let Outcome::DeadLetter(failure) = outcome {
         let event = dead_letter::dead_letter_event(msg.event(), &failure, &shared.origin);
         match shared.publisher.publish_dyn(&shared.dlq_topic, event).await {
-            Ok(_) => {
-                shared
-                    .counters
-                    .dead_lettered
-                    .fetch_add(1, Ordering::Relaxed);
-                shared.metrics.dead_lettered.increment(1);
-            }
+            Ok(_) => count_dead_letter(shared),
             Err(e) => {
                 tracing::error!(error = %e, "at-most-once: dead-letter publish failed; the message is lost");
             }
         }
     }
+}
+
+fn count_dead_letter<Svc>(shared: &Shared<Svc>) {
+    shared
+        .counters
+        .dead_lettered
+        .fetch_add(1, Ordering::Relaxed);
+    shared.metrics.dead_lettered.increment(1);
 }
 
 async fn call<Svc>(shared: &Shared<Svc>, msg: Incoming) -> Outcome
@@ -449,11 +451,7 @@ async fn publish_dead_letter<D: Delivery, Svc>(
     match shared.publisher.publish_dyn(&shared.dlq_topic, event).await {
         Ok(_) => {
             if settle(shared, delivery, Settle::Ack).await.is_ok() {
-                shared
-                    .counters
-                    .dead_lettered
-                    .fetch_add(1, Ordering::Relaxed);
-                shared.metrics.dead_lettered.increment(1);
+                count_dead_letter(shared);
             }
         }
         Err(e) => {
