@@ -1,0 +1,295 @@
+//! The clients shared by publishers and subscribers: one producer, one admin client, and the
+//! topics already created.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use messaging_core::{
+    Binding, DelaySupport, Features, Inspect, InspectError, InspectErrorKind, PublishError,
+};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::{KafkaConfig, retry_topic};
+use crate::error;
+use crate::publisher::{KafkaPublisher, Producer};
+use crate::subscriber::KafkaSubscriber;
+
+/// A connection to a Kafka cluster; hands out publishers and subscribers. Cheap to clone.
+#[derive(Clone)]
+pub struct KafkaBroker {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for KafkaBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaBroker")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: KafkaConfig,
+    pub(crate) binding: Binding,
+    pub(crate) producer: Producer,
+    admin: AdminClient<DefaultClientContext>,
+    topics: Mutex<HashSet<String>>,
+}
+
+/// Failure to set up the clients.
+#[derive(Debug)]
+pub struct ConnectError {
+    servers: String,
+    source: KafkaError,
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot reach Kafka at {}: {}", self.servers, self.source)
+    }
+}
+
+impl std::error::Error for ConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+impl ConnectError {
+    /// Whether connecting again later can succeed (the cluster is unreachable, rather than
+    /// the configuration being invalid).
+    pub fn is_transient(&self) -> bool {
+        !matches!(
+            self.source,
+            KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_)
+        )
+    }
+}
+
+/// Lag of one partition of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    /// The topic (the group's topic or one of its retry topics).
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The group's committed offset (the next message it will read), if it committed one.
+    pub committed: Option<i64>,
+    /// The partition's high watermark (the offset of the next message written).
+    pub high_watermark: i64,
+    /// Messages the group has not settled yet: high watermark minus committed offset (minus
+    /// the low watermark without a commit).
+    pub lag: u64,
+}
+
+impl KafkaBroker {
+    /// Creates the clients and checks that the cluster answers (a metadata request bounded by
+    /// `config.subscribe_timeout`).
+    pub async fn connect(config: KafkaConfig) -> Result<Self, ConnectError> {
+        let fail = |source| ConnectError {
+            servers: config.bootstrap_servers.clone(),
+            source,
+        };
+        let producer = Producer::new(&config).map_err(fail)?;
+        let admin: AdminClient<DefaultClientContext> =
+            config.client_config().create().map_err(fail)?;
+        let probe: BaseConsumer = config.client_config().create().map_err(fail)?;
+        let timeout = config.subscribe_timeout;
+        tokio::task::spawn_blocking(move || probe.fetch_metadata(None, timeout).map(drop))
+            .await
+            .map_err(|_| fail(KafkaError::Canceled))?
+            .map_err(fail)?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                binding: Binding::kafka(),
+                producer,
+                admin,
+                topics: Mutex::new(HashSet::new()),
+                config,
+            }),
+        })
+    }
+
+    /// A publisher over the broker's shared producer.
+    pub fn publisher(&self) -> KafkaPublisher {
+        KafkaPublisher::new(self.shared.clone())
+    }
+
+    /// A subscriber.
+    pub fn subscriber(&self) -> KafkaSubscriber {
+        KafkaSubscriber::new(self.shared.clone())
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &KafkaConfig {
+        &self.shared.config
+    }
+
+    /// What Kafka can do through this adapter.
+    pub fn features(&self) -> Features {
+        self.shared.features()
+    }
+
+    /// Creates `topic` with the configured partition count if it does not exist.
+    pub async fn create_topic(&self, topic: &str) -> Result<(), PublishError> {
+        self.shared.ensure_topics(&[topic]).await
+    }
+
+    /// Per-partition lag of `group` on `topic` and its retry topics; `None` if the group has
+    /// committed nothing there (it does not exist).
+    pub async fn lag(
+        &self,
+        topic: &str,
+        group: &str,
+    ) -> Result<Option<Vec<PartitionLag>>, InspectError> {
+        let shared = self.shared.clone();
+        let topic = topic.to_owned();
+        let group = group.to_owned();
+        tokio::task::spawn_blocking(move || shared.lag_blocking(&topic, &group))
+            .await
+            .map_err(|e| InspectError::new(InspectErrorKind::Unavailable).with_source(e))?
+    }
+}
+
+impl Shared {
+    pub(crate) fn features(&self) -> Features {
+        Features {
+            consumer_groups: true,
+            ordering: true,
+            replay: true,
+            delayed_redelivery: if self.config.retry_tiers.is_empty() {
+                DelaySupport::None
+            } else {
+                DelaySupport::Emulated
+            },
+            max_payload: Some(self.config.max_message_bytes),
+            persistent: true,
+            ..Features::new("kafka")
+        }
+    }
+
+    /// Creates the topics not created yet, tolerating ones that exist.
+    pub(crate) async fn ensure_topics(&self, topics: &[&str]) -> Result<(), PublishError> {
+        if !self.config.create_topics {
+            return Ok(());
+        }
+        let missing: Vec<&str> = {
+            let known = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+            topics
+                .iter()
+                .copied()
+                .filter(|t| !known.contains(*t))
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let new: Vec<NewTopic<'_>> = missing
+            .iter()
+            .map(|t| {
+                NewTopic::new(
+                    t,
+                    self.config.partitions,
+                    TopicReplication::Fixed(self.config.replication),
+                )
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(self.config.subscribe_timeout));
+        let results = self
+            .admin
+            .create_topics(new.iter(), &options)
+            .await
+            .map_err(error::publish)?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(error::publish(KafkaError::AdminOp(code))
+                        .with_detail(format!("cannot create topic {topic:?}: {code}")));
+                }
+            }
+        }
+        self.topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(missing.iter().map(|t| (*t).to_owned()));
+        Ok(())
+    }
+
+    fn lag_blocking(
+        &self,
+        topic: &str,
+        group: &str,
+    ) -> Result<Option<Vec<PartitionLag>>, InspectError> {
+        let timeout = self.config.subscribe_timeout;
+        let consumer: BaseConsumer = self
+            .config
+            .client_config()
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(error::inspect)?;
+        let mut topics = vec![topic.to_owned()];
+        topics.extend(
+            self.config
+                .retry_tiers
+                .iter()
+                .map(|t| retry_topic(topic, group, *t)),
+        );
+        let mut tpl = TopicPartitionList::new();
+        for t in &topics {
+            let md = consumer
+                .fetch_metadata(Some(t), timeout)
+                .map_err(error::inspect)?;
+            for mt in md.topics().iter().filter(|mt| mt.error().is_none()) {
+                for p in mt.partitions() {
+                    tpl.add_partition(t, p.id());
+                }
+            }
+        }
+        if tpl.count() == 0 {
+            return Ok(None);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, timeout)
+            .map_err(error::inspect)?;
+        let mut any = false;
+        let mut lags = Vec::new();
+        for e in committed.elements() {
+            let (low, high) = consumer
+                .fetch_watermarks(e.topic(), e.partition(), timeout)
+                .map_err(error::inspect)?;
+            let committed = match e.offset() {
+                Offset::Offset(o) => {
+                    any = true;
+                    Some(o)
+                }
+                _ => None,
+            };
+            let from = committed.unwrap_or(low).max(low);
+            lags.push(PartitionLag {
+                topic: e.topic().to_owned(),
+                partition: e.partition(),
+                committed,
+                high_watermark: high,
+                lag: u64::try_from(high - from).unwrap_or(0),
+            });
+        }
+        Ok(any.then_some(lags))
+    }
+}
+
+impl Inspect for KafkaBroker {
+    /// The group's lag: messages not yet settled on the topic and its retry topics.
+    async fn depth(&self, topic: &str, group: &str) -> Result<Option<u64>, InspectError> {
+        Ok(self
+            .lag(topic, group)
+            .await?
+            .map(|lags| lags.iter().map(|l| l.lag).sum()))
+    }
+}

@@ -1,0 +1,1024 @@
+//! Consuming: one consumer-group member per subscription, polled on its own thread, with
+//! per-message settlement mapped onto offsets.
+//!
+//! The poller thread reads messages, decodes them and records each offset in its partition's
+//! [`Tracker`]; deliveries go to the subscription through a channel while fewer than
+//! `prefetch` are unsettled. Settling marks the offset; every few milliseconds the poller
+//! stores each partition's commit position (the first unsettled offset) and librdkafka commits
+//! stored offsets every `commit_interval`. Rebalance callbacks run on the same thread: a revoked
+//! partition stops handing out messages, waits (bounded) for its in-flight ones, commits what is
+//! settled and is released; an assigned partition starts at its committed offset, or — for a
+//! new group — at the end (or the start) of the partition, which is committed at once so the
+//! group exists from that point on.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use messaging_core::{
+    AckError, AckErrorKind, DecodeError, Delivery, Event, Features, ReceiveError, ReceiveErrorKind,
+    SettleError, StartFrom, SubscribeError, SubscribeErrorKind, SubscribeOptions, Subscriber,
+    Subscription,
+};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message as _};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, watch};
+
+use crate::broker::Shared;
+use crate::codec::{self, ATTEMPT_HEADER, NOT_BEFORE_HEADER, ORIGIN_HEADER};
+use crate::config::retry_topic;
+use crate::error;
+use crate::offsets::Tracker;
+use crate::publisher::prepare;
+
+/// How long the poller blocks in one poll when nothing arrives.
+const POLL: Duration = Duration::from_millis(20);
+/// How often the poller stores offsets, releases due retries and applies pauses.
+const HOUSEKEEPING: Duration = Duration::from_millis(10);
+/// Bound on broker requests made inside rebalance callbacks.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens subscriptions on Kafka topics.
+pub struct KafkaSubscriber {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for KafkaSubscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSubscriber").finish_non_exhaustive()
+    }
+}
+
+impl KafkaSubscriber {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+/// Where the poller thread is.
+#[derive(Debug, Clone)]
+enum Status {
+    Starting,
+    Running,
+    Failed { detail: String, transient: bool },
+    Stopped,
+}
+
+/// A message read and decoded, not yet settled.
+struct Msg {
+    payload: Result<Arc<Event>, DecodeError>,
+    /// The Kafka topic it was read from (the group's topic or a retry topic).
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    attempt: u32,
+    /// The assignment it was read under; settling under a later one is refused.
+    epoch: u64,
+}
+
+/// One assigned partition.
+struct Part {
+    epoch: u64,
+    tracker: Tracker,
+    /// Commit position last handed to librdkafka.
+    stored: i64,
+    /// Deliveries handed out and not settled.
+    out: usize,
+    /// Ordered subscriptions: a delivery of this partition is out.
+    busy: bool,
+    /// Ordered subscriptions: messages waiting for their turn.
+    backlog: VecDeque<Msg>,
+    /// Retry topics: messages waiting for their not-before time (Unix ms), in offset order.
+    delayed: VecDeque<(i64, Msg)>,
+    paused: bool,
+    revoking: bool,
+}
+
+#[derive(Default)]
+struct State {
+    parts: HashMap<Arc<str>, HashMap<i32, Part>>,
+    /// Unordered subscriptions: messages waiting for room under the prefetch limit.
+    backlog: VecDeque<Msg>,
+    unsettled: usize,
+    epoch: u64,
+    backpressure: bool,
+    closed: bool,
+}
+
+impl State {
+    fn part(&mut self, topic: &str, partition: i32) -> Option<&mut Part> {
+        self.parts.get_mut(topic)?.get_mut(&partition)
+    }
+
+    fn valid(&mut self, m: &Msg) -> bool {
+        !self.closed
+            && self
+                .part(&m.topic, m.partition)
+                .is_some_and(|p| p.epoch == m.epoch)
+    }
+}
+
+/// State shared by the poller thread, the subscription and its deliveries.
+struct Sub {
+    broker: Arc<Shared>,
+    topic: Arc<str>,
+    ordered: bool,
+    prefetch: usize,
+    start: StartFrom,
+    retry_topics: Vec<(Duration, String)>,
+    state: Mutex<State>,
+    settled: Condvar,
+    tx: mpsc::UnboundedSender<KafkaDelivery>,
+    status: watch::Sender<Status>,
+    stop: AtomicBool,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn closed_error() -> AckError {
+    AckError::new(AckErrorKind::Closed)
+        .with_detail("the partition was revoked or the subscription closed; it will be redelivered")
+}
+
+impl Sub {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_retry_topic(&self, topic: &str) -> bool {
+        self.retry_topics.iter().any(|(_, t)| t == topic)
+    }
+
+    /// Hands a message to the subscription; a closed channel drops it without requeueing.
+    fn send(self: &Arc<Self>, msg: Msg) {
+        let delivery = KafkaDelivery {
+            msg: Some(msg),
+            sub: self.clone(),
+        };
+        if let Err(mpsc::error::SendError(mut d)) = self.tx.send(delivery) {
+            d.msg = None;
+        }
+    }
+
+    /// Hands out waiting messages while the prefetch limit allows.
+    fn dispatch(self: &Arc<Self>, st: &mut State) {
+        if self.ordered {
+            let mut ready = Vec::new();
+            for part in st.parts.values_mut().flat_map(HashMap::values_mut) {
+                if st.unsettled + ready.len() >= self.prefetch {
+                    break;
+                }
+                if !part.busy && !part.revoking {
+                    if let Some(m) = part.backlog.pop_front() {
+                        part.busy = true;
+                        part.out += 1;
+                        ready.push(m);
+                    }
+                }
+            }
+            st.unsettled += ready.len();
+            for m in ready {
+                self.send(m);
+            }
+        } else {
+            while st.unsettled < self.prefetch {
+                let Some(m) = st.backlog.pop_front() else {
+                    break;
+                };
+                let Some(part) = st.part(&m.topic, m.partition) else {
+                    continue;
+                };
+                part.out += 1;
+                st.unsettled += 1;
+                self.send(m);
+            }
+        }
+    }
+
+    /// A message the poller read.
+    fn on_message(self: &Arc<Self>, m: &BorrowedMessage<'_>) {
+        let payload = codec::decode(&self.broker.binding, m).map(Arc::new);
+        let retry = self.is_retry_topic(m.topic());
+        let (attempt, due) = if retry {
+            let before = codec::int_header(m, ATTEMPT_HEADER).unwrap_or(0);
+            (
+                u32::try_from(before).unwrap_or(0).saturating_add(1),
+                codec::int_header(m, NOT_BEFORE_HEADER).unwrap_or(0),
+            )
+        } else {
+            (1, 0)
+        };
+        let mut st = self.lock();
+        let Some(topic) = st.parts.get_key_value(m.topic()).map(|(k, _)| k.clone()) else {
+            return;
+        };
+        let Some(part) = st.part(m.topic(), m.partition()) else {
+            return;
+        };
+        if part.revoking || !part.tracker.read(m.offset()) {
+            return;
+        }
+        let msg = Msg {
+            payload,
+            topic,
+            partition: m.partition(),
+            offset: m.offset(),
+            attempt,
+            epoch: part.epoch,
+        };
+        if retry && (due > now_ms() || !part.delayed.is_empty()) {
+            part.delayed.push_back((due, msg));
+        } else if self.ordered {
+            part.backlog.push_back(msg);
+        } else {
+            st.backlog.push_back(msg);
+        }
+        self.dispatch(&mut st);
+    }
+
+    /// Releases due retries, pauses and resumes partitions, stores commit positions.
+    fn housekeeping(self: &Arc<Self>, consumer: &BaseConsumer<Ctx>) {
+        let mut pause = TopicPartitionList::new();
+        let mut resume = TopicPartitionList::new();
+        let mut store = TopicPartitionList::new();
+        {
+            let mut st = self.lock();
+            let now = now_ms();
+            let mut released = Vec::new();
+            for part in st.parts.values_mut().flat_map(HashMap::values_mut) {
+                while part.delayed.front().is_some_and(|(due, _)| *due <= now) {
+                    if let Some((_, m)) = part.delayed.pop_front() {
+                        released.push(m);
+                    }
+                }
+            }
+            st.backlog.extend(released);
+            self.dispatch(&mut st);
+            let waiting = st.backlog.len()
+                + st.parts
+                    .values()
+                    .flat_map(HashMap::values)
+                    .map(|p| p.backlog.len())
+                    .sum::<usize>();
+            let high = (self.prefetch * 4).max(1024);
+            if waiting >= high {
+                st.backpressure = true;
+            } else if waiting <= high / 2 {
+                st.backpressure = false;
+            }
+            let backpressure = st.backpressure;
+            for (topic, parts) in &mut st.parts {
+                for (partition, part) in parts.iter_mut() {
+                    let want = backpressure || !part.delayed.is_empty();
+                    if want != part.paused {
+                        part.paused = want;
+                        let list = if want { &mut pause } else { &mut resume };
+                        list.add_partition(topic, *partition);
+                    }
+                    let position = part.tracker.position();
+                    if position > part.stored {
+                        part.stored = position;
+                        let _ =
+                            store.add_partition_offset(topic, *partition, Offset::Offset(position));
+                    }
+                }
+            }
+        }
+        if pause.count() > 0 {
+            if let Err(e) = consumer.pause(&pause) {
+                tracing::warn!(error = %e, "cannot pause partitions");
+            }
+        }
+        if resume.count() > 0 {
+            if let Err(e) = consumer.resume(&resume) {
+                tracing::warn!(error = %e, "cannot resume partitions");
+            }
+        }
+        if store.count() > 0 {
+            if let Err(e) = consumer.store_offsets(&store) {
+                tracing::warn!(error = %e, "cannot store offsets");
+            }
+        }
+    }
+
+    /// A new assignment: start each partition at its committed offset; a partition the group
+    /// never committed starts at the end (a new group sees messages published from now on) or
+    /// at the start (`StartFrom::Earliest`, and retry topics), committed at once.
+    fn on_assign(self: &Arc<Self>, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
+        let committed = match consumer.committed_offsets(tpl.clone(), REQUEST_TIMEOUT) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read committed offsets; using stored ones");
+                self.assign(consumer, tpl);
+                return;
+            }
+        };
+        let mut assignment = TopicPartitionList::new();
+        let mut fresh = TopicPartitionList::new();
+        let mut positions = Vec::new();
+        for e in committed.elements() {
+            let position = match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => match consumer.fetch_watermarks(e.topic(), e.partition(), REQUEST_TIMEOUT) {
+                    Ok((low, high)) => {
+                        let from_start =
+                            self.start == StartFrom::Earliest || self.is_retry_topic(e.topic());
+                        let o = if from_start { low } else { high };
+                        let _ =
+                            fresh.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o));
+                        Some(o)
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, topic = e.topic(), "cannot read watermarks");
+                        None
+                    }
+                },
+            };
+            let offset = position.map_or(Offset::Stored, Offset::Offset);
+            let _ = assignment.add_partition_offset(e.topic(), e.partition(), offset);
+            positions.push((e.topic().to_owned(), e.partition(), position));
+        }
+        if fresh.count() > 0 {
+            if let Err(e) = consumer.commit(&fresh, CommitMode::Sync) {
+                tracing::warn!(error = %e, "cannot commit the start positions of a new group");
+            }
+        }
+        {
+            let mut st = self.lock();
+            st.epoch += 1;
+            let epoch = st.epoch;
+            for (topic, partition, position) in positions {
+                // Without a known position the tracker starts at the first message read.
+                let start = position.unwrap_or(-1);
+                st.parts
+                    .entry(Arc::from(topic.as_str()))
+                    .or_default()
+                    .insert(
+                        partition,
+                        Part {
+                            epoch,
+                            tracker: Tracker::new(start),
+                            stored: start,
+                            out: 0,
+                            busy: false,
+                            backlog: VecDeque::new(),
+                            delayed: VecDeque::new(),
+                            paused: false,
+                            revoking: false,
+                        },
+                    );
+            }
+        }
+        self.assign(consumer, &assignment);
+        self.status.send_if_modified(|s| {
+            if matches!(s, Status::Starting) {
+                *s = Status::Running;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    fn assign(&self, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
+        let result = match consumer.rebalance_protocol() {
+            rdkafka::consumer::RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
+            _ => consumer.assign(tpl),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot assign partitions");
+        }
+    }
+
+    /// Partitions taken away: hand out nothing more from them, wait (bounded) for their
+    /// in-flight deliveries, commit what is settled, release them.
+    fn on_revoke(&self, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
+        let revoked: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        let mut commit = TopicPartitionList::new();
+        {
+            let mut st = self.lock();
+            for (t, p) in &revoked {
+                if let Some(part) = st.part(t, *p) {
+                    part.revoking = true;
+                }
+            }
+            let wait = if self.stop.load(Ordering::Acquire) || st.closed {
+                Duration::ZERO
+            } else {
+                self.broker.config.revoke_timeout
+            };
+            let deadline = Instant::now() + wait;
+            loop {
+                let busy = revoked
+                    .iter()
+                    .any(|(t, p)| st.part(t, *p).is_some_and(|part| part.out > 0));
+                let now = Instant::now();
+                if !busy || now >= deadline || st.closed {
+                    break;
+                }
+                st = self
+                    .settled
+                    .wait_timeout(st, deadline - now)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            for (t, p) in &revoked {
+                let Some(part) = st.parts.get_mut(t.as_str()).and_then(|m| m.remove(p)) else {
+                    continue;
+                };
+                st.unsettled -= part.out;
+                let position = part.tracker.position();
+                if position >= 0 {
+                    let _ = commit.add_partition_offset(t, *p, Offset::Offset(position));
+                }
+            }
+            st.parts.retain(|_, m| !m.is_empty());
+            let State { parts, backlog, .. } = &mut *st;
+            backlog.retain(|m| {
+                parts
+                    .get(&m.topic)
+                    .is_some_and(|ps| ps.contains_key(&m.partition))
+            });
+        }
+        if commit.count() > 0 {
+            if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
+                tracing::warn!(error = %e, "cannot commit revoked partitions");
+            }
+        }
+        let result = match consumer.rebalance_protocol() {
+            rdkafka::consumer::RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+            _ => consumer.unassign(),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot release partitions");
+        }
+    }
+
+    /// Commits every partition's settled position synchronously (closing).
+    fn commit_all(&self, consumer: &BaseConsumer<Ctx>) {
+        let mut commit = TopicPartitionList::new();
+        {
+            let st = self.lock();
+            for (topic, parts) in &st.parts {
+                for (partition, part) in parts {
+                    let position = part.tracker.position();
+                    if position >= 0 {
+                        let _ = commit.add_partition_offset(
+                            topic,
+                            *partition,
+                            Offset::Offset(position),
+                        );
+                    }
+                }
+            }
+        }
+        if commit.count() > 0 {
+            if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
+                tracing::warn!(error = %e, "cannot commit on close");
+            }
+        }
+    }
+
+    /// Settles `m` as done.
+    fn ack(self: &Arc<Self>, m: &Msg) -> Result<(), AckError> {
+        let mut st = self.lock();
+        if !st.valid(m) {
+            return Err(closed_error());
+        }
+        let mut notify = false;
+        if let Some(part) = st.part(&m.topic, m.partition) {
+            part.tracker.settle(m.offset);
+            part.out -= 1;
+            part.busy = false;
+            notify = part.revoking;
+        }
+        st.unsettled -= 1;
+        self.dispatch(&mut st);
+        drop(st);
+        if notify {
+            self.settled.notify_all();
+        }
+        Ok(())
+    }
+
+    /// Hands `m` out again with the next attempt number (it stays in flight).
+    fn redeliver(self: &Arc<Self>, mut m: Msg) -> Result<(), (AckError, Msg)> {
+        let mut st = self.lock();
+        if !st.valid(&m) {
+            return Err((closed_error(), m));
+        }
+        drop(st);
+        m.attempt = m.attempt.saturating_add(1);
+        self.send(m);
+        Ok(())
+    }
+
+    /// Redelivers `m` after `delay` without leaving the partition (ordered subscriptions, or
+    /// no retry tiers configured).
+    fn redeliver_later(self: &Arc<Self>, m: Msg, delay: Duration) -> Result<(), (AckError, Msg)> {
+        if !self.lock().valid(&m) {
+            return Err((closed_error(), m));
+        }
+        let sub = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            // A revoked partition's message is redelivered by its new owner instead.
+            let _ = sub.redeliver(m);
+        });
+        Ok(())
+    }
+
+    /// Republishes `m` to the retry topic for `delay`, then settles it.
+    async fn retry_via_topic(
+        self: &Arc<Self>,
+        m: &Msg,
+        delay: Duration,
+        retry_topic: &str,
+    ) -> Result<(), AckError> {
+        if !self.lock().valid(m) {
+            return Err(closed_error());
+        }
+        let due = now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+        let attempt = m.attempt.to_string();
+        let due = due.to_string();
+        let extra: [(&str, &[u8]); 3] = [
+            (ATTEMPT_HEADER, attempt.as_bytes()),
+            (NOT_BEFORE_HEADER, due.as_bytes()),
+            (ORIGIN_HEADER, self.topic.as_bytes()),
+        ];
+        let producer = &self.broker.producer;
+        let sent = match &m.payload {
+            Ok(event) => {
+                let record = prepare(&self.broker, event, self.broker.config.content_mode)
+                    .map_err(|e| AckError::new(AckErrorKind::Unavailable).with_source(e))?;
+                let headers = record.headers(&extra);
+                producer
+                    .send_one(retry_topic, record.key, codec::body(&record), headers)
+                    .await
+            }
+            Err(decode) => {
+                let raw = decode.raw().cloned().unwrap_or_default();
+                producer
+                    .send_one(
+                        retry_topic,
+                        codec::raw_key(&raw),
+                        &raw.body,
+                        codec::raw_headers(&raw, &extra),
+                    )
+                    .await
+            }
+        };
+        if let Err(e) = sent {
+            return Err(AckError::new(AckErrorKind::Unavailable)
+                .with_detail(format!(
+                    "cannot publish to retry topic {retry_topic:?}: {e}"
+                ))
+                .with_source(e));
+        }
+        // Revoked meanwhile: the copy on the retry topic stands; the original is redelivered
+        // by the partition's new owner too (at-least-once).
+        let _ = self.ack(m);
+        Ok(())
+    }
+}
+
+/// The consumer's context: rebalances go to the subscription's state.
+struct Ctx {
+    sub: Arc<Sub>,
+}
+
+impl ClientContext for Ctx {}
+
+impl ConsumerContext for Ctx {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.sub.on_assign(consumer, tpl)
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.sub.on_revoke(consumer, tpl)
+            }
+            other => {
+                tracing::warn!(error = ?other, "rebalance failed; releasing partitions");
+                self.sub.on_revoke(consumer, tpl);
+            }
+        }
+    }
+}
+
+fn poll_loop(consumer: BaseConsumer<Ctx>, sub: Arc<Sub>) {
+    let mut last = Instant::now();
+    while !sub.stop.load(Ordering::Acquire) {
+        match consumer.poll(POLL) {
+            Some(Ok(m)) => sub.on_message(&m),
+            Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                sub.status.send_replace(Status::Failed {
+                    detail: format!("fatal consumer error: {code}"),
+                    transient: false,
+                });
+                break;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "consumer error (librdkafka retries)");
+            }
+            None => {}
+        }
+        if last.elapsed() >= HOUSEKEEPING {
+            sub.housekeeping(&consumer);
+            last = Instant::now();
+        }
+    }
+    sub.housekeeping(&consumer);
+    sub.commit_all(&consumer);
+    sub.lock().closed = true;
+    sub.settled.notify_all();
+    // Leaves the group: the revoke callback commits again and releases the partitions.
+    drop(consumer);
+    sub.status.send_if_modified(|s| {
+        if matches!(s, Status::Failed { .. }) {
+            false
+        } else {
+            *s = Status::Stopped;
+            true
+        }
+    });
+}
+
+impl Subscriber for KafkaSubscriber {
+    type Subscription = KafkaSubscription;
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        options: SubscribeOptions,
+    ) -> Result<KafkaSubscription, SubscribeError> {
+        let features = self.shared.features();
+        options.validate(&features)?;
+        let config = &self.shared.config;
+        let group = options.group();
+        let retry_topics: Vec<(Duration, String)> = if options.is_ordered() {
+            Vec::new()
+        } else {
+            config
+                .retry_tiers
+                .iter()
+                .map(|t| (*t, retry_topic(topic, group, *t)))
+                .collect()
+        };
+        let mut topics: Vec<String> = vec![topic.to_owned()];
+        topics.extend(retry_topics.iter().map(|(_, t)| t.clone()));
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        self.shared.ensure_topics(&topics).await.map_err(|e| {
+            SubscribeError::new(if e.is_transient() {
+                SubscribeErrorKind::Unavailable
+            } else {
+                SubscribeErrorKind::Rejected
+            })
+            .with_detail(e.to_string())
+            .with_source(e)
+        })?;
+
+        let mut c = config.client_config();
+        let session = config.session_timeout.as_millis().max(1000);
+        c.set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set(
+                "auto.commit.interval.ms",
+                config.commit_interval.as_millis().max(1).to_string(),
+            )
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.offset.reset",
+                match options.start() {
+                    StartFrom::Earliest => "earliest",
+                    StartFrom::New => "latest",
+                },
+            )
+            .set("session.timeout.ms", session.to_string())
+            .set("heartbeat.interval.ms", (session / 4).max(100).to_string())
+            .set("enable.partition.eof", "false");
+        for (k, v) in &config.properties {
+            c.set(k, v);
+        }
+
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (status, mut status_rx) = watch::channel(Status::Starting);
+        let sub = Arc::new(Sub {
+            broker: self.shared.clone(),
+            topic: Arc::from(topic),
+            ordered: options.is_ordered(),
+            prefetch: options.prefetch_limit(),
+            start: options.start(),
+            retry_topics: retry_topics.clone(),
+            state: Mutex::new(State::default()),
+            settled: Condvar::new(),
+            tx,
+            status,
+            stop: AtomicBool::new(false),
+        });
+        let consumer: BaseConsumer<Ctx> = c
+            .create_with_context(Ctx { sub: sub.clone() })
+            .map_err(error::subscribe)?;
+        consumer.subscribe(&topics).map_err(error::subscribe)?;
+        let thread = std::thread::Builder::new()
+            .name(format!("kafka-consumer-{group}"))
+            .spawn({
+                let sub = sub.clone();
+                move || poll_loop(consumer, sub)
+            })
+            .map_err(|e| SubscribeError::new(SubscribeErrorKind::Unavailable).with_source(e))?;
+        let mut subscription = KafkaSubscription {
+            sub,
+            rx,
+            status: status_rx.clone(),
+            thread: Some(thread),
+            closed: false,
+        };
+        let started = tokio::time::timeout(
+            config.subscribe_timeout,
+            status_rx.wait_for(|s| !matches!(s, Status::Starting)),
+        )
+        .await
+        .map(|r| r.map(|s| s.clone()));
+        let failure = match started {
+            Ok(Ok(s)) => match &s {
+                Status::Running => None,
+                Status::Failed { detail, transient } => Some(
+                    SubscribeError::new(if *transient {
+                        SubscribeErrorKind::Unavailable
+                    } else {
+                        SubscribeErrorKind::Rejected
+                    })
+                    .with_detail(detail.clone()),
+                ),
+                _ => Some(SubscribeError::new(SubscribeErrorKind::Closed)),
+            },
+            Ok(Err(_)) => Some(SubscribeError::new(SubscribeErrorKind::Closed)),
+            Err(_) => Some(
+                SubscribeError::new(SubscribeErrorKind::Timeout).with_detail(format!(
+                    "group {group:?} assigned no partitions of {topic:?} within {:?}",
+                    config.subscribe_timeout
+                )),
+            ),
+        };
+        match failure {
+            None => Ok(subscription),
+            Some(e) => {
+                let _ = subscription.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    fn features(&self) -> Features {
+        self.shared.features()
+    }
+}
+
+/// One member of a consumer group, reading a topic (and the group's retry topics).
+pub struct KafkaSubscription {
+    sub: Arc<Sub>,
+    rx: mpsc::UnboundedReceiver<KafkaDelivery>,
+    status: watch::Receiver<Status>,
+    thread: Option<JoinHandle<()>>,
+    closed: bool,
+}
+
+impl std::fmt::Debug for KafkaSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSubscription")
+            .field("topic", &self.sub.topic)
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaSubscription {
+    fn failure(&self) -> Option<ReceiveError> {
+        match &*self.status.borrow() {
+            Status::Failed { detail, transient } => Some(
+                ReceiveError::new(if *transient {
+                    ReceiveErrorKind::Unavailable
+                } else {
+                    ReceiveErrorKind::Closed
+                })
+                .with_detail(detail.clone()),
+            ),
+            Status::Stopped => Some(ReceiveError::new(ReceiveErrorKind::Closed)),
+            _ => None,
+        }
+    }
+}
+
+impl Subscription for KafkaSubscription {
+    type Delivery = KafkaDelivery;
+
+    async fn recv(&mut self) -> Result<KafkaDelivery, ReceiveError> {
+        if self.closed {
+            return Err(ReceiveError::new(ReceiveErrorKind::Closed));
+        }
+        loop {
+            if let Some(e) = self.failure() {
+                return Err(e);
+            }
+            tokio::select! {
+                biased;
+                d = self.rx.recv() => {
+                    return d.ok_or_else(|| ReceiveError::new(ReceiveErrorKind::Closed));
+                }
+                changed = self.status.changed() => {
+                    if changed.is_err() {
+                        return Err(ReceiveError::new(ReceiveErrorKind::Closed));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn recv_batch(&mut self, max: usize) -> Result<Vec<KafkaDelivery>, ReceiveError> {
+        let first = self.recv().await?;
+        let mut batch = Vec::with_capacity(max.clamp(1, 1024));
+        batch.push(first);
+        while batch.len() < max {
+            match self.rx.try_recv() {
+                Ok(d) => batch.push(d),
+                Err(_) => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    async fn close(&mut self) -> Result<(), ReceiveError> {
+        if self.closed {
+            return Ok(());
+        }
+        self.closed = true;
+        self.sub.stop.store(true, Ordering::Release);
+        self.sub.settled.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let bound = self.sub.broker.config.session_timeout + REQUEST_TIMEOUT;
+            let joined =
+                tokio::time::timeout(bound, tokio::task::spawn_blocking(move || thread.join()))
+                    .await;
+            if joined.is_err() {
+                return Err(ReceiveError::new(ReceiveErrorKind::Timeout)
+                    .with_detail("the consumer did not leave its group in time"));
+            }
+        }
+        self.sub.lock().closed = true;
+        self.rx.close();
+        while let Ok(mut d) = self.rx.try_recv() {
+            d.msg = None;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for KafkaSubscription {
+    fn drop(&mut self) {
+        self.sub.stop.store(true, Ordering::Release);
+        self.sub.lock().closed = true;
+        self.sub.settled.notify_all();
+    }
+}
+
+/// One delivery of a Kafka message. Settling marks its offset; the partition's committed
+/// offset moves past it once every earlier message is settled too.
+pub struct KafkaDelivery {
+    msg: Option<Msg>,
+    sub: Arc<Sub>,
+}
+
+impl std::fmt::Debug for KafkaDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.msg();
+        f.debug_struct("KafkaDelivery")
+            .field("topic", &m.topic)
+            .field("partition", &m.partition)
+            .field("offset", &m.offset)
+            .field("attempt", &m.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaDelivery {
+    fn msg(&self) -> &Msg {
+        // Only settling and dropping take the message, and both consume the delivery.
+        self.msg
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("delivery without message"))
+    }
+
+    /// The Kafka topic the message was read from: the published topic, or the group's retry
+    /// topic for a message nacked with a delay.
+    pub fn kafka_topic(&self) -> &str {
+        &self.msg().topic
+    }
+
+    /// The partition the message was read from.
+    pub fn partition(&self) -> i32 {
+        self.msg().partition
+    }
+
+    /// The message's offset in its partition.
+    pub fn offset(&self) -> i64 {
+        self.msg().offset
+    }
+
+    fn settle_error(mut self, error: AckError, m: Msg) -> SettleError<Self> {
+        self.msg = Some(m);
+        SettleError {
+            error,
+            delivery: self,
+        }
+    }
+}
+
+impl Delivery for KafkaDelivery {
+    fn payload(&self) -> Result<&Event, &DecodeError> {
+        self.msg().payload.as_ref().map(|e| &**e)
+    }
+
+    fn shared_event(&self) -> Result<Arc<Event>, DecodeError> {
+        self.msg().payload.clone()
+    }
+
+    fn topic(&self) -> &str {
+        &self.sub.topic
+    }
+
+    fn attempt(&self) -> u32 {
+        self.msg().attempt
+    }
+
+    async fn ack(mut self) -> Result<(), SettleError<Self>> {
+        let Some(m) = self.msg.take() else {
+            return Ok(());
+        };
+        match self.sub.ack(&m) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.settle_error(e, m)),
+        }
+    }
+
+    async fn nack(mut self, delay: Option<Duration>) -> Result<(), SettleError<Self>> {
+        let Some(m) = self.msg.take() else {
+            return Ok(());
+        };
+        let sub = self.sub.clone();
+        let delay = delay.filter(|d| !d.is_zero());
+        let result = match delay {
+            None => sub.redeliver(m),
+            Some(d) => {
+                let tier = sub.broker.config.tier_for(d).and_then(|tier| {
+                    sub.retry_topics
+                        .iter()
+                        .find(|(t, _)| *t == tier)
+                        .map(|(_, name)| name.clone())
+                });
+                match tier {
+                    None => sub.redeliver_later(m, d),
+                    Some(topic) => match sub.retry_via_topic(&m, d, &topic).await {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err((e, m)),
+                    },
+                }
+            }
+        };
+        result.map_err(|(e, m)| self.settle_error(e, m))
+    }
+
+    async fn extend_deadline(&mut self, _by: Duration) -> Result<(), AckError> {
+        Err(AckError::new(AckErrorKind::Unsupported)
+            .with_detail("Kafka has no per-message ack deadline"))
+    }
+}
+
+impl Drop for KafkaDelivery {
+    /// An unsettled delivery dropped is handed out again (Kafka has no ack deadline to do it).
+    fn drop(&mut self) {
+        if let Some(m) = self.msg.take() {
+            if !self.sub.tx.is_closed() {
+                let _ = self.sub.redeliver(m);
+            }
+        }
+    }
+}
