@@ -53,6 +53,10 @@ pub struct Features {
     pub transactions: bool,
     /// Messages survive a broker restart.
     pub persistent: bool,
+    /// A message that goes back to the group (its consumer closed or crashed) and is delivered
+    /// to another consumer reports an attempt of at least 2. Brokers without a delivery count
+    /// (Kafka on a broker that drops commit metadata) restart at 1.
+    pub counts_redeliveries_across_consumers: bool,
 }
 
 impl Features {
@@ -70,6 +74,7 @@ impl Features {
             max_payload: None,
             transactions: false,
             persistent: false,
+            counts_redeliveries_across_consumers: true,
         }
     }
 

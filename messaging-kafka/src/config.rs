@@ -49,6 +49,12 @@ pub struct KafkaConfig {
     /// true). Turn off where topics are provisioned by operations and clients may not create
     /// them; the adapter then relies on them existing.
     pub create_topics: bool,
+    /// The broker keeps offset-commit metadata (default true, as Kafka does). The adapter
+    /// commits, with each offset, how far the group member handed messages out, so the next
+    /// member reports a message it gets again as attempt 2 or more. Set false for brokers that
+    /// drop commit metadata (nisshi 0.8): attempts then restart at 1 after a consumer change,
+    /// and [`Features::counts_redeliveries_across_consumers`](messaging_core::Features) says so.
+    pub commit_metadata: bool,
     /// CloudEvents content mode (default binary: `ce_` headers).
     pub content_mode: ContentMode,
     /// Largest message accepted, checked before sending (default 1 MiB, Kafka's
@@ -85,6 +91,7 @@ impl KafkaConfig {
             partitions: 4,
             replication: 1,
             create_topics: true,
+            commit_metadata: true,
             content_mode: ContentMode::Binary,
             max_message_bytes: 1024 * 1024,
             commit_interval: Duration::from_secs(1),
@@ -141,6 +148,7 @@ impl fmt::Debug for KafkaConfig {
             .field("partitions", &self.partitions)
             .field("replication", &self.replication)
             .field("create_topics", &self.create_topics)
+            .field("commit_metadata", &self.commit_metadata)
             .field("content_mode", &self.content_mode)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("commit_interval", &self.commit_interval)

@@ -85,8 +85,14 @@ struct Msg {
 struct Part {
     epoch: u64,
     tracker: Tracker,
-    /// Commit position last handed to librdkafka.
-    stored: i64,
+    /// Commit position and handed-out mark last handed to librdkafka.
+    stored: (i64, i64),
+    /// The offset after the last message handed out (committed as metadata, so the next
+    /// owner knows which messages were delivered before).
+    handed: i64,
+    /// Messages below this offset were handed out by an earlier member of the group: their
+    /// delivery here is at least the second.
+    seen_before: i64,
     /// Deliveries handed out and not settled.
     out: usize,
     /// Ordered subscriptions: a delivery of this partition is out.
@@ -120,6 +126,35 @@ impl State {
             && self
                 .part(&m.topic, m.partition)
                 .is_some_and(|p| p.epoch == m.epoch)
+    }
+}
+
+impl Part {
+    /// Counts `m` as handed out; a message an earlier group member already had is at least
+    /// on its second delivery.
+    fn hand_out(&mut self, mut m: Msg) -> Msg {
+        self.out += 1;
+        self.handed = self.handed.max(m.offset + 1);
+        if m.offset < self.seen_before && m.attempt == 1 {
+            m.attempt = 2;
+        }
+        m
+    }
+}
+
+/// Commit metadata prefix: the offset after the last message handed out.
+const HANDED: &str = "messaging:handed=";
+
+/// Adds a commit position with the handed-out mark as metadata.
+fn add_position(
+    tpl: &mut TopicPartitionList,
+    topic: &str,
+    partition: i32,
+    (position, handed): (i64, i64),
+) {
+    let mut e = tpl.add_partition(topic, partition);
+    if e.set_offset(Offset::Offset(position)).is_ok() {
+        e.set_metadata(format!("{HANDED}{handed}"));
     }
 }
 
@@ -180,8 +215,7 @@ impl Sub {
                 if !part.busy && !part.revoking {
                     if let Some(m) = part.backlog.pop_front() {
                         part.busy = true;
-                        part.out += 1;
-                        ready.push(m);
+                        ready.push(part.hand_out(m));
                     }
                 }
             }
@@ -197,7 +231,7 @@ impl Sub {
                 let Some(part) = st.part(&m.topic, m.partition) else {
                     continue;
                 };
-                part.out += 1;
+                let m = part.hand_out(m);
                 st.unsettled += 1;
                 self.send(m);
             }
@@ -284,11 +318,10 @@ impl Sub {
                         let list = if want { &mut pause } else { &mut resume };
                         list.add_partition(topic, *partition);
                     }
-                    let position = part.tracker.position();
-                    if position > part.stored {
-                        part.stored = position;
-                        let _ =
-                            store.add_partition_offset(topic, *partition, Offset::Offset(position));
+                    let mark = (part.tracker.position(), part.handed);
+                    if mark.0 >= 0 && mark != part.stored {
+                        part.stored = mark;
+                        add_position(&mut store, topic, *partition, mark);
                     }
                 }
             }
@@ -345,7 +378,12 @@ impl Sub {
             };
             let offset = position.map_or(Offset::Stored, Offset::Offset);
             let _ = assignment.add_partition_offset(e.topic(), e.partition(), offset);
-            positions.push((e.topic().to_owned(), e.partition(), position));
+            let seen_before = e
+                .metadata()
+                .strip_prefix(HANDED)
+                .and_then(|n| n.parse::<i64>().ok())
+                .unwrap_or(-1);
+            positions.push((e.topic().to_owned(), e.partition(), position, seen_before));
         }
         if fresh.count() > 0 {
             if let Err(e) = consumer.commit(&fresh, CommitMode::Sync) {
@@ -356,7 +394,7 @@ impl Sub {
             let mut st = self.lock();
             st.epoch += 1;
             let epoch = st.epoch;
-            for (topic, partition, position) in positions {
+            for (topic, partition, position, seen_before) in positions {
                 // Without a known position the tracker starts at the first message read.
                 let start = position.unwrap_or(-1);
                 st.parts
@@ -367,7 +405,9 @@ impl Sub {
                         Part {
                             epoch,
                             tracker: Tracker::new(start),
-                            stored: start,
+                            stored: (start, start),
+                            handed: start,
+                            seen_before,
                             out: 0,
                             busy: false,
                             backlog: VecDeque::new(),
@@ -442,7 +482,7 @@ impl Sub {
                 st.unsettled -= part.out;
                 let position = part.tracker.position();
                 if position >= 0 {
-                    let _ = commit.add_partition_offset(t, *p, Offset::Offset(position));
+                    add_position(&mut commit, t, *p, (position, part.handed));
                 }
             }
             st.parts.retain(|_, m| !m.is_empty());
@@ -476,11 +516,7 @@ impl Sub {
                 for (partition, part) in parts {
                     let position = part.tracker.position();
                     if position >= 0 {
-                        let _ = commit.add_partition_offset(
-                            topic,
-                            *partition,
-                            Offset::Offset(position),
-                        );
+                        add_position(&mut commit, topic, *partition, (position, part.handed));
                     }
                 }
             }

@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{NISSHI, connect, test_config, unique};
+use common::{connect, nisshi_config, unique};
 use messaging_core::{
     AttributesReader as _, ContentMode, Delivery, EventBuilder, EventExt as _, Publisher,
     StartFrom, SubscribeOptions, Subscriber, Subscription,
@@ -21,7 +21,7 @@ const WAIT: Duration = Duration::from_secs(30);
 fn single_partition() -> KafkaConfig {
     KafkaConfig {
         partitions: 1,
-        ..test_config(NISSHI)
+        ..nisshi_config()
     }
 }
 
@@ -227,13 +227,13 @@ async fn the_ordering_key_is_the_message_key_in_both_modes() {
     for mode in [ContentMode::Binary, ContentMode::Structured] {
         let broker = connect(KafkaConfig {
             content_mode: mode,
-            ..test_config(NISSHI)
+            ..nisshi_config()
         })
         .await;
         let topic = unique("key");
         broker.create_topic(&topic).await.expect("topic");
         let raw: StreamConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", NISSHI)
+            .set("bootstrap.servers", common::NISSHI)
             .set("group.id", unique("raw"))
             .set("auto.offset.reset", "earliest")
             .create()
@@ -293,7 +293,7 @@ async fn the_ordering_key_is_the_message_key_in_both_modes() {
 async fn payload_over_the_limit_is_refused_before_sending() {
     let broker = connect(KafkaConfig {
         max_message_bytes: 10_000,
-        ..test_config(NISSHI)
+        ..nisshi_config()
     })
     .await;
     let topic = unique("limit");
@@ -390,7 +390,7 @@ async fn a_killed_consumer_is_replaced_and_its_messages_redelivered() {
     eprintln!(
         "partitions taken over after {:?} (session timeout {:?})",
         started.elapsed(),
-        test_config(NISSHI).session_timeout
+        nisshi_config().session_timeout
     );
     heir.close().await.expect("close");
 }

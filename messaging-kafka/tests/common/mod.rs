@@ -26,6 +26,14 @@ pub fn test_config(servers: &str) -> KafkaConfig {
     }
 }
 
+/// The configuration for nisshi, which drops offset-commit metadata.
+pub fn nisshi_config() -> KafkaConfig {
+    KafkaConfig {
+        commit_metadata: false,
+        ..test_config(NISSHI)
+    }
+}
+
 /// Connects, failing the test with a clear message when the broker is unreachable.
 pub async fn connect(config: KafkaConfig) -> KafkaBroker {
     let servers = config.bootstrap_servers.clone();
@@ -80,7 +88,7 @@ pub struct KafkaHarness {
 impl KafkaHarness {
     /// Against nisshi.
     pub fn nisshi() -> Self {
-        Self::with(test_config(NISSHI), None)
+        Self::with(nisshi_config(), None)
     }
 
     /// Against a fresh mock cluster. It does not implement CreateTopics: topics are created
@@ -113,8 +121,9 @@ impl KafkaHarness {
 
 impl Harness for KafkaHarness {
     fn features(&self) -> Features {
-        // What KafkaBroker::features reports for the default configuration, written out.
+        // What KafkaBroker::features reports for this configuration, written out.
         Features {
+            counts_redeliveries_across_consumers: self.config.commit_metadata,
             consumer_groups: true,
             ordering: true,
             replay: true,
