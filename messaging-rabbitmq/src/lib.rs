@@ -17,7 +17,11 @@
 //! Acks and nacks go to the delivery's channel; the subscription's prefetch is the channel's
 //! QoS. A nack without delay requeues. A nack with a delay re-publishes (with a publisher
 //! confirm) to a per-delay queue `<queue>.delay.<ms>` whose message TTL dead-letters back to the
-//! group's queue, then acks — the delayed-message plugin is not needed. The attempt number
+//! group's queue, then acks — the delayed-message plugin is not needed. If that re-publish
+//! fails or is not confirmed, the nack falls back to an immediate requeue (`basic.nack` with
+//! `requeue`) while the delivery's channel lives: the message comes back at once rather than
+//! staying unacked until the channel closes (and, if the unconfirmed copy did reach the delay
+//! queue, once more after the delay — a duplicate, never a loss). The attempt number
 //! comes from the quorum queue's `x-delivery-count` plus an `x-messaging-attempt` header carried
 //! across delays. With [`SubscribeOptions::max_deliveries`](messaging_core::SubscribeOptions::max_deliveries)
 //! the queue gets `x-delivery-limit` and `x-dead-letter-exchange` (the dead-letter topic), a

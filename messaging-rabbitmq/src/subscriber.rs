@@ -233,16 +233,17 @@ impl RabbitDelivery {
         }
     }
 
-    /// Re-publishes through a per-delay queue whose TTL dead-letters back to this queue, then
-    /// acks: RabbitMQ has no delayed delivery without a plugin.
-    async fn redeliver_after(&self, delay: Duration) -> Result<(), AckError> {
+    /// Re-publishes through a per-delay queue whose TTL dead-letters back to this queue:
+    /// RabbitMQ has no delayed delivery without a plugin. The caller acks the original once
+    /// this returns `Ok`.
+    async fn redeliver_after(&self, delay: Duration) -> Result<(), DelayFailure> {
         let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX).max(1);
         let delay_queue = format!("{}.delay.{ms}", self.queue);
-        let ch = self
-            .shared
-            .confirm_channel()
-            .await
-            .map_err(|e| AckError::new(AckErrorKind::Unavailable).with_detail(e.to_string()))?;
+        let ch = self.shared.confirm_channel().await.map_err(|e| {
+            DelayFailure::NotPublished(
+                AckError::new(AckErrorKind::Unavailable).with_detail(e.to_string()),
+            )
+        })?;
         let mut args = FieldTable::default();
         args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ms as i64));
         args.insert(
@@ -267,7 +268,7 @@ impl RabbitDelivery {
             args,
         )
         .await
-        .map_err(error::ack)?;
+        .map_err(|e| DelayFailure::NotPublished(error::delay_unpublished(e)))?;
         // The body moved into the event: encode it again (or take the raw bytes back from
         // the decode error), and carry the attempt count across.
         let (props, body) = match &self.body {
@@ -275,7 +276,9 @@ impl RabbitDelivery {
                 let (props, body, _) =
                     codec::encode(&self.shared.binding, event, self.shared.config.content_mode)
                         .map_err(|e| {
-                            AckError::new(AckErrorKind::Unsupported).with_detail(e.to_string())
+                            DelayFailure::NotPublished(
+                                AckError::new(AckErrorKind::Unsupported).with_detail(e.to_string()),
+                            )
                         })?;
                 (props, body.into_owned())
             }
@@ -299,13 +302,58 @@ impl RabbitDelivery {
                 props,
             )
             .await
-            .map_err(error::ack)?;
-        match confirm.await.map_err(error::ack)? {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            other => Err(AckError::new(AckErrorKind::Unavailable)
-                .with_detail(format!("delayed redelivery not confirmed: {other:?}"))),
+            .map_err(|e| DelayFailure::NotPublished(error::delay_unpublished(e)))?;
+        // From here on a copy may be in the delay queue: retrying would add another.
+        match confirm.await {
+            Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(()),
+            Ok(other) => Err(DelayFailure::MaybePublished(
+                AckError::new(AckErrorKind::Closed)
+                    .with_detail(format!("delayed redelivery not confirmed: {other:?}")),
+            )),
+            Err(e) => Err(DelayFailure::MaybePublished(error::ack(e))),
         }
     }
+
+    /// After a failed delayed redelivery: requeues the message at once (basic.nack with
+    /// requeue) while the delivery's channel still lives, so it is redelivered promptly rather
+    /// than held unacked until the channel closes.
+    async fn requeue_instead(self, failure: DelayFailure) -> Result<(), SettleError<Self>> {
+        let (cause, maybe_copy) = match failure {
+            DelayFailure::NotPublished(e) => (e, false),
+            DelayFailure::MaybePublished(e) => (e, true),
+        };
+        if !self.inner.acker.usable() {
+            return Err(self.fail(AckError::new(AckErrorKind::Closed).with_detail(format!(
+                "channel closed after the delayed redelivery failed ({cause}); the broker requeues the message"
+            ))));
+        }
+        tracing::warn!(
+            queue = %self.queue,
+            error = %cause,
+            maybe_copy,
+            "delayed redelivery failed; requeueing the message for immediate redelivery"
+        );
+        let options = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        match self.inner.acker.nack(options).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.fail(AckError::new(AckErrorKind::Closed).with_detail(format!(
+                "channel closed after the delayed redelivery failed ({cause}); the broker requeues the message"
+            )))),
+            Err(e) => Err(self.fail(error::ack(e))),
+        }
+    }
+}
+
+/// Why a delayed redelivery failed.
+enum DelayFailure {
+    /// Nothing reached the delay queue.
+    NotPublished(AckError),
+    /// The copy was sent but not confirmed: it may wait in the delay queue, so publishing
+    /// again could duplicate it.
+    MaybePublished(AckError),
 }
 
 impl Delivery for RabbitDelivery {
@@ -341,8 +389,8 @@ impl Delivery for RabbitDelivery {
             if !self.inner.acker.usable() {
                 return Err(self.fail(AckError::new(AckErrorKind::Closed)));
             }
-            if let Err(e) = self.redeliver_after(delay).await {
-                return Err(self.fail(e));
+            if let Err(failure) = self.redeliver_after(delay).await {
+                return self.requeue_instead(failure).await;
             }
             return match self.inner.acker.ack(BasicAckOptions::default()).await {
                 Ok(true) => Ok(()),

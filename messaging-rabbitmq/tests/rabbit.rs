@@ -186,3 +186,54 @@ async fn the_same_broker_recovers_after_a_dropped_connection() {
     ids.sort();
     assert_eq!(ids, ["after", "before"]);
 }
+
+/// Declares `queue` durable with arguments the adapter never uses, so the adapter's own
+/// declaration of the same name fails with PRECONDITION_FAILED.
+async fn declare_conflicting_queue(broker: &RabbitBroker, queue: &str) {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::{AMQPValue, FieldTable, ShortString};
+    let ch = broker.connection().create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-expires".into(), AMQPValue::LongLongInt(120_000));
+    ch.queue_declare(
+        ShortString::from(queue),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+    let _ = ch.close(200, ShortString::from("declared")).await;
+}
+
+#[tokio::test]
+async fn failed_delayed_nack_requeues_at_once() {
+    let broker = connect(config()).await;
+    let topic = unique("delayfail");
+    let mut sub = broker
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new("g"))
+        .await
+        .unwrap();
+    // The delay queue for 60 s exists with other arguments: the re-publish cannot happen.
+    declare_conflicting_queue(&broker, &format!("{topic}.g.delay.60000")).await;
+    let e = EventBuilder::new("t", "t").id("stuck?").build().unwrap();
+    broker.publisher().publish(&topic, e).await.unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+        .await
+        .expect("delivered")
+        .unwrap();
+    d.nack(Some(Duration::from_secs(60)))
+        .await
+        .map_err(|e| e.error)
+        .expect("falls back to an immediate requeue");
+    let again = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+        .await
+        .expect("redelivered at once, not held unacked until the channel closes")
+        .unwrap();
+    assert_eq!(again.event().unwrap().id(), "stuck?");
+    assert_eq!(again.attempt(), 2);
+    again.ack().await.unwrap();
+}
