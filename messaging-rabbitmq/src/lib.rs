@@ -17,7 +17,12 @@
 //! Acks and nacks go to the delivery's channel; the subscription's prefetch is the channel's
 //! QoS. A nack without delay requeues. A nack with a delay re-publishes (with a publisher
 //! confirm) to a per-delay queue `<queue>.delay.<ms>` whose message TTL dead-letters back to the
-//! group's queue, then acks — the delayed-message plugin is not needed. If that re-publish
+//! group's queue, then acks — the delayed-message plugin is not needed. Delays are rounded
+//! **up** to a ladder — 10, 12, 15, 20, 25, 30, 40, 50, 60, 80 ms × 10ⁿ (10 ms at least) — so
+//! jittered retry delays share a few delay queues (at most ten per decade, e.g. 1 s, 1.2 s,
+//! 1.5 s, 2 s …) instead of declaring one durable queue per distinct millisecond; a message
+//! waits at most a third longer than asked, never shorter. Idle delay queues expire a minute
+//! after their TTL. If that re-publish
 //! fails or is not confirmed, the nack falls back to an immediate requeue (`basic.nack` with
 //! `requeue`) while the delivery's channel lives: the message comes back at once rather than
 //! staying unacked until the channel closes (and, if the unconfirmed copy did reach the delay

@@ -237,7 +237,7 @@ impl RabbitDelivery {
     /// RabbitMQ has no delayed delivery without a plugin. The caller acks the original once
     /// this returns `Ok`.
     async fn redeliver_after(&self, delay: Duration) -> Result<(), DelayFailure> {
-        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX).max(1);
+        let ms = delay_bucket_ms(delay);
         let delay_queue = format!("{}.delay.{ms}", self.queue);
         let ch = self.shared.confirm_channel().await.map_err(|e| {
             DelayFailure::NotPublished(
@@ -245,7 +245,8 @@ impl RabbitDelivery {
             )
         })?;
         let mut args = FieldTable::default();
-        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ms as i64));
+        let ttl = i64::try_from(ms).unwrap_or(i64::MAX);
+        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
         args.insert(
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString("".into()),
@@ -257,7 +258,7 @@ impl RabbitDelivery {
         // Idle delay queues go away by themselves.
         args.insert(
             "x-expires".into(),
-            AMQPValue::LongLongInt((ms + 60_000) as i64),
+            AMQPValue::LongLongInt(ttl.saturating_add(60_000)),
         );
         ch.queue_declare(
             ShortString::from(delay_queue.as_str()),
@@ -347,6 +348,34 @@ impl RabbitDelivery {
     }
 }
 
+/// Steps of the delay ladder within one decade (×10ⁿ ms): consecutive steps are at most a
+/// third apart.
+const DELAY_STEPS: [u64; 10] = [10, 12, 15, 20, 25, 30, 40, 50, 60, 80];
+
+/// The delay queue's TTL for a requested delay: the delay rounded **up** to the ladder
+/// 10, 12, 15, 20, 25, 30, 40, 50, 60, 80 ms × 10ⁿ (10 ms at least). Each delay queue serves
+/// one TTL, so without this every distinct jittered delay would declare a queue of its own;
+/// on the ladder, delays within a decade share at most ten queues, and a message waits at most
+/// a third longer than asked (never shorter).
+pub(crate) fn delay_bucket_ms(delay: Duration) -> u64 {
+    let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+    let mut scale = 1u64;
+    loop {
+        for step in DELAY_STEPS {
+            match step.checked_mul(scale) {
+                Some(bucket) if bucket >= ms => return bucket,
+                Some(_) => {}
+                // Beyond the ladder (hundreds of millions of years): the delay as asked.
+                None => return ms,
+            }
+        }
+        scale = match scale.checked_mul(10) {
+            Some(s) => s,
+            None => return ms,
+        };
+    }
+}
+
 /// Why a delayed redelivery failed.
 enum DelayFailure {
     /// Nothing reached the delay queue.
@@ -414,5 +443,59 @@ impl Delivery for RabbitDelivery {
     async fn extend_deadline(&mut self, _by: Duration) -> Result<(), AckError> {
         Err(AckError::new(AckErrorKind::Unsupported)
             .with_detail("RabbitMQ has no per-delivery deadline to extend"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn delays_round_up_to_the_ladder() {
+        let ms = |n| delay_bucket_ms(Duration::from_millis(n));
+        assert_eq!(ms(0), 10);
+        assert_eq!(ms(1), 10);
+        assert_eq!(ms(10), 10);
+        assert_eq!(ms(11), 12);
+        assert_eq!(ms(1000), 1000);
+        assert_eq!(ms(1001), 1200);
+        assert_eq!(ms(30_000), 30_000);
+        assert_eq!(ms(61_000), 80_000);
+        assert_eq!(ms(81_000), 100_000);
+        assert_eq!(delay_bucket_ms(Duration::MAX), u64::MAX);
+        for n in [1u64, 7, 99, 101, 999, 4_321, 59_999, 3_600_001, 86_400_000] {
+            let b = ms(n);
+            assert!(b >= n, "{n} ms waits {b} ms: never shorter");
+            assert!(
+                n < 10 || b * 3 <= n * 4,
+                "{n} ms waits {b} ms: at most a third longer"
+            );
+        }
+    }
+
+    #[test]
+    fn jittered_delays_share_few_queues() {
+        // Exponential backoff 1 s, 2 s, 4 s, 8 s, 16 s with ±50 % jitter, 10 000 delays: a queue
+        // per distinct millisecond would be thousands of queues.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut queues = HashSet::new();
+        let mut distinct_ms = HashSet::new();
+        for i in 0..10_000u64 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let base = (1000u64 << (i % 5)).min(30_000);
+            let jittered = base / 2 + state % base;
+            distinct_ms.insert(jittered);
+            queues.insert(delay_bucket_ms(Duration::from_millis(jittered)));
+        }
+        assert!(distinct_ms.len() > 1000);
+        assert!(
+            queues.len() <= 20,
+            "{} delay queues: {queues:?}",
+            queues.len()
+        );
     }
 }

@@ -237,3 +237,51 @@ async fn failed_delayed_nack_requeues_at_once() {
     assert_eq!(again.attempt(), 2);
     again.ack().await.unwrap();
 }
+
+#[tokio::test]
+async fn jittered_delays_share_one_delay_queue() {
+    use messaging_core::Inspect;
+    let broker = connect(config()).await;
+    let topic = unique("jitter");
+    let mut sub = broker
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new("g"))
+        .await
+        .unwrap();
+    for id in ["a", "b"] {
+        let e = EventBuilder::new("t", "t").id(id).build().unwrap();
+        broker.publisher().publish(&topic, e).await.unwrap();
+    }
+    for delay_ms in [1001, 1150] {
+        let d = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+            .await
+            .expect("delivered")
+            .unwrap();
+        d.nack(Some(Duration::from_millis(delay_ms)))
+            .await
+            .map_err(|e| e.error)
+            .unwrap();
+    }
+    // Both wait in the 1.2 s queue (the group's queue name plus `.delay.<ms>`).
+    let shared = broker.depth(&topic, "g.delay.1200").await.unwrap();
+    assert!(shared.is_some(), "the 1.2 s delay queue exists");
+    for own in ["g.delay.1001", "g.delay.1150"] {
+        assert_eq!(
+            broker.depth(&topic, own).await.unwrap(),
+            None,
+            "no queue of its own for {own}"
+        );
+    }
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let d = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+            .await
+            .expect("redelivered after the delay")
+            .unwrap();
+        assert_eq!(d.attempt(), 2);
+        ids.push(d.event().unwrap().id().to_owned());
+        d.ack().await.unwrap();
+    }
+    ids.sort();
+    assert_eq!(ids, ["a", "b"]);
+}
