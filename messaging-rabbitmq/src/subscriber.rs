@@ -305,13 +305,19 @@ impl RabbitDelivery {
             .await
             .map_err(|e| DelayFailure::NotPublished(error::delay_unpublished(e)))?;
         // From here on a copy may be in the delay queue: retrying would add another.
-        match confirm.await {
-            Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(()),
-            Ok(other) => Err(DelayFailure::MaybePublished(
+        let timeout = self.shared.config.confirm_timeout;
+        match tokio::time::timeout(timeout, confirm).await {
+            Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => Ok(()),
+            Ok(Ok(other)) => Err(DelayFailure::MaybePublished(
                 AckError::new(AckErrorKind::Closed)
                     .with_detail(format!("delayed redelivery not confirmed: {other:?}")),
             )),
-            Err(e) => Err(DelayFailure::MaybePublished(error::ack(e))),
+            Ok(Err(e)) => Err(DelayFailure::MaybePublished(error::ack(e))),
+            Err(_) => Err(DelayFailure::MaybePublished(
+                AckError::new(AckErrorKind::Timeout).with_detail(format!(
+                    "delayed redelivery not confirmed within {timeout:?}"
+                )),
+            )),
         }
     }
 

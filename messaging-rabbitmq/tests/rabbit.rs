@@ -285,3 +285,46 @@ async fn jittered_delays_share_one_delay_queue() {
     ids.sort();
     assert_eq!(ids, ["a", "b"]);
 }
+
+#[tokio::test]
+async fn unconfirmed_delayed_nack_gives_up_after_the_confirm_timeout() {
+    // A confirm timeout no broker can meet: the delay copy is never confirmed in time.
+    let impatient = connect(RabbitConfig {
+        confirm_timeout: Duration::ZERO,
+        ..config()
+    })
+    .await;
+    let topic = unique("confirmwait");
+    let mut sub = impatient
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new("g"))
+        .await
+        .unwrap();
+    let e = EventBuilder::new("t", "t").id("x").build().unwrap();
+    connect(config())
+        .await
+        .publisher()
+        .publish(&topic, e)
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+        .await
+        .expect("delivered")
+        .unwrap();
+    let nacked = tokio::time::timeout(
+        Duration::from_secs(5),
+        d.nack(Some(Duration::from_secs(30))),
+    )
+    .await
+    .expect("the delayed nack is bounded by confirm_timeout");
+    nacked
+        .map_err(|e| e.error)
+        .expect("falls back to an immediate requeue");
+    // Not confirmed in time: requeued at once, not after the 30 s delay.
+    let again = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+        .await
+        .expect("redelivered at once")
+        .unwrap();
+    assert_eq!(again.event().unwrap().id(), "x");
+    again.ack().await.unwrap();
+}
