@@ -180,7 +180,11 @@ where
         let layer = self.layer.clone();
         Box::pin(async move {
             let key = layer.key_of(&msg);
-            match layer.store.begin(&key, layer.lease).await {
+            // This claim's owner token: a late complete or release after the lease expired
+            // cannot touch another consumer's claim.
+            let mut buf = uuid::Uuid::encode_buffer();
+            let token: &str = uuid::Uuid::new_v4().simple().encode_lower(&mut buf);
+            match layer.store.begin(&key, token, layer.lease).await {
                 Err(e) => Err(HandlerError::transient(e)),
                 Ok(Claim::Done) => {
                     metrics::counter!("messaging_duplicates_skipped_total").increment(1);
@@ -195,7 +199,7 @@ where
                     poll_fn(|cx| inner.poll_ready(cx)).await?;
                     match inner.call(msg.clone()).await {
                         Ok(()) => {
-                            if let Err(e) = layer.store.complete(&key, layer.ttl).await {
+                            if let Err(e) = layer.store.complete(&key, token, layer.ttl).await {
                                 // The work is done; failing now would redo it. A later
                                 // duplicate may be processed again once the claim expires.
                                 tracing::warn!(key, error = %e, "could not mark message processed");
@@ -203,7 +207,7 @@ where
                             Ok(())
                         }
                         Err(e) => {
-                            if let Err(re) = layer.store.release(&key).await {
+                            if let Err(re) = layer.store.release(&key, token).await {
                                 tracing::warn!(key, error = %re, "could not release claim");
                             }
                             Err(e)
@@ -275,7 +279,10 @@ mod tests {
         // The dead process claimed the key and ran the handler, but never marked it done.
         let key = "messaging:idem:billing:orders:s:e1";
         assert_eq!(
-            store.begin(key, Duration::from_secs(60)).await.unwrap(),
+            store
+                .begin(key, "dead-process", Duration::from_secs(60))
+                .await
+                .unwrap(),
             Claim::Acquired
         );
         let err = call(&mut svc).await.unwrap_err();
@@ -345,7 +352,10 @@ mod tests {
         assert!(call(&mut svc).await.is_err());
         let key = "messaging:idem:billing:orders:s:e1";
         assert_eq!(
-            store.begin(key, Duration::from_secs(1)).await.unwrap(),
+            store
+                .begin(key, "retry", Duration::from_secs(1))
+                .await
+                .unwrap(),
             Claim::Acquired,
             "retry can claim"
         );
