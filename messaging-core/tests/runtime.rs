@@ -988,3 +988,60 @@ async fn at_most_once_handlers_are_cut_off_at_the_drain_timeout() {
         .unwrap();
     assert_eq!((report.acked, report.abandoned), (1, 1));
 }
+
+/// Counts declarations, declaring through the inner subscriber.
+struct CountingDeclares<S>(S, Arc<AtomicUsize>);
+
+impl<S: Subscriber> Subscriber for CountingDeclares<S> {
+    type Subscription = S::Subscription;
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        options: SubscribeOptions,
+    ) -> Result<Self::Subscription, messaging_core::SubscribeError> {
+        self.0.subscribe(topic, options).await
+    }
+
+    async fn declare(
+        &self,
+        topic: &str,
+        options: SubscribeOptions,
+    ) -> Result<(), messaging_core::SubscribeError> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        self.0.declare(topic, options).await
+    }
+
+    fn features(&self) -> messaging_core::Features {
+        self.0.features()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_runtime_declares_the_dead_letter_group_through_the_dyn_subscriber() {
+    let broker = MemoryBroker::new();
+    let declares = Arc::new(AtomicUsize::new(0));
+    let subscriber: Arc<dyn messaging_core::DynSubscriber> =
+        Arc::new(CountingDeclares(broker.subscriber(), declares.clone()));
+    let consumer = Consumer::builder(
+        subscriber,
+        publisher(&broker),
+        "orders",
+        SubscribeOptions::new("g"),
+    )
+    .build(handler_fn(|_msg: Incoming| async {
+        Ok::<(), HandlerError>(())
+    }));
+    consumer.run(async {}).await.unwrap();
+    assert_eq!(
+        declares.load(Ordering::SeqCst),
+        1,
+        "declared, not subscribed, and the dyn form forwards the adapter's declare"
+    );
+    assert!(
+        broker
+            .group_stats("orders.dlq", dead_letter::DEAD_LETTER_GROUP)
+            .is_some(),
+        "the dead-letter group exists"
+    );
+}

@@ -9,7 +9,8 @@
 //! | ordering key | an ordered subscription's queue is a classic queue with `x-single-active-consumer` and a prefetch of 1: one consumer, one message at a time, in queue order, also across requeues (a quorum queue would put a requeued message last) — every key keeps its order (stronger than per key, and slower: one message in flight per group). A nack *with a delay* re-enters the queue behind later messages; ordered consumers retry in place. Ordered groups have no broker-side delivery limit and count attempts from the `redelivered` flag (1 or 2). |
 //!
 //! Declarations are idempotent: subscribing again declares the same queue with the same
-//! arguments; different arguments for an existing queue are refused by the broker
+//! arguments ([`Subscriber::declare`](messaging_core::Subscriber::declare) declares it without
+//! a consumer, so messages waiting in it are not handed out and returned); different arguments for an existing queue are refused by the broker
 //! (`Rejected`).
 //!
 //! # Acks, delays, dead letters

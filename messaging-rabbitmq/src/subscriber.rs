@@ -38,15 +38,7 @@ impl Subscriber for RabbitSubscriber {
         topic: &str,
         options: SubscribeOptions,
     ) -> Result<RabbitSubscription, SubscribeError> {
-        options.validate(&self.shared.features())?;
-        if options.is_ordered() && options.delivery_limit().is_some() {
-            // Ordered groups are classic queues (see the crate docs), which have no delivery limit.
-            return Err(
-                SubscribeError::new(messaging_core::SubscribeErrorKind::Unsupported).with_detail(
-                    "rabbitmq: an ordered group cannot have a broker-side delivery limit",
-                ),
-            );
-        }
+        self.check(&options)?;
         let ch = self
             .shared
             .conn
@@ -87,8 +79,44 @@ impl Subscriber for RabbitSubscriber {
         })
     }
 
+    /// Declares the exchange and the group's queue on a short-lived channel, without a
+    /// consumer: messages already in the queue stay untouched (a subscribe-and-close would be
+    /// handed them and return them with a higher delivery count).
+    async fn declare(&self, topic: &str, options: SubscribeOptions) -> Result<(), SubscribeError> {
+        self.check(&options)?;
+        let ch = self
+            .shared
+            .conn
+            .create_channel()
+            .await
+            .map_err(error::subscribe)?;
+        let declared = self.shared.declare_group(&ch, topic, &options).await;
+        if ch.status().connected() {
+            if let Err(e) = ch.close(200, ShortString::from("declared")).await {
+                tracing::debug!(error = %e, "closing the declaration channel");
+            }
+        }
+        declared.map(|_| ()).map_err(error::subscribe)
+    }
+
     fn features(&self) -> Features {
         self.shared.features()
+    }
+}
+
+impl RabbitSubscriber {
+    /// Whether this adapter can serve `options`.
+    fn check(&self, options: &SubscribeOptions) -> Result<(), SubscribeError> {
+        options.validate(&self.shared.features())?;
+        if options.is_ordered() && options.delivery_limit().is_some() {
+            // Ordered groups are classic queues (see the crate docs), which have no delivery limit.
+            return Err(
+                SubscribeError::new(messaging_core::SubscribeErrorKind::Unsupported).with_detail(
+                    "rabbitmq: an ordered group cannot have a broker-side delivery limit",
+                ),
+            );
+        }
+        Ok(())
     }
 }
 

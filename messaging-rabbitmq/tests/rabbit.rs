@@ -328,3 +328,54 @@ async fn unconfirmed_delayed_nack_gives_up_after_the_confirm_timeout() {
     assert_eq!(again.event().unwrap().id(), "x");
     again.ack().await.unwrap();
 }
+
+#[tokio::test]
+async fn starting_a_consumer_leaves_waiting_dead_letters_untouched() {
+    use std::sync::Arc;
+
+    use messaging_core::DynPublisher;
+    use messaging_core::handler::{HandlerError, Incoming, handler_fn};
+    use messaging_core::middleware::dead_letter::DEAD_LETTER_GROUP;
+    use messaging_core::runtime::Consumer;
+
+    let broker = connect(config()).await;
+    let topic = unique("dlqdeclare");
+    let dlq = format!("{topic}.dlq");
+    // A dead letter is already waiting when the consumer starts.
+    broker
+        .subscriber()
+        .declare(&dlq, SubscribeOptions::new(DEAD_LETTER_GROUP))
+        .await
+        .unwrap();
+    let e = EventBuilder::new("t", "t").id("dead").build().unwrap();
+    broker.publisher().publish(&dlq, e).await.unwrap();
+    let publisher: Arc<dyn DynPublisher> = Arc::new(broker.publisher());
+    for _ in 0..2 {
+        let consumer = Consumer::builder(
+            broker.subscriber(),
+            publisher.clone(),
+            &topic,
+            SubscribeOptions::new("g"),
+        )
+        .build(handler_fn(|_msg: Incoming| async {
+            Ok::<(), HandlerError>(())
+        }));
+        consumer.run(async {}).await.unwrap();
+    }
+    let mut sub = broker
+        .subscriber()
+        .subscribe(&dlq, SubscribeOptions::new(DEAD_LETTER_GROUP))
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+        .await
+        .expect("the dead letter is still there")
+        .unwrap();
+    assert_eq!(d.event().unwrap().id(), "dead");
+    assert_eq!(
+        d.attempt(),
+        1,
+        "declaring the dead-letter group did not hand the dead letter out"
+    );
+    d.ack().await.unwrap();
+}

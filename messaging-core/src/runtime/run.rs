@@ -178,14 +178,12 @@ where
             ));
         }
         let dlq_topic = self.policy.dead_letter_topic(&self.topic);
-        // Declare the dead-letter topic's group first, so dead letters are kept from the start.
-        let mut dlq = self
-            .subscriber
-            .subscribe(&dlq_topic, SubscribeOptions::new(DEAD_LETTER_GROUP))
+        // Declare the dead-letter topic's group first, so dead letters are kept from the start
+        // (declared, not subscribed: dead letters already waiting are not handed out).
+        self.subscriber
+            .declare(&dlq_topic, SubscribeOptions::new(DEAD_LETTER_GROUP))
             .await
             .map_err(RunError::Subscribe)?;
-        let _ = dlq.close().await;
-        drop(dlq);
         let mut sub = self
             .subscriber
             .subscribe(&self.topic, options.clone())
