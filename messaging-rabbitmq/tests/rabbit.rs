@@ -55,21 +55,33 @@ async fn mandatory_publish_without_a_group_is_unroutable() {
     broker.publisher().publish(&topic, e).await.unwrap();
 }
 
+/// `rabbitmqctl` bounded to 60 s, so a wedged node fails the test instead of hanging it.
+fn rabbitmqctl() -> Command {
+    let mut c = Command::new("timeout");
+    c.args(["60", "rabbitmqctl"]);
+    c
+}
+
 /// Closes every connection with `name` from the broker's side, as a network failure would.
 fn drop_connections(name: &str) {
-    let out = Command::new("rabbitmqctl")
+    let out = rabbitmqctl()
         .args(["-q", "list_connections", "pid", "client_properties"])
         .output()
         .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl list_connections failed or timed out: {}",
+        out.status
+    );
     let listing = String::from_utf8_lossy(&out.stdout);
     let mut closed = 0;
     for line in listing.lines().filter(|l| l.contains(name)) {
         let pid = line.split_whitespace().next().unwrap_or_default();
-        let status = Command::new("rabbitmqctl")
+        let status = rabbitmqctl()
             .args(["-q", "close_connection", pid, "test drops the connection"])
             .status()
             .expect("rabbitmqctl runs");
-        assert!(status.success());
+        assert!(status.success(), "rabbitmqctl close_connection: {status}");
         closed += 1;
     }
     assert!(closed > 0, "no connection named {name}: {listing}");
