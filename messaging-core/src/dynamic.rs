@@ -117,6 +117,12 @@ pub trait DynSubscriber: Send + Sync {
         topic: &'a str,
         options: SubscribeOptions,
     ) -> BoxFuture<'a, Result<BoxSubscription, SubscribeError>>;
+    /// See [`Subscriber::declare`].
+    fn declare_dyn<'a>(
+        &'a self,
+        topic: &'a str,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'a, Result<(), SubscribeError>>;
     /// See [`Subscriber::features`].
     fn features_dyn(&self) -> Features;
 }
@@ -135,6 +141,13 @@ where
             Ok(Box::new(sub) as BoxSubscription)
         })
     }
+    fn declare_dyn<'a>(
+        &'a self,
+        topic: &'a str,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'a, Result<(), SubscribeError>> {
+        Box::pin(self.declare(topic, options))
+    }
     fn features_dyn(&self) -> Features {
         self.features()
     }
@@ -150,6 +163,13 @@ macro_rules! dyn_subscriber {
                 options: SubscribeOptions,
             ) -> impl Future<Output = Result<BoxSubscription, SubscribeError>> + Send {
                 async move { (**self).subscribe_dyn(topic, options).await }
+            }
+            fn declare(
+                &self,
+                topic: &str,
+                options: SubscribeOptions,
+            ) -> impl Future<Output = Result<(), SubscribeError>> + Send {
+                async move { (**self).declare_dyn(topic, options).await }
             }
             fn features(&self) -> Features {
                 (**self).features_dyn()

@@ -194,6 +194,25 @@ pub trait Subscriber: Send + Sync {
         options: SubscribeOptions,
     ) -> impl Future<Output = Result<Self::Subscription, SubscribeError>> + Send;
 
+    /// Creates the group (and topic) without consuming from it: every message published after
+    /// this returns is kept for the group. The consumer runtime declares the dead-letter
+    /// group this way. The default subscribes and closes at once, which suits brokers where a
+    /// subscription that receives nothing has no effect; adapters whose consumers are handed
+    /// messages right away (and would return them with a higher delivery count) override it
+    /// with a plain declaration.
+    fn declare(
+        &self,
+        topic: &str,
+        options: SubscribeOptions,
+    ) -> impl Future<Output = Result<(), SubscribeError>> + Send {
+        async move {
+            let mut sub = self.subscribe(topic, options).await?;
+            // Closing only stops receiving; the group stays.
+            let _ = sub.close().await;
+            Ok(())
+        }
+    }
+
     /// What this broker can do.
     fn features(&self) -> Features;
 }

@@ -833,3 +833,215 @@ async fn late_replies_are_dropped_and_the_requester_keeps_working() {
     );
     slow.await.unwrap();
 }
+
+/// Wraps a subscriber so that every nack of its deliveries never completes, as with a broker
+/// that stops answering.
+struct HangingNacks<S>(S);
+
+impl<S: Subscriber> Subscriber for HangingNacks<S> {
+    type Subscription = HangingNacks<S::Subscription>;
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        options: SubscribeOptions,
+    ) -> Result<Self::Subscription, messaging_core::SubscribeError> {
+        Ok(HangingNacks(self.0.subscribe(topic, options).await?))
+    }
+
+    fn features(&self) -> messaging_core::Features {
+        self.0.features()
+    }
+}
+
+impl<S: Subscription> Subscription for HangingNacks<S> {
+    type Delivery = HangingNacks<S::Delivery>;
+
+    async fn recv(&mut self) -> Result<Self::Delivery, messaging_core::ReceiveError> {
+        self.0.recv().await.map(HangingNacks)
+    }
+
+    async fn recv_batch(
+        &mut self,
+        max: usize,
+    ) -> Result<Vec<Self::Delivery>, messaging_core::ReceiveError> {
+        Ok(self
+            .0
+            .recv_batch(max)
+            .await?
+            .into_iter()
+            .map(HangingNacks)
+            .collect())
+    }
+
+    async fn close(&mut self) -> Result<(), messaging_core::ReceiveError> {
+        self.0.close().await
+    }
+}
+
+impl<D: Delivery> Delivery for HangingNacks<D> {
+    fn payload(&self) -> Result<&Event, &messaging_core::DecodeError> {
+        self.0.payload()
+    }
+
+    fn topic(&self) -> &str {
+        self.0.topic()
+    }
+
+    fn attempt(&self) -> u32 {
+        self.0.attempt()
+    }
+
+    async fn ack(self) -> Result<(), messaging_core::SettleError<Self>> {
+        self.0.ack().await.map_err(|e| messaging_core::SettleError {
+            error: e.error,
+            delivery: HangingNacks(e.delivery),
+        })
+    }
+
+    async fn nack(self, _delay: Option<Duration>) -> Result<(), messaging_core::SettleError<Self>> {
+        std::future::pending().await
+    }
+
+    async fn extend_deadline(&mut self, by: Duration) -> Result<(), messaging_core::AckError> {
+        self.0.extend_deadline(by).await
+    }
+}
+
+fn never_finishing_handler(
+    started: Arc<AtomicUsize>,
+) -> impl tower_service::Service<Incoming, Response = (), Error = HandlerError, Future = impl Send>
++ Clone
++ Send
++ 'static {
+    handler_fn(move |_msg: Incoming| {
+        let started = started.clone();
+        async move {
+            started.fetch_add(1, Ordering::SeqCst);
+            std::future::pending::<Result<(), HandlerError>>().await
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_is_bounded_when_the_broker_never_settles_the_cut_off_nack() {
+    let broker = MemoryBroker::new();
+    let started = Arc::new(AtomicUsize::new(0));
+    let consumer = Consumer::builder(
+        HangingNacks(broker.subscriber()),
+        publisher(&broker),
+        "orders",
+        SubscribeOptions::new("g"),
+    )
+    .drain_timeout(Duration::from_secs(1))
+    .build(never_finishing_handler(started.clone()));
+    let s = started.clone();
+    let run = tokio::spawn(consumer.run(async move {
+        until(|| s.load(Ordering::SeqCst) == 1).await;
+    }));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    broker
+        .publisher()
+        .publish("orders", event(1))
+        .await
+        .unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(600), run)
+        .await
+        .expect("shutdown finished although the cut-off delivery's nack never completed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.abandoned, 1);
+    assert_eq!(
+        broker.group_stats("orders", "g").unwrap().total(),
+        1,
+        "the unsettled message went back to the group"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_most_once_handlers_are_cut_off_at_the_drain_timeout() {
+    let broker = MemoryBroker::new();
+    let started = Arc::new(AtomicUsize::new(0));
+    let consumer = Consumer::builder(
+        broker.subscriber(),
+        publisher(&broker),
+        "orders",
+        SubscribeOptions::new("g"),
+    )
+    .guarantee(Guarantee::AtMostOnce)
+    .drain_timeout(Duration::from_secs(1))
+    .build(never_finishing_handler(started.clone()));
+    let s = started.clone();
+    let run = tokio::spawn(consumer.run(async move {
+        until(|| s.load(Ordering::SeqCst) == 1).await;
+    }));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    broker
+        .publisher()
+        .publish("orders", event(1))
+        .await
+        .unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(600), run)
+        .await
+        .expect("shutdown finished although the at-most-once handler never returns")
+        .unwrap()
+        .unwrap();
+    assert_eq!((report.acked, report.abandoned), (1, 1));
+}
+
+/// Counts declarations, declaring through the inner subscriber.
+struct CountingDeclares<S>(S, Arc<AtomicUsize>);
+
+impl<S: Subscriber> Subscriber for CountingDeclares<S> {
+    type Subscription = S::Subscription;
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        options: SubscribeOptions,
+    ) -> Result<Self::Subscription, messaging_core::SubscribeError> {
+        self.0.subscribe(topic, options).await
+    }
+
+    async fn declare(
+        &self,
+        topic: &str,
+        options: SubscribeOptions,
+    ) -> Result<(), messaging_core::SubscribeError> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        self.0.declare(topic, options).await
+    }
+
+    fn features(&self) -> messaging_core::Features {
+        self.0.features()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_runtime_declares_the_dead_letter_group_through_the_dyn_subscriber() {
+    let broker = MemoryBroker::new();
+    let declares = Arc::new(AtomicUsize::new(0));
+    let subscriber: Arc<dyn messaging_core::DynSubscriber> =
+        Arc::new(CountingDeclares(broker.subscriber(), declares.clone()));
+    let consumer = Consumer::builder(
+        subscriber,
+        publisher(&broker),
+        "orders",
+        SubscribeOptions::new("g"),
+    )
+    .build(handler_fn(|_msg: Incoming| async {
+        Ok::<(), HandlerError>(())
+    }));
+    consumer.run(async {}).await.unwrap();
+    assert_eq!(
+        declares.load(Ordering::SeqCst),
+        1,
+        "declared, not subscribed, and the dyn form forwards the adapter's declare"
+    );
+    assert!(
+        broker
+            .group_stats("orders.dlq", dead_letter::DEAD_LETTER_GROUP)
+            .is_some(),
+        "the dead-letter group exists"
+    );
+}

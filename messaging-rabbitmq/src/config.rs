@@ -33,7 +33,9 @@ pub struct RabbitConfig {
     /// [`Unroutable`](messaging_core::PublishErrorKind::Unroutable) instead of being dropped
     /// (default false: a topic without groups drops, as pub/sub expects).
     pub mandatory: bool,
-    /// How long a publish waits for the broker's confirm (default 30 s).
+    /// How long a publish waits for the broker's confirm (default 30 s). In a batch each
+    /// message gets this long from the end of sending, and only the unconfirmed ones fail; a
+    /// nack with a delay waits this long for its delay copy's confirm, then requeues instead.
     pub confirm_timeout: Duration,
     /// Connection name shown by `rabbitmqctl list_connections` (default `messaging-rabbitmq`).
     pub connection_name: String,

@@ -58,14 +58,22 @@ pub(crate) fn receive(e: lapin::Error) -> ReceiveError {
         .with_source(e)
 }
 
-/// A settle on a dead channel can never succeed: the broker has requeued the message.
+/// A failed `basic.ack` / `basic.nack`. lapin marks a delivery's acker used before it sends
+/// the frame, so whatever the cause — the channel gone, the delivery tag unknown to the broker
+/// — settling the same delivery again can never succeed: [`Closed`](AckErrorKind::Closed),
+/// never transient (a transient kind would make callers retry, and a retried delayed nack
+/// would publish another delay copy). The broker requeues the message when the channel closes.
 pub(crate) fn ack(e: lapin::Error) -> AckError {
-    let kind = if is_transport(&e) {
-        AckErrorKind::Closed
-    } else {
-        AckErrorKind::Unavailable
-    };
-    AckError::new(kind)
+    AckError::new(AckErrorKind::Closed)
+        .with_detail(e.to_string())
+        .with_source(e)
+}
+
+/// A delayed redelivery that failed before anything was published (the delay queue could not
+/// be declared, the re-publish could not be sent): the delivery is untouched, so trying again
+/// can succeed.
+pub(crate) fn delay_unpublished(e: lapin::Error) -> AckError {
+    AckError::new(AckErrorKind::Unavailable)
         .with_detail(e.to_string())
         .with_source(e)
 }
@@ -79,4 +87,33 @@ pub(crate) fn inspect(e: lapin::Error) -> InspectError {
     InspectError::new(kind)
         .with_detail(e.to_string())
         .with_source(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::protocol::{AMQPError, AMQPErrorKind, AMQPSoftError};
+    use lapin::{ChannelState, ErrorKind};
+
+    use super::*;
+
+    #[test]
+    fn ack_errors_are_closed_and_not_transient() {
+        let unknown_tag = lapin::Error::from(ErrorKind::ProtocolError(AMQPError::new(
+            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED),
+            "PRECONDITION_FAILED - unknown delivery tag 1".into(),
+        )));
+        let dead_channel =
+            lapin::Error::from(ErrorKind::InvalidChannelState(ChannelState::Closed, "ack"));
+        for e in [unknown_tag, dead_channel] {
+            let mapped = ack(e);
+            assert_eq!(mapped.kind(), AckErrorKind::Closed, "{mapped}");
+            assert!(!mapped.is_transient(), "{mapped}");
+        }
+    }
+
+    #[test]
+    fn unpublished_delays_stay_transient() {
+        let e = lapin::Error::from(ErrorKind::InvalidChannelState(ChannelState::Closed, "x"));
+        assert!(delay_unpublished(e).is_transient());
+    }
 }

@@ -9,7 +9,8 @@
 //! | ordering key | an ordered subscription's queue is a classic queue with `x-single-active-consumer` and a prefetch of 1: one consumer, one message at a time, in queue order, also across requeues (a quorum queue would put a requeued message last) — every key keeps its order (stronger than per key, and slower: one message in flight per group). A nack *with a delay* re-enters the queue behind later messages; ordered consumers retry in place. Ordered groups have no broker-side delivery limit and count attempts from the `redelivered` flag (1 or 2). |
 //!
 //! Declarations are idempotent: subscribing again declares the same queue with the same
-//! arguments; different arguments for an existing queue are refused by the broker
+//! arguments ([`Subscriber::declare`](messaging_core::Subscriber::declare) declares it without
+//! a consumer, so messages waiting in it are not handed out and returned); different arguments for an existing queue are refused by the broker
 //! (`Rejected`).
 //!
 //! # Acks, delays, dead letters
@@ -17,7 +18,16 @@
 //! Acks and nacks go to the delivery's channel; the subscription's prefetch is the channel's
 //! QoS. A nack without delay requeues. A nack with a delay re-publishes (with a publisher
 //! confirm) to a per-delay queue `<queue>.delay.<ms>` whose message TTL dead-letters back to the
-//! group's queue, then acks — the delayed-message plugin is not needed. The attempt number
+//! group's queue, then acks — the delayed-message plugin is not needed. Delays are rounded
+//! **up** to a ladder — 10, 12, 15, 20, 25, 30, 40, 50, 60, 80 ms × 10ⁿ (10 ms at least) — so
+//! jittered retry delays share a few delay queues (at most ten per decade, e.g. 1 s, 1.2 s,
+//! 1.5 s, 2 s …) instead of declaring one durable queue per distinct millisecond; a message
+//! waits at most a third longer than asked, never shorter. Idle delay queues expire a minute
+//! after their TTL. If that re-publish
+//! fails or is not confirmed, the nack falls back to an immediate requeue (`basic.nack` with
+//! `requeue`) while the delivery's channel lives: the message comes back at once rather than
+//! staying unacked until the channel closes (and, if the unconfirmed copy did reach the delay
+//! queue, once more after the delay — a duplicate, never a loss). The attempt number
 //! comes from the quorum queue's `x-delivery-count` plus an `x-messaging-attempt` header carried
 //! across delays. With [`SubscribeOptions::max_deliveries`](messaging_core::SubscribeOptions::max_deliveries)
 //! the queue gets `x-delivery-limit` and `x-dead-letter-exchange` (the dead-letter topic), a

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures_util::future::join_all;
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use std::borrow::Cow;
+use std::future::Future;
 
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use messaging_core::{
@@ -95,6 +95,22 @@ impl RabbitPublisher {
     }
 }
 
+/// Waits for every confirm until `deadline`, each on its own: a confirm that arrived in time
+/// counts even when others did not (`None`). In order, since confirms arrive roughly in order:
+/// once the first ones came, the rest are usually ready without waiting (or a timer).
+async fn await_confirms<K, F: Future>(
+    confirms: Vec<(K, F)>,
+    deadline: tokio::time::Instant,
+) -> Vec<(K, Option<F::Output>)> {
+    let mut out = Vec::with_capacity(confirms.len());
+    for (k, confirm) in confirms {
+        // `timeout_at` polls the confirm before the deadline: past the deadline, a confirm
+        // that already arrived still counts.
+        out.push((k, tokio::time::timeout_at(deadline, confirm).await.ok()));
+    }
+    out
+}
+
 fn confirmation(result: lapin::Result<Confirmation>) -> Result<Receipt, PublishError> {
     match result {
         Err(e) => Err(error::publish(e)),
@@ -127,7 +143,8 @@ impl Publisher for RabbitPublisher {
         topic: &str,
         events: Vec<Event>,
     ) -> Result<Vec<Receipt>, PublishBatchError> {
-        // Send everything, then wait for all the confirms together, under one timeout.
+        // Send everything, then wait for the confirms, each until confirm_timeout from now:
+        // only the unconfirmed ones fail with Timeout.
         let ch = match self.channel(topic).await {
             Ok(ch) => ch,
             Err(e) => {
@@ -150,19 +167,10 @@ impl Publisher for RabbitPublisher {
                 Err(e) => failed.push((i, e)),
             }
         }
-        let indices: Vec<usize> = pending.iter().map(|(i, _)| *i).collect();
-        let results: Vec<Result<Receipt, PublishError>> = match tokio::time::timeout(
-            self.shared.config.confirm_timeout,
-            join_all(pending.into_iter().map(|(_, c)| c)),
-        )
-        .await
-        {
-            Ok(results) => results.into_iter().map(confirmation).collect(),
-            Err(_) => indices.iter().map(|_| Err(self.timeout_error())).collect(),
-        };
-        let mut accepted = Vec::with_capacity(results.len());
-        for (i, r) in indices.into_iter().zip(results) {
-            match r {
+        let deadline = tokio::time::Instant::now() + self.shared.config.confirm_timeout;
+        let mut accepted = Vec::with_capacity(pending.len());
+        for (i, confirmed) in await_confirms(pending, deadline).await {
+            match confirmed.map_or_else(|| Err(self.timeout_error()), confirmation) {
                 Ok(receipt) => accepted.push((i, receipt)),
                 Err(e) => failed.push((i, e)),
             }
@@ -186,5 +194,46 @@ impl Publisher for RabbitPublisher {
 
     fn features(&self) -> Features {
         self.shared.features()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn only_confirms_missing_at_the_deadline_time_out() {
+        // Like lapin's confirms, these resolve whether or not anyone polls them.
+        let after = |ms: u64, v: u32| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                let _ = tx.send(v);
+            });
+            rx
+        };
+        let confirms = vec![
+            (0, after(0, 10)),
+            (1, after(1_000, 11)),     // too late
+            (2, after(3_600_000, 12)), // never in time
+            (3, after(50, 13)),        // in time, behind late ones
+        ];
+        let started = tokio::time::Instant::now();
+        let deadline = started + Duration::from_millis(300);
+        let results: Vec<(i32, Option<u32>)> = await_confirms(confirms, deadline)
+            .await
+            .into_iter()
+            .map(|(i, r)| (i, r.and_then(Result::ok)))
+            .collect();
+        assert_eq!(
+            results,
+            [(0, Some(10)), (1, None), (2, None), (3, Some(13))]
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "waited until the deadline only, not for each confirm in turn"
+        );
     }
 }

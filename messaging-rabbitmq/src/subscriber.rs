@@ -38,15 +38,7 @@ impl Subscriber for RabbitSubscriber {
         topic: &str,
         options: SubscribeOptions,
     ) -> Result<RabbitSubscription, SubscribeError> {
-        options.validate(&self.shared.features())?;
-        if options.is_ordered() && options.delivery_limit().is_some() {
-            // Ordered groups are classic queues (see the crate docs), which have no delivery limit.
-            return Err(
-                SubscribeError::new(messaging_core::SubscribeErrorKind::Unsupported).with_detail(
-                    "rabbitmq: an ordered group cannot have a broker-side delivery limit",
-                ),
-            );
-        }
+        self.check(&options)?;
         let ch = self
             .shared
             .conn
@@ -87,8 +79,44 @@ impl Subscriber for RabbitSubscriber {
         })
     }
 
+    /// Declares the exchange and the group's queue on a short-lived channel, without a
+    /// consumer: messages already in the queue stay untouched (a subscribe-and-close would be
+    /// handed them and return them with a higher delivery count).
+    async fn declare(&self, topic: &str, options: SubscribeOptions) -> Result<(), SubscribeError> {
+        self.check(&options)?;
+        let ch = self
+            .shared
+            .conn
+            .create_channel()
+            .await
+            .map_err(error::subscribe)?;
+        let declared = self.shared.declare_group(&ch, topic, &options).await;
+        if ch.status().connected() {
+            if let Err(e) = ch.close(200, ShortString::from("declared")).await {
+                tracing::debug!(error = %e, "closing the declaration channel");
+            }
+        }
+        declared.map(|_| ()).map_err(error::subscribe)
+    }
+
     fn features(&self) -> Features {
         self.shared.features()
+    }
+}
+
+impl RabbitSubscriber {
+    /// Whether this adapter can serve `options`.
+    fn check(&self, options: &SubscribeOptions) -> Result<(), SubscribeError> {
+        options.validate(&self.shared.features())?;
+        if options.is_ordered() && options.delivery_limit().is_some() {
+            // Ordered groups are classic queues (see the crate docs), which have no delivery limit.
+            return Err(
+                SubscribeError::new(messaging_core::SubscribeErrorKind::Unsupported).with_detail(
+                    "rabbitmq: an ordered group cannot have a broker-side delivery limit",
+                ),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -233,18 +261,20 @@ impl RabbitDelivery {
         }
     }
 
-    /// Re-publishes through a per-delay queue whose TTL dead-letters back to this queue, then
-    /// acks: RabbitMQ has no delayed delivery without a plugin.
-    async fn redeliver_after(&self, delay: Duration) -> Result<(), AckError> {
-        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX).max(1);
+    /// Re-publishes through a per-delay queue whose TTL dead-letters back to this queue:
+    /// RabbitMQ has no delayed delivery without a plugin. The caller acks the original once
+    /// this returns `Ok`.
+    async fn redeliver_after(&self, delay: Duration) -> Result<(), DelayFailure> {
+        let ms = delay_bucket_ms(delay);
         let delay_queue = format!("{}.delay.{ms}", self.queue);
-        let ch = self
-            .shared
-            .confirm_channel()
-            .await
-            .map_err(|e| AckError::new(AckErrorKind::Unavailable).with_detail(e.to_string()))?;
+        let ch = self.shared.confirm_channel().await.map_err(|e| {
+            DelayFailure::NotPublished(
+                AckError::new(AckErrorKind::Unavailable).with_detail(e.to_string()),
+            )
+        })?;
         let mut args = FieldTable::default();
-        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ms as i64));
+        let ttl = i64::try_from(ms).unwrap_or(i64::MAX);
+        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
         args.insert(
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString("".into()),
@@ -256,7 +286,7 @@ impl RabbitDelivery {
         // Idle delay queues go away by themselves.
         args.insert(
             "x-expires".into(),
-            AMQPValue::LongLongInt((ms + 60_000) as i64),
+            AMQPValue::LongLongInt(ttl.saturating_add(60_000)),
         );
         ch.queue_declare(
             ShortString::from(delay_queue.as_str()),
@@ -267,7 +297,7 @@ impl RabbitDelivery {
             args,
         )
         .await
-        .map_err(error::ack)?;
+        .map_err(|e| DelayFailure::NotPublished(error::delay_unpublished(e)))?;
         // The body moved into the event: encode it again (or take the raw bytes back from
         // the decode error), and carry the attempt count across.
         let (props, body) = match &self.body {
@@ -275,7 +305,9 @@ impl RabbitDelivery {
                 let (props, body, _) =
                     codec::encode(&self.shared.binding, event, self.shared.config.content_mode)
                         .map_err(|e| {
-                            AckError::new(AckErrorKind::Unsupported).with_detail(e.to_string())
+                            DelayFailure::NotPublished(
+                                AckError::new(AckErrorKind::Unsupported).with_detail(e.to_string()),
+                            )
                         })?;
                 (props, body.into_owned())
             }
@@ -299,13 +331,92 @@ impl RabbitDelivery {
                 props,
             )
             .await
-            .map_err(error::ack)?;
-        match confirm.await.map_err(error::ack)? {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            other => Err(AckError::new(AckErrorKind::Unavailable)
-                .with_detail(format!("delayed redelivery not confirmed: {other:?}"))),
+            .map_err(|e| DelayFailure::NotPublished(error::delay_unpublished(e)))?;
+        // From here on a copy may be in the delay queue: retrying would add another.
+        let timeout = self.shared.config.confirm_timeout;
+        match tokio::time::timeout(timeout, confirm).await {
+            Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => Ok(()),
+            Ok(Ok(other)) => Err(DelayFailure::MaybePublished(
+                AckError::new(AckErrorKind::Closed)
+                    .with_detail(format!("delayed redelivery not confirmed: {other:?}")),
+            )),
+            Ok(Err(e)) => Err(DelayFailure::MaybePublished(error::ack(e))),
+            Err(_) => Err(DelayFailure::MaybePublished(
+                AckError::new(AckErrorKind::Timeout).with_detail(format!(
+                    "delayed redelivery not confirmed within {timeout:?}"
+                )),
+            )),
         }
     }
+
+    /// After a failed delayed redelivery: requeues the message at once (basic.nack with
+    /// requeue) while the delivery's channel still lives, so it is redelivered promptly rather
+    /// than held unacked until the channel closes.
+    async fn requeue_instead(self, failure: DelayFailure) -> Result<(), SettleError<Self>> {
+        let (cause, maybe_copy) = match failure {
+            DelayFailure::NotPublished(e) => (e, false),
+            DelayFailure::MaybePublished(e) => (e, true),
+        };
+        if !self.inner.acker.usable() {
+            return Err(self.fail(AckError::new(AckErrorKind::Closed).with_detail(format!(
+                "channel closed after the delayed redelivery failed ({cause}); the broker requeues the message"
+            ))));
+        }
+        tracing::warn!(
+            queue = %self.queue,
+            error = %cause,
+            maybe_copy,
+            "delayed redelivery failed; requeueing the message for immediate redelivery"
+        );
+        let options = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        match self.inner.acker.nack(options).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.fail(AckError::new(AckErrorKind::Closed).with_detail(format!(
+                "channel closed after the delayed redelivery failed ({cause}); the broker requeues the message"
+            )))),
+            Err(e) => Err(self.fail(error::ack(e))),
+        }
+    }
+}
+
+/// Steps of the delay ladder within one decade (×10ⁿ ms): consecutive steps are at most a
+/// third apart.
+const DELAY_STEPS: [u64; 10] = [10, 12, 15, 20, 25, 30, 40, 50, 60, 80];
+
+/// The delay queue's TTL for a requested delay: the delay rounded **up** to the ladder
+/// 10, 12, 15, 20, 25, 30, 40, 50, 60, 80 ms × 10ⁿ (10 ms at least). Each delay queue serves
+/// one TTL, so without this every distinct jittered delay would declare a queue of its own;
+/// on the ladder, delays within a decade share at most ten queues, and a message waits at most
+/// a third longer than asked (never shorter).
+pub(crate) fn delay_bucket_ms(delay: Duration) -> u64 {
+    let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+    let mut scale = 1u64;
+    loop {
+        for step in DELAY_STEPS {
+            match step.checked_mul(scale) {
+                Some(bucket) if bucket >= ms => return bucket,
+                Some(_) => {}
+                // Beyond the ladder (hundreds of millions of years): the delay as asked.
+                None => return ms,
+            }
+        }
+        scale = match scale.checked_mul(10) {
+            Some(s) => s,
+            None => return ms,
+        };
+    }
+}
+
+/// Why a delayed redelivery failed.
+enum DelayFailure {
+    /// Nothing reached the delay queue.
+    NotPublished(AckError),
+    /// The copy was sent but not confirmed: it may wait in the delay queue, so publishing
+    /// again could duplicate it.
+    MaybePublished(AckError),
 }
 
 impl Delivery for RabbitDelivery {
@@ -341,8 +452,8 @@ impl Delivery for RabbitDelivery {
             if !self.inner.acker.usable() {
                 return Err(self.fail(AckError::new(AckErrorKind::Closed)));
             }
-            if let Err(e) = self.redeliver_after(delay).await {
-                return Err(self.fail(e));
+            if let Err(failure) = self.redeliver_after(delay).await {
+                return self.requeue_instead(failure).await;
             }
             return match self.inner.acker.ack(BasicAckOptions::default()).await {
                 Ok(true) => Ok(()),
@@ -366,5 +477,59 @@ impl Delivery for RabbitDelivery {
     async fn extend_deadline(&mut self, _by: Duration) -> Result<(), AckError> {
         Err(AckError::new(AckErrorKind::Unsupported)
             .with_detail("RabbitMQ has no per-delivery deadline to extend"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn delays_round_up_to_the_ladder() {
+        let ms = |n| delay_bucket_ms(Duration::from_millis(n));
+        assert_eq!(ms(0), 10);
+        assert_eq!(ms(1), 10);
+        assert_eq!(ms(10), 10);
+        assert_eq!(ms(11), 12);
+        assert_eq!(ms(1000), 1000);
+        assert_eq!(ms(1001), 1200);
+        assert_eq!(ms(30_000), 30_000);
+        assert_eq!(ms(61_000), 80_000);
+        assert_eq!(ms(81_000), 100_000);
+        assert_eq!(delay_bucket_ms(Duration::MAX), u64::MAX);
+        for n in [1u64, 7, 99, 101, 999, 4_321, 59_999, 3_600_001, 86_400_000] {
+            let b = ms(n);
+            assert!(b >= n, "{n} ms waits {b} ms: never shorter");
+            assert!(
+                n < 10 || b * 3 <= n * 4,
+                "{n} ms waits {b} ms: at most a third longer"
+            );
+        }
+    }
+
+    #[test]
+    fn jittered_delays_share_few_queues() {
+        // Exponential backoff 1 s, 2 s, 4 s, 8 s, 16 s with ±50 % jitter, 10 000 delays: a queue
+        // per distinct millisecond would be thousands of queues.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut queues = HashSet::new();
+        let mut distinct_ms = HashSet::new();
+        for i in 0..10_000u64 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let base = (1000u64 << (i % 5)).min(30_000);
+            let jittered = base / 2 + state % base;
+            distinct_ms.insert(jittered);
+            queues.insert(delay_bucket_ms(Duration::from_millis(jittered)));
+        }
+        assert!(distinct_ms.len() > 1000);
+        assert!(
+            queues.len() <= 20,
+            "{} delay queues: {queues:?}",
+            queues.len()
+        );
     }
 }

@@ -55,21 +55,33 @@ async fn mandatory_publish_without_a_group_is_unroutable() {
     broker.publisher().publish(&topic, e).await.unwrap();
 }
 
+/// `rabbitmqctl` bounded to 60 s, so a wedged node fails the test instead of hanging it.
+fn rabbitmqctl() -> Command {
+    let mut c = Command::new("timeout");
+    c.args(["60", "rabbitmqctl"]);
+    c
+}
+
 /// Closes every connection with `name` from the broker's side, as a network failure would.
 fn drop_connections(name: &str) {
-    let out = Command::new("rabbitmqctl")
+    let out = rabbitmqctl()
         .args(["-q", "list_connections", "pid", "client_properties"])
         .output()
         .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl list_connections failed or timed out: {}",
+        out.status
+    );
     let listing = String::from_utf8_lossy(&out.stdout);
     let mut closed = 0;
     for line in listing.lines().filter(|l| l.contains(name)) {
         let pid = line.split_whitespace().next().unwrap_or_default();
-        let status = Command::new("rabbitmqctl")
+        let status = rabbitmqctl()
             .args(["-q", "close_connection", pid, "test drops the connection"])
             .status()
             .expect("rabbitmqctl runs");
-        assert!(status.success());
+        assert!(status.success(), "rabbitmqctl close_connection: {status}");
         closed += 1;
     }
     assert!(closed > 0, "no connection named {name}: {listing}");
@@ -185,4 +197,197 @@ async fn the_same_broker_recovers_after_a_dropped_connection() {
     }
     ids.sort();
     assert_eq!(ids, ["after", "before"]);
+}
+
+/// Declares `queue` durable with arguments the adapter never uses, so the adapter's own
+/// declaration of the same name fails with PRECONDITION_FAILED.
+async fn declare_conflicting_queue(broker: &RabbitBroker, queue: &str) {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::{AMQPValue, FieldTable, ShortString};
+    let ch = broker.connection().create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-expires".into(), AMQPValue::LongLongInt(120_000));
+    ch.queue_declare(
+        ShortString::from(queue),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+    let _ = ch.close(200, ShortString::from("declared")).await;
+}
+
+#[tokio::test]
+async fn failed_delayed_nack_requeues_at_once() {
+    let broker = connect(config()).await;
+    let topic = unique("delayfail");
+    let mut sub = broker
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new("g"))
+        .await
+        .unwrap();
+    // The delay queue for 60 s exists with other arguments: the re-publish cannot happen.
+    declare_conflicting_queue(&broker, &format!("{topic}.g.delay.60000")).await;
+    let e = EventBuilder::new("t", "t").id("stuck?").build().unwrap();
+    broker.publisher().publish(&topic, e).await.unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+        .await
+        .expect("delivered")
+        .unwrap();
+    d.nack(Some(Duration::from_secs(60)))
+        .await
+        .map_err(|e| e.error)
+        .expect("falls back to an immediate requeue");
+    let again = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+        .await
+        .expect("redelivered at once, not held unacked until the channel closes")
+        .unwrap();
+    assert_eq!(again.event().unwrap().id(), "stuck?");
+    assert_eq!(again.attempt(), 2);
+    again.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn jittered_delays_share_one_delay_queue() {
+    use messaging_core::Inspect;
+    let broker = connect(config()).await;
+    let topic = unique("jitter");
+    let mut sub = broker
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new("g"))
+        .await
+        .unwrap();
+    for id in ["a", "b"] {
+        let e = EventBuilder::new("t", "t").id(id).build().unwrap();
+        broker.publisher().publish(&topic, e).await.unwrap();
+    }
+    for delay_ms in [1001, 1150] {
+        let d = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+            .await
+            .expect("delivered")
+            .unwrap();
+        d.nack(Some(Duration::from_millis(delay_ms)))
+            .await
+            .map_err(|e| e.error)
+            .unwrap();
+    }
+    // Both wait in the 1.2 s queue (the group's queue name plus `.delay.<ms>`).
+    let shared = broker.depth(&topic, "g.delay.1200").await.unwrap();
+    assert!(shared.is_some(), "the 1.2 s delay queue exists");
+    for own in ["g.delay.1001", "g.delay.1150"] {
+        assert_eq!(
+            broker.depth(&topic, own).await.unwrap(),
+            None,
+            "no queue of its own for {own}"
+        );
+    }
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let d = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+            .await
+            .expect("redelivered after the delay")
+            .unwrap();
+        assert_eq!(d.attempt(), 2);
+        ids.push(d.event().unwrap().id().to_owned());
+        d.ack().await.unwrap();
+    }
+    ids.sort();
+    assert_eq!(ids, ["a", "b"]);
+}
+
+#[tokio::test]
+async fn unconfirmed_delayed_nack_gives_up_after_the_confirm_timeout() {
+    // A confirm timeout no broker can meet: the delay copy is never confirmed in time.
+    let impatient = connect(RabbitConfig {
+        confirm_timeout: Duration::ZERO,
+        ..config()
+    })
+    .await;
+    let topic = unique("confirmwait");
+    let mut sub = impatient
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new("g"))
+        .await
+        .unwrap();
+    let e = EventBuilder::new("t", "t").id("x").build().unwrap();
+    connect(config())
+        .await
+        .publisher()
+        .publish(&topic, e)
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+        .await
+        .expect("delivered")
+        .unwrap();
+    let nacked = tokio::time::timeout(
+        Duration::from_secs(5),
+        d.nack(Some(Duration::from_secs(30))),
+    )
+    .await
+    .expect("the delayed nack is bounded by confirm_timeout");
+    nacked
+        .map_err(|e| e.error)
+        .expect("falls back to an immediate requeue");
+    // Not confirmed in time: requeued at once, not after the 30 s delay.
+    let again = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+        .await
+        .expect("redelivered at once")
+        .unwrap();
+    assert_eq!(again.event().unwrap().id(), "x");
+    again.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn starting_a_consumer_leaves_waiting_dead_letters_untouched() {
+    use std::sync::Arc;
+
+    use messaging_core::DynPublisher;
+    use messaging_core::handler::{HandlerError, Incoming, handler_fn};
+    use messaging_core::middleware::dead_letter::DEAD_LETTER_GROUP;
+    use messaging_core::runtime::Consumer;
+
+    let broker = connect(config()).await;
+    let topic = unique("dlqdeclare");
+    let dlq = format!("{topic}.dlq");
+    // A dead letter is already waiting when the consumer starts.
+    broker
+        .subscriber()
+        .declare(&dlq, SubscribeOptions::new(DEAD_LETTER_GROUP))
+        .await
+        .unwrap();
+    let e = EventBuilder::new("t", "t").id("dead").build().unwrap();
+    broker.publisher().publish(&dlq, e).await.unwrap();
+    let publisher: Arc<dyn DynPublisher> = Arc::new(broker.publisher());
+    for _ in 0..2 {
+        let consumer = Consumer::builder(
+            broker.subscriber(),
+            publisher.clone(),
+            &topic,
+            SubscribeOptions::new("g"),
+        )
+        .build(handler_fn(|_msg: Incoming| async {
+            Ok::<(), HandlerError>(())
+        }));
+        consumer.run(async {}).await.unwrap();
+    }
+    let mut sub = broker
+        .subscriber()
+        .subscribe(&dlq, SubscribeOptions::new(DEAD_LETTER_GROUP))
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+        .await
+        .expect("the dead letter is still there")
+        .unwrap();
+    assert_eq!(d.event().unwrap().id(), "dead");
+    assert_eq!(
+        d.attempt(),
+        1,
+        "declaring the dead-letter group did not hand the dead letter out"
+    );
+    d.ack().await.unwrap();
 }

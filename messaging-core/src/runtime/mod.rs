@@ -48,7 +48,12 @@
 //! When the shutdown future completes, the runtime stops receiving, lets in-flight deliveries
 //! finish within [`drain_timeout`](ConsumerBuilder::drain_timeout), nacks (for immediate
 //! redelivery) the ones still running after it, and closes the subscription: nothing is lost,
-//! nothing is settled twice.
+//! nothing is settled twice. Shutdown is bounded: handlers still running at the drain timeout
+//! are cut off (at-most-once ones too — their messages were acked before handling, so they are
+//! lost, as at-most-once allows), and if those nacks are not settled within 5 s more (a broker
+//! that does not answer), the subscription is closed anyway, which returns them to the group.
+//! Closing the subscription is bounded by another 5 s, so a run ends at most
+//! `drain_timeout` + 10 s after the shutdown future completed.
 
 mod context;
 mod monitor;
@@ -171,7 +176,8 @@ impl<Sub: Subscriber> ConsumerBuilder<Sub> {
         self
     }
 
-    /// How long shutdown waits for in-flight handlers (default 30 s).
+    /// How long shutdown waits for in-flight handlers (default 30 s); see
+    /// [Shutdown](self#shutdown) for what happens to the ones still running after it.
     #[must_use]
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;

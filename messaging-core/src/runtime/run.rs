@@ -38,7 +38,8 @@ pub struct RunReport {
     pub redelivered: u64,
     /// Published to the dead-letter topic, then acked.
     pub dead_lettered: u64,
-    /// Still running at the end of the drain timeout: nacked for redelivery.
+    /// Still running at the end of the drain timeout: nacked for redelivery (at-most-once:
+    /// cut off, and not redelivered — the message was acked before handling).
     pub abandoned: u64,
     /// Settlements the broker refused (the message will be redelivered).
     pub settle_failures: u64,
@@ -138,6 +139,9 @@ struct Shared<Svc> {
 }
 
 const SETTLE_TRIES: u32 = 3;
+/// How long shutdown waits, after the drain timeout, for cut-off deliveries to be settled, and
+/// then for the subscription to close.
+const HARD_STOP_GRACE: Duration = Duration::from_secs(5);
 /// Most deliveries taken from the subscription in one receive.
 const RECV_BATCH: usize = 64;
 
@@ -174,14 +178,12 @@ where
             ));
         }
         let dlq_topic = self.policy.dead_letter_topic(&self.topic);
-        // Declare the dead-letter topic's group first, so dead letters are kept from the start.
-        let mut dlq = self
-            .subscriber
-            .subscribe(&dlq_topic, SubscribeOptions::new(DEAD_LETTER_GROUP))
+        // Declare the dead-letter topic's group first, so dead letters are kept from the start
+        // (declared, not subscribed: dead letters already waiting are not handed out).
+        self.subscriber
+            .declare(&dlq_topic, SubscribeOptions::new(DEAD_LETTER_GROUP))
             .await
             .map_err(RunError::Subscribe)?;
-        let _ = dlq.close().await;
-        drop(dlq);
         let mut sub = self
             .subscriber
             .subscribe(&self.topic, options.clone())
@@ -284,9 +286,25 @@ where
         let drained = tokio::time::timeout(self.drain_timeout, permits.acquire_many(all)).await;
         if drained.is_err() {
             shared.hard_stop.cancel();
-            let _ = permits.acquire_many(all).await;
+            // Cut-off deliveries are nacked now; a broker that does not answer must not hold
+            // shutdown forever. Whatever is still unsettled goes back to the group when the
+            // subscription closes.
+            let settled = tokio::time::timeout(HARD_STOP_GRACE, permits.acquire_many(all)).await;
+            if settled.is_err() {
+                let stuck = self.concurrency.saturating_sub(permits.available_permits());
+                tracing::warn!(
+                    stuck,
+                    grace = ?HARD_STOP_GRACE,
+                    "deliveries still unsettled after the hard stop; closing the subscription, which returns them to the group"
+                );
+            }
         }
-        let _ = sub.close().await;
+        if tokio::time::timeout(HARD_STOP_GRACE, sub.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?HARD_STOP_GRACE, "closing the subscription timed out");
+        }
         let report = shared.counters.report();
         if closed_by_broker {
             Err(RunError::Closed(report))
@@ -391,7 +409,14 @@ where
         // Not acked, so it may come again: at-most-once means not handling it now.
         return;
     }
-    let outcome = call(shared, msg.clone()).instrument(span).await;
+    let outcome = tokio::select! {
+        o = call(shared, msg.clone()).instrument(span) => o,
+        () = shared.hard_stop.cancelled() => {
+            shared.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("at-most-once: handler cut off at the drain timeout; its message was acked before handling and is not redelivered");
+            return;
+        }
+    };
     if let Outcome::DeadLetter(failure) = outcome {
         let event = dead_letter::dead_letter_event(msg.event(), &failure, &shared.origin);
         match shared.publisher.publish_dyn(&shared.dlq_topic, event).await {

@@ -85,6 +85,45 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
         self.prefix = prefix.into();
         self
     }
+
+    /// The store key of `msg`: `<prefix><group>:<topic>:<source>:<id>`, where `<id>` is the
+    /// event `id` (or the configured extension). CloudEvents identify an event by `source` and
+    /// `id` together, so two producers reusing an `id` are not taken for duplicates, and the
+    /// topic keeps a group subscribed to several topics apart. `%` and `:` in the group, topic
+    /// and source are percent-escaped (`%25`, `%3A`), so the parts cannot run into each other.
+    pub fn key_of(&self, msg: &Incoming) -> String {
+        let event = msg.event();
+        let id = match &self.key {
+            KeyFrom::Id => event.id(),
+            KeyFrom::Extension(name) => event.extension_str(name).unwrap_or(event.id()),
+        };
+        let source = event.source().as_str();
+        let mut key = String::with_capacity(
+            self.prefix.len() + msg.group().len() + msg.topic().len() + source.len() + id.len() + 3,
+        );
+        key.push_str(&self.prefix);
+        for part in [msg.group(), msg.topic(), source] {
+            push_escaped(&mut key, part);
+            key.push(':');
+        }
+        key.push_str(id);
+        key
+    }
+}
+
+/// Appends `part` with `%` and `:` percent-escaped.
+fn push_escaped(key: &mut String, part: &str) {
+    if !part.contains([':', '%']) {
+        key.push_str(part);
+        return;
+    }
+    for c in part.chars() {
+        match c {
+            '%' => key.push_str("%25"),
+            ':' => key.push_str("%3A"),
+            c => key.push(c),
+        }
+    }
 }
 
 impl<S, St> Layer<S> for IdempotencyLayer<St> {
@@ -140,13 +179,12 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         Box::pin(async move {
-            let event = msg.event();
-            let id = match &layer.key {
-                KeyFrom::Id => event.id(),
-                KeyFrom::Extension(name) => event.extension_str(name).unwrap_or(event.id()),
-            };
-            let key = format!("{}{}:{}", layer.prefix, msg.group(), id);
-            match layer.store.begin(&key, layer.lease).await {
+            let key = layer.key_of(&msg);
+            // This claim's owner token: a late complete or release after the lease expired
+            // cannot touch another consumer's claim.
+            let mut buf = uuid::Uuid::encode_buffer();
+            let token: &str = uuid::Uuid::new_v4().simple().encode_lower(&mut buf);
+            match layer.store.begin(&key, token, layer.lease).await {
                 Err(e) => Err(HandlerError::transient(e)),
                 Ok(Claim::Done) => {
                     metrics::counter!("messaging_duplicates_skipped_total").increment(1);
@@ -161,7 +199,7 @@ where
                     poll_fn(|cx| inner.poll_ready(cx)).await?;
                     match inner.call(msg.clone()).await {
                         Ok(()) => {
-                            if let Err(e) = layer.store.complete(&key, layer.ttl).await {
+                            if let Err(e) = layer.store.complete(&key, token, layer.ttl).await {
                                 // The work is done; failing now would redo it. A later
                                 // duplicate may be processed again once the claim expires.
                                 tracing::warn!(key, error = %e, "could not mark message processed");
@@ -169,7 +207,7 @@ where
                             Ok(())
                         }
                         Err(e) => {
-                            if let Err(re) = layer.store.release(&key).await {
+                            if let Err(re) = layer.store.release(&key, token).await {
                                 tracing::warn!(key, error = %re, "could not release claim");
                             }
                             Err(e)
@@ -239,9 +277,12 @@ mod tests {
     async fn crash_between_process_and_mark_reprocesses_after_the_lease() {
         let (store, runs, mut svc) = setup();
         // The dead process claimed the key and ran the handler, but never marked it done.
-        let key = "messaging:idem:billing:e1";
+        let key = "messaging:idem:billing:orders:s:e1";
         assert_eq!(
-            store.begin(key, Duration::from_secs(60)).await.unwrap(),
+            store
+                .begin(key, "dead-process", Duration::from_secs(60))
+                .await
+                .unwrap(),
             Claim::Acquired
         );
         let err = call(&mut svc).await.unwrap_err();
@@ -257,6 +298,51 @@ mod tests {
         );
     }
 
+    #[test]
+    fn keys_carry_group_topic_source_and_id() {
+        let layer = IdempotencyLayer::new(Arc::new(MemoryStore::new()));
+        assert_eq!(layer.key_of(&msg()), "messaging:idem:billing:orders:s:e1");
+        let e = EventBuilder::new("urn:shop:orders", "t")
+            .id("a:b")
+            .build()
+            .unwrap();
+        let origin = Arc::new(Origin {
+            topic: "eu:orders".into(),
+            group: "bill%ing".into(),
+        });
+        assert_eq!(
+            layer.key_of(&Incoming::new(Arc::new(e), origin, 1)),
+            "messaging:idem:bill%25ing:eu%3Aorders:urn%3Ashop%3Aorders:a:b"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_same_id_from_another_source_or_topic_is_not_a_duplicate() {
+        let (_store, runs, mut svc) = setup();
+        let with = |source: &str, topic: &str| {
+            let e = EventBuilder::new(source, "t").id("e1").build().unwrap();
+            let origin = Arc::new(Origin {
+                topic: topic.into(),
+                group: "billing".into(),
+            });
+            Incoming::new(Arc::new(e), origin, 1)
+        };
+        for m in [
+            with("s", "orders"),
+            with("other-service", "orders"),
+            with("s", "refunds"),
+            with("s", "orders"),
+        ] {
+            poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+            svc.call(m).await.unwrap();
+        }
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            3,
+            "only the repeat of (source s, topic orders, id e1) is skipped"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_failed_handler_releases_its_claim() {
         let store = Arc::new(MemoryStore::new());
@@ -264,9 +350,12 @@ mod tests {
             handler_fn(|_msg: Incoming| async { Err::<(), _>(HandlerError::transient("down")) });
         let mut svc = Layer::layer(&IdempotencyLayer::new(store.clone()), failing);
         assert!(call(&mut svc).await.is_err());
-        let key = "messaging:idem:billing:e1";
+        let key = "messaging:idem:billing:orders:s:e1";
         assert_eq!(
-            store.begin(key, Duration::from_secs(1)).await.unwrap(),
+            store
+                .begin(key, "retry", Duration::from_secs(1))
+                .await
+                .unwrap(),
             Claim::Acquired,
             "retry can claim"
         );

@@ -11,7 +11,8 @@ use super::{Claim, IdempotencyStore, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Claimed,
+    /// Claimed by the owner whose token has this digest.
+    Claimed(Digest),
     Done,
 }
 
@@ -120,32 +121,39 @@ impl Inner {
 }
 
 impl IdempotencyStore for MemoryStore {
-    async fn begin(&self, key: &str, lease: Duration) -> Result<Claim, StoreError> {
-        let key = self.digest(key);
+    async fn begin(&self, key: &str, token: &str, lease: Duration) -> Result<Claim, StoreError> {
+        let (key, owner) = (self.digest(key), self.digest(token));
         let now = Instant::now();
         let mut inner = self.lock();
         inner.purge(now);
         match inner.keys.get(&key) {
             Some((State::Done, exp)) if *exp > now => return Ok(Claim::Done),
-            Some((State::Claimed, exp)) if *exp > now => return Ok(Claim::InProgress),
+            Some((State::Claimed(_), exp)) if *exp > now => return Ok(Claim::InProgress),
             _ => {}
         }
-        inner.set(key, State::Claimed, later(now, lease));
+        inner.set(key, State::Claimed(owner), later(now, lease));
         Ok(Claim::Acquired)
     }
 
-    async fn complete(&self, key: &str, ttl: Duration) -> Result<(), StoreError> {
-        let key = self.digest(key);
+    async fn complete(&self, key: &str, token: &str, ttl: Duration) -> Result<(), StoreError> {
+        let (key, owner) = (self.digest(key), self.digest(token));
         let now = Instant::now();
         let mut inner = self.lock();
-        inner.set(key, State::Done, later(now, ttl));
+        let ours_or_free = match inner.keys.get(&key) {
+            Some((State::Claimed(o), _)) if *o == owner => true,
+            Some((_, exp)) => *exp <= now,
+            None => true,
+        };
+        if ours_or_free {
+            inner.set(key, State::Done, later(now, ttl));
+        }
         Ok(())
     }
 
-    async fn release(&self, key: &str) -> Result<(), StoreError> {
-        let key = self.digest(key);
+    async fn release(&self, key: &str, token: &str) -> Result<(), StoreError> {
+        let (key, owner) = (self.digest(key), self.digest(token));
         let mut inner = self.lock();
-        if matches!(inner.keys.get(&key), Some((State::Claimed, _))) {
+        if matches!(inner.keys.get(&key), Some((State::Claimed(o), _)) if *o == owner) {
             inner.keys.remove(&key);
         }
         Ok(())
@@ -165,28 +173,77 @@ mod tests {
     async fn claim_complete_expire() {
         let s = MemoryStore::new();
         let lease = Duration::from_secs(10);
-        assert_eq!(s.begin("k", lease).await.unwrap(), Claim::Acquired);
-        assert_eq!(s.begin("k", lease).await.unwrap(), Claim::InProgress);
-        s.complete("k", Duration::from_secs(60)).await.unwrap();
-        assert_eq!(s.begin("k", lease).await.unwrap(), Claim::Done);
+        assert_eq!(s.begin("k", "a", lease).await.unwrap(), Claim::Acquired);
+        assert_eq!(s.begin("k", "b", lease).await.unwrap(), Claim::InProgress);
+        s.complete("k", "a", Duration::from_secs(60)).await.unwrap();
+        assert_eq!(s.begin("k", "b", lease).await.unwrap(), Claim::Done);
         tokio::time::advance(Duration::from_secs(61)).await;
-        assert_eq!(s.begin("k", lease).await.unwrap(), Claim::Acquired);
-        s.release("k").await.unwrap();
-        assert_eq!(s.begin("k", lease).await.unwrap(), Claim::Acquired);
+        assert_eq!(s.begin("k", "c", lease).await.unwrap(), Claim::Acquired);
+        s.release("k", "c").await.unwrap();
+        assert_eq!(s.begin("k", "d", lease).await.unwrap(), Claim::Acquired);
     }
 
     #[tokio::test(start_paused = true)]
     async fn lease_expiry_lets_another_claim() {
         let s = MemoryStore::new();
         assert_eq!(
-            s.begin("k", Duration::from_secs(5)).await.unwrap(),
+            s.begin("k", "a", Duration::from_secs(5)).await.unwrap(),
             Claim::Acquired
         );
         tokio::time::advance(Duration::from_secs(6)).await;
         assert_eq!(
-            s.begin("k", Duration::from_secs(5)).await.unwrap(),
+            s.begin("k", "b", Duration::from_secs(5)).await.unwrap(),
             Claim::Acquired
         );
         assert_eq!(s.len(), 1, "expired entries are purged, renewed ones kept");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_owner_cannot_release_or_complete_the_new_claim() {
+        let s = MemoryStore::new();
+        let lease = Duration::from_secs(5);
+        assert_eq!(s.begin("k", "slow", lease).await.unwrap(), Claim::Acquired);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(s.begin("k", "next", lease).await.unwrap(), Claim::Acquired);
+        // The first owner's handler finally returns.
+        s.release("k", "slow").await.unwrap();
+        assert_eq!(
+            s.begin("k", "third", lease).await.unwrap(),
+            Claim::InProgress,
+            "the stale release left the new claim alone"
+        );
+        s.complete("k", "slow", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.begin("k", "third", lease).await.unwrap(),
+            Claim::InProgress,
+            "the stale complete left the new claim alone"
+        );
+        s.complete("k", "next", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(s.begin("k", "third", lease).await.unwrap(), Claim::Done);
+        s.release("k", "next").await.unwrap();
+        assert_eq!(
+            s.begin("k", "third", lease).await.unwrap(),
+            Claim::Done,
+            "release never undoes done"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn completing_an_expired_unclaimed_key_still_records_it() {
+        let s = MemoryStore::new();
+        assert_eq!(
+            s.begin("k", "a", Duration::from_secs(5)).await.unwrap(),
+            Claim::Acquired
+        );
+        tokio::time::advance(Duration::from_secs(6)).await;
+        s.complete("k", "a", Duration::from_secs(60)).await.unwrap();
+        assert_eq!(
+            s.begin("k", "b", Duration::from_secs(5)).await.unwrap(),
+            Claim::Done
+        );
     }
 }

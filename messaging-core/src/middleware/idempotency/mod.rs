@@ -1,19 +1,23 @@
 //! The idempotent consumer: duplicate deliveries of one event are processed once.
 //!
-//! [`IdempotencyLayer`] keys each message by its CloudEvents `id` (or a configured extension,
-//! such as the seed's `idempotency-key` sent as `idempotencykey`), scoped by subscription group
-//! so every group still processes every event once. It sits inside the retry layer, around
+//! [`IdempotencyLayer`] keys each message by its CloudEvents identity — `source` and `id` (or a
+//! configured extension in place of the `id`, such as the seed's `idempotency-key` sent as
+//! `idempotencykey`) — scoped by subscription group and topic, so every group still processes
+//! every event once and two producers reusing an `id` are not taken for duplicates (see
+//! [`IdempotencyLayer::key_of`]). It sits inside the retry layer, around
 //! the handler, over an [`IdempotencyStore`]: [`MemoryStore`] for one process,
 //! `RedisStore` (feature `redis`) for consumers on several machines.
 //!
 //! # Order of operations, and what a crash between them does
 //!
-//! 1. **claim** the key for a lease (`begin`): a key already *done* means a duplicate — skip
-//!    the handler and ack; a key *in progress* elsewhere means a concurrent duplicate — fail
-//!    transiently and retry after the lease.
+//! 1. **claim** the key for a lease (`begin`), with an owner token unique to this claim: a
+//!    key already *done* means a duplicate — skip the handler and ack; a key *in progress*
+//!    elsewhere means a concurrent duplicate — fail transiently and retry after the lease.
 //! 2. **process**: run the handler.
 //! 3. **mark** the key done for the retention TTL (`complete`); on a handler failure, release
-//!    the claim instead so a retry can run.
+//!    the claim instead so a retry can run. Both act only while the token still owns the
+//!    claim: a handler that outlived its lease cannot delete the claim of the consumer that
+//!    took the key over.
 //! 4. **ack** (by the consumer runtime).
 //!
 //! | crash between | effect on redelivery |
@@ -66,21 +70,35 @@ impl std::error::Error for StoreError {
 }
 
 /// Where processed keys are remembered.
+///
+/// Every claim carries an owner `token`, unique per claim (the layer uses a random UUID):
+/// after a lease expired and another consumer claimed the key, the first owner's late
+/// [`complete`](Self::complete) or [`release`](Self::release) must not touch the new claim.
 pub trait IdempotencyStore: Send + Sync + 'static {
-    /// Claims `key` for `lease`, unless it is done or claimed by someone else.
+    /// Claims `key` for `lease` as `token`'s owner, unless it is done or claimed by someone
+    /// else (an unexpired claim).
     fn begin(
         &self,
         key: &str,
+        token: &str,
         lease: Duration,
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
 
-    /// Marks `key` done, remembered for `ttl`.
+    /// Marks `key` done, remembered for `ttl` — if `token` still owns the claim, or nobody
+    /// does (the claim expired unclaimed). Another owner's claim, or a done mark, is left as
+    /// it is.
     fn complete(
         &self,
         key: &str,
+        token: &str,
         ttl: Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Releases a claim after a failure, so a retry can claim it again.
-    fn release(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Releases `token`'s claim after a failure, so a retry can claim it again; does nothing
+    /// if the key is done or claimed by another owner.
+    fn release(
+        &self,
+        key: &str,
+        token: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

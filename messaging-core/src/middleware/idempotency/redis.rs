@@ -6,15 +6,17 @@ use redis::aio::ConnectionManager;
 
 use super::{Claim, IdempotencyStore, StoreError};
 
-const CLAIMED: &str = "claimed";
 const DONE: &str = "done";
 
-/// Keys in Redis: a claim is `SET key claimed NX PX lease`, done is `SET key done PX ttl`, a
-/// release deletes the key only while it is still a claim. Reconnects on its own
-/// ([`ConnectionManager`]); a Redis outage is a transient error, so messages are retried.
+/// Keys in Redis: a claim is `SET key claimed:<token> NX PX lease`; done is `SET key done PX
+/// ttl`, by a script, only while the key holds the caller's claim or nothing; a release
+/// deletes the key, by a script, only while it holds the caller's claim (compare-and-delete,
+/// atomic on the server). Reconnects on its own ([`ConnectionManager`]); a Redis outage is a
+/// transient error, so messages are retried.
 #[derive(Clone)]
 pub struct RedisStore {
     conn: ConnectionManager,
+    complete: redis::Script,
     release: redis::Script,
 }
 
@@ -28,6 +30,11 @@ fn err(e: redis::RedisError) -> StoreError {
     StoreError(Box::new(e))
 }
 
+/// The value of a claim owned by `token`.
+fn claimed(token: &str) -> String {
+    format!("claimed:{token}")
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
@@ -39,6 +46,12 @@ impl RedisStore {
         let conn = ConnectionManager::new(client).await.map_err(err)?;
         Ok(Self {
             conn,
+            complete: redis::Script::new(
+                "local v = redis.call('GET', KEYS[1]) \
+                 if v == ARGV[1] or not v then \
+                   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 \
+                 end return 0",
+            ),
             release: redis::Script::new(
                 "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
             ),
@@ -47,13 +60,14 @@ impl RedisStore {
 }
 
 impl IdempotencyStore for RedisStore {
-    async fn begin(&self, key: &str, lease: Duration) -> Result<Claim, StoreError> {
+    async fn begin(&self, key: &str, token: &str, lease: Duration) -> Result<Claim, StoreError> {
         let mut conn = self.conn.clone();
+        let claim = claimed(token);
         // Twice at most: the key may expire between the failed claim and the read.
         for _ in 0..2 {
             let set: Option<String> = redis::cmd("SET")
                 .arg(key)
-                .arg(CLAIMED)
+                .arg(&claim)
                 .arg("NX")
                 .arg("PX")
                 .arg(millis(lease))
@@ -77,23 +91,24 @@ impl IdempotencyStore for RedisStore {
         Ok(Claim::InProgress)
     }
 
-    async fn complete(&self, key: &str, ttl: Duration) -> Result<(), StoreError> {
+    async fn complete(&self, key: &str, token: &str, ttl: Duration) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        redis::cmd("SET")
-            .arg(key)
+        self.complete
+            .key(key)
+            .arg(claimed(token))
             .arg(DONE)
-            .arg("PX")
             .arg(millis(ttl))
-            .query_async::<()>(&mut conn)
+            .invoke_async::<i64>(&mut conn)
             .await
+            .map(|_| ())
             .map_err(err)
     }
 
-    async fn release(&self, key: &str) -> Result<(), StoreError> {
+    async fn release(&self, key: &str, token: &str) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         self.release
             .key(key)
-            .arg(CLAIMED)
+            .arg(claimed(token))
             .invoke_async::<i64>(&mut conn)
             .await
             .map(|_| ())
