@@ -125,6 +125,21 @@ impl KafkaConfig {
         c
     }
 
+    /// Every topic a subscription of `group` to `topic` reads: the topic itself, then the
+    /// group's retry topics (none for ordered subscriptions, which retry in place). Provision
+    /// these where [`create_topics`](Self::create_topics) is off.
+    pub fn topics_for(&self, topic: &str, group: &str, ordered: bool) -> Vec<String> {
+        let mut topics = vec![topic.to_owned()];
+        if !ordered {
+            topics.extend(
+                self.retry_tiers
+                    .iter()
+                    .map(|t| retry_topic(topic, group, *t)),
+            );
+        }
+        topics
+    }
+
     /// The retry tier for a delay: the smallest tier at least `delay`, else the longest.
     pub(crate) fn tier_for(&self, delay: Duration) -> Option<Duration> {
         self.retry_tiers

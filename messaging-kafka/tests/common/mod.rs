@@ -6,8 +6,13 @@
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use messaging_core::{BoxFuture, DynPublisher, DynSubscriber, Features, RawMessage};
-use messaging_kafka::{KafkaBroker, KafkaConfig};
+use messaging_core::{
+    BoxFuture, DynPublisher, DynSubscriber, Event, Features, PublishBatchError, PublishError,
+    Publisher, RawMessage, Receipt, SubscribeError, SubscribeOptions, Subscriber,
+};
+use messaging_kafka::{
+    KafkaBroker, KafkaConfig, KafkaPublisher, KafkaSubscriber, KafkaSubscription,
+};
 use messaging_testkit::conformance::{Harness, Settings};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -50,31 +55,106 @@ pub fn unique(prefix: &str) -> String {
 /// Keeps an in-process librdkafka mock cluster alive on a thread of its own (it is neither
 /// `Send` nor `Sync`); dropping the guard stops it.
 pub struct MockGuard {
-    stop: Mutex<mpsc::Sender<()>>,
+    requests: Mutex<mpsc::Sender<MockRequest>>,
     pub servers: String,
+}
+
+enum MockRequest {
+    Create(String, mpsc::Sender<()>),
+    Stop,
 }
 
 impl MockGuard {
     pub fn start() -> Self {
         let (servers_tx, servers_rx) = mpsc::channel();
-        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let (requests, rx) = mpsc::channel::<MockRequest>();
         std::thread::spawn(move || {
             let cluster = rdkafka::mocking::MockCluster::new(3).expect("mock cluster");
             servers_tx.send(cluster.bootstrap_servers()).expect("send");
-            let _ = stop_rx.recv();
+            while let Ok(MockRequest::Create(topic, done)) = rx.recv() {
+                // Creating an existing topic fails; either way it exists afterwards.
+                let _ = cluster.create_topic(&topic, 4, 1);
+                let _ = done.send(());
+            }
             drop(cluster);
         });
         let servers = servers_rx.recv().expect("mock cluster started");
         Self {
-            stop: Mutex::new(stop_tx),
+            requests: Mutex::new(requests),
             servers,
+        }
+    }
+
+    /// Creates topics (the mock cluster does not implement CreateTopics).
+    pub fn create(&self, topics: &[String]) {
+        for t in topics {
+            let (done, wait) = mpsc::channel();
+            let sent = self
+                .requests
+                .lock()
+                .map(|r| r.send(MockRequest::Create(t.clone(), done)).is_ok());
+            if matches!(sent, Ok(true)) {
+                let _ = wait.recv();
+            }
         }
     }
 }
 
 impl Drop for MockGuard {
     fn drop(&mut self) {
-        let _ = self.stop.lock().map(|s| s.send(()));
+        let _ = self.requests.lock().map(|s| s.send(MockRequest::Stop));
+    }
+}
+
+/// A publisher or subscriber that creates its topics on the mock cluster first.
+pub struct OnMock<T> {
+    inner: T,
+    mock: Arc<MockGuard>,
+    config: KafkaConfig,
+}
+
+impl Publisher for OnMock<KafkaPublisher> {
+    async fn publish(&self, topic: &str, event: Event) -> Result<Receipt, PublishError> {
+        self.mock.create(&[topic.to_owned()]);
+        self.inner.publish(topic, event).await
+    }
+
+    async fn publish_batch(
+        &self,
+        topic: &str,
+        events: Vec<Event>,
+    ) -> Result<Vec<Receipt>, PublishBatchError> {
+        self.mock.create(&[topic.to_owned()]);
+        self.inner.publish_batch(topic, events).await
+    }
+
+    async fn close(&self) -> Result<(), PublishError> {
+        self.inner.close().await
+    }
+
+    fn features(&self) -> Features {
+        self.inner.features()
+    }
+}
+
+impl Subscriber for OnMock<KafkaSubscriber> {
+    type Subscription = KafkaSubscription;
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        options: SubscribeOptions,
+    ) -> Result<KafkaSubscription, SubscribeError> {
+        self.mock.create(
+            &self
+                .config
+                .topics_for(topic, options.group(), options.is_ordered()),
+        );
+        self.inner.subscribe(topic, options).await
+    }
+
+    fn features(&self) -> Features {
+        self.inner.features()
     }
 }
 
@@ -94,12 +174,12 @@ impl KafkaHarness {
     /// Against a fresh mock cluster. It does not implement CreateTopics: topics are created
     /// on first use by the cluster itself.
     pub fn mock() -> Self {
+        let _ = env_logger::builder().is_test(true).try_init();
         let mock = Arc::new(MockGuard::start());
         let config = KafkaConfig {
             create_topics: false,
             ..test_config(&mock.servers)
-        }
-        .property("allow.auto.create.topics", "true");
+        };
         Self::with(config, Some(mock))
     }
 
@@ -135,11 +215,31 @@ impl Harness for KafkaHarness {
     }
 
     fn publisher(&self) -> BoxFuture<'_, Arc<dyn DynPublisher>> {
-        Box::pin(async { Arc::new(self.broker().await.publisher()) as Arc<dyn DynPublisher> })
+        Box::pin(async {
+            let inner = self.broker().await.publisher();
+            match &self._mock {
+                None => Arc::new(inner) as Arc<dyn DynPublisher>,
+                Some(mock) => Arc::new(OnMock {
+                    inner,
+                    mock: mock.clone(),
+                    config: self.config.clone(),
+                }),
+            }
+        })
     }
 
     fn subscriber(&self) -> BoxFuture<'_, Arc<dyn DynSubscriber>> {
-        Box::pin(async { Arc::new(self.broker().await.subscriber()) as Arc<dyn DynSubscriber> })
+        Box::pin(async {
+            let inner = self.broker().await.subscriber();
+            match &self._mock {
+                None => Arc::new(inner) as Arc<dyn DynSubscriber>,
+                Some(mock) => Arc::new(OnMock {
+                    inner,
+                    mock: mock.clone(),
+                    config: self.config.clone(),
+                }),
+            }
+        })
     }
 
     fn can_publish_raw(&self) -> bool {
@@ -148,11 +248,15 @@ impl Harness for KafkaHarness {
 
     fn publish_raw<'a>(&'a self, topic: &'a str, raw: RawMessage) -> Option<BoxFuture<'a, ()>> {
         Some(Box::pin(async move {
-            self.broker()
-                .await
-                .create_topic(topic)
-                .await
-                .expect("create topic");
+            match &self._mock {
+                Some(mock) => mock.create(&[topic.to_owned()]),
+                None => self
+                    .broker()
+                    .await
+                    .create_topic(topic)
+                    .await
+                    .expect("create topic"),
+            }
             let producer = self.raw.get_or_init(|| {
                 rdkafka::ClientConfig::new()
                     .set("bootstrap.servers", &self.config.bootstrap_servers)
