@@ -141,7 +141,7 @@ async fn raw_consume(topic: &str) -> Duration {
     let mut bytes = 0usize;
     while n < MESSAGES {
         let m = stream.next().await.expect("stream").expect("message");
-        bytes += rdkafka::Message::payload_len(&m);
+        bytes += m.payload_len();
         consumer.store_offset_from_message(&m).expect("store");
         n += 1;
     }

@@ -38,6 +38,8 @@ use crate::publisher::prepare;
 
 /// How long the poller blocks in one poll when nothing arrives.
 const POLL: Duration = Duration::from_millis(20);
+/// Messages the poller reads before handing them over under one lock.
+const READ_BATCH: usize = 256;
 /// How often the poller stores offsets, releases due retries and applies pauses.
 const HOUSEKEEPING: Duration = Duration::from_millis(10);
 /// Bound on broker requests made inside rebalance callbacks.
@@ -79,6 +81,17 @@ struct Msg {
     attempt: u32,
     /// The assignment it was read under; settling under a later one is refused.
     epoch: u64,
+}
+
+/// A message as the poller decoded it, before it is matched to its partition.
+struct Read {
+    payload: Result<Arc<Event>, DecodeError>,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    attempt: u32,
+    /// Retry topics: not before this Unix millisecond.
+    due: Option<i64>,
 }
 
 /// One assigned partition.
@@ -239,42 +252,61 @@ impl Sub {
     }
 
     /// A message the poller read.
-    fn on_message(self: &Arc<Self>, m: &BorrowedMessage<'_>) {
+    fn read(&self, m: &BorrowedMessage<'_>) -> Read {
         let payload = codec::decode(&self.broker.binding, m).map(Arc::new);
         let retry = self.is_retry_topic(m.topic());
         let (attempt, due) = if retry {
             let before = codec::int_header(m, ATTEMPT_HEADER).unwrap_or(0);
             (
                 u32::try_from(before).unwrap_or(0).saturating_add(1),
-                codec::int_header(m, NOT_BEFORE_HEADER).unwrap_or(0),
+                codec::int_header(m, NOT_BEFORE_HEADER),
             )
         } else {
-            (1, 0)
+            (1, None)
         };
-        let mut st = self.lock();
-        let Some(topic) = st.parts.get_key_value(m.topic()).map(|(k, _)| k.clone()) else {
-            return;
-        };
-        let Some(part) = st.part(m.topic(), m.partition()) else {
-            return;
-        };
-        if part.revoking || !part.tracker.read(m.offset()) {
-            return;
-        }
-        let msg = Msg {
+        Read {
             payload,
-            topic,
+            topic: m.topic().to_owned(),
             partition: m.partition(),
             offset: m.offset(),
             attempt,
-            epoch: part.epoch,
-        };
-        if retry && (due > now_ms() || !part.delayed.is_empty()) {
-            part.delayed.push_back((due, msg));
-        } else if self.ordered {
-            part.backlog.push_back(msg);
-        } else {
-            st.backlog.push_back(msg);
+            due,
+        }
+    }
+
+    /// Messages the poller read, under one lock.
+    fn accept(self: &Arc<Self>, reads: &mut Vec<Read>) {
+        let now = now_ms();
+        let mut st = self.lock();
+        for r in reads.drain(..) {
+            let Some(topic) = st
+                .parts
+                .get_key_value(r.topic.as_str())
+                .map(|(k, _)| k.clone())
+            else {
+                continue;
+            };
+            let Some(part) = st.part(&r.topic, r.partition) else {
+                continue;
+            };
+            if part.revoking || !part.tracker.read(r.offset) {
+                continue;
+            }
+            let msg = Msg {
+                payload: r.payload,
+                topic,
+                partition: r.partition,
+                offset: r.offset,
+                attempt: r.attempt,
+                epoch: part.epoch,
+            };
+            match r.due {
+                Some(due) if due > now || !part.delayed.is_empty() => {
+                    part.delayed.push_back((due, msg));
+                }
+                _ if self.ordered => part.backlog.push_back(msg),
+                _ => st.backlog.push_back(msg),
+            }
         }
         self.dispatch(&mut st);
     }
@@ -551,6 +583,8 @@ impl Sub {
     }
 
     /// Hands `m` out again with the next attempt number (it stays in flight).
+    // The error hands the message back to the delivery; the path is cold.
+    #[allow(clippy::result_large_err)]
     fn redeliver(self: &Arc<Self>, mut m: Msg) -> Result<(), (AckError, Msg)> {
         let mut st = self.lock();
         if !st.valid(&m) {
@@ -564,6 +598,8 @@ impl Sub {
 
     /// Redelivers `m` after `delay` without leaving the partition (ordered subscriptions, or
     /// no retry tiers configured).
+    // The error hands the message back to the delivery; the path is cold.
+    #[allow(clippy::result_large_err)]
     fn redeliver_later(self: &Arc<Self>, m: Msg, delay: Duration) -> Result<(), (AckError, Msg)> {
         if !self.lock().valid(&m) {
             return Err((closed_error(), m));
@@ -662,20 +698,31 @@ impl ConsumerContext for Ctx {
 
 fn poll_loop(consumer: BaseConsumer<Ctx>, sub: Arc<Sub>) {
     let mut last = Instant::now();
+    let mut reads = Vec::with_capacity(READ_BATCH);
     while !sub.stop.load(Ordering::Acquire) {
-        match consumer.poll(POLL) {
-            Some(Ok(m)) => sub.on_message(&m),
-            Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
-                sub.status.send_replace(Status::Failed {
-                    detail: format!("fatal consumer error: {code}"),
-                    transient: false,
-                });
-                break;
+        // Block for the first message, then take what is already fetched, up to a batch.
+        let mut timeout = POLL;
+        while reads.len() < READ_BATCH {
+            match consumer.poll(timeout) {
+                Some(Ok(m)) => reads.push(sub.read(&m)),
+                Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                    sub.status.send_replace(Status::Failed {
+                        detail: format!("fatal consumer error: {code}"),
+                        transient: false,
+                    });
+                    sub.stop.store(true, Ordering::Release);
+                    break;
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "consumer error (librdkafka retries)");
+                    break;
+                }
+                None => break,
             }
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "consumer error (librdkafka retries)");
-            }
-            None => {}
+            timeout = Duration::ZERO;
+        }
+        if !reads.is_empty() {
+            sub.accept(&mut reads);
         }
         if last.elapsed() >= HOUSEKEEPING {
             sub.housekeeping(&consumer);
