@@ -440,7 +440,12 @@ impl Binding {
                     format!("header {name:?} is not utf-8"),
                 )
             })?;
-            let attr_lower = attr.to_ascii_lowercase();
+            // Headers are almost always lowercase already: no allocation for those.
+            let attr_lower: Cow<'_, str> = if attr.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(attr.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(attr)
+            };
             let idx = ATTRS.iter().position(|a| *a == attr_lower);
             if let Some(i) = idx {
                 if seen & (1 << i) != 0 {
@@ -448,7 +453,7 @@ impl Binding {
                 }
                 seen |= 1 << i;
             }
-            match attr_lower.as_str() {
+            match attr_lower.as_ref() {
                 "specversion" => specversion = Some(value),
                 "id" | "source" | "type" if value.is_empty() => {
                     return Err(DecodeError::new(
@@ -491,7 +496,7 @@ impl Binding {
                     if extensions.iter().any(|(n, _)| *n == attr_lower) {
                         return Err(invalid(format!("extension {attr_lower:?} appears twice")));
                     }
-                    extensions.push((attr_lower, value));
+                    extensions.push((attr_lower.into_owned(), value));
                 }
             }
         }
