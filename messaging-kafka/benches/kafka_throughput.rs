@@ -14,7 +14,7 @@
 //! `recv_batch` and acks each delivery. Both consumers read the same topic from the start as
 //! new groups; a second raw consumer also decodes each message into a CloudEvent, which is
 //! the work the adapter does and an application consuming CloudEvents needs. Median of `RUNS`
-//! runs of `MESSAGES` messages.
+//! runs of `KAFKA_BENCH_MESSAGES` messages (default 200 000).
 
 #![allow(missing_docs)]
 
@@ -35,9 +35,16 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const MESSAGES: usize = 200_000;
 const BATCH: usize = 10_000;
 const RUNS: usize = 3;
+
+/// Messages per run (`KAFKA_BENCH_MESSAGES`, default 200 000).
+fn messages() -> usize {
+    std::env::var("KAFKA_BENCH_MESSAGES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(200_000)
+}
 
 fn servers() -> String {
     std::env::var("KAFKA_BENCH_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
@@ -60,7 +67,7 @@ fn raw_producer() -> BaseProducer {
 fn raw_publish(producer: &BaseProducer, topic: &str, size: usize) -> Duration {
     let payload = vec![7u8; size];
     let start = Instant::now();
-    for i in 0..MESSAGES {
+    for i in 0..messages() {
         let id = format!("id-{i}");
         let headers = OwnedHeaders::new_with_capacity(5)
             .insert(Header {
@@ -97,7 +104,7 @@ fn raw_publish(producer: &BaseProducer, topic: &str, size: usize) -> Duration {
         }
         producer.poll(Duration::ZERO);
     }
-    producer.flush(Duration::from_secs(60)).expect("flush");
+    producer.flush(Duration::from_secs(600)).expect("flush");
     start.elapsed()
 }
 
@@ -110,8 +117,8 @@ async fn adapter_publish(broker: &KafkaBroker, topic: &str, size: usize) -> Dura
         .expect("event");
     let start = Instant::now();
     let mut sent = 0;
-    while sent < MESSAGES {
-        let n = BATCH.min(MESSAGES - sent);
+    while sent < messages() {
+        let n = BATCH.min(messages() - sent);
         let events = (sent..sent + n)
             .map(|i| {
                 let mut e = template.clone();
@@ -146,7 +153,7 @@ async fn raw_consume(topic: &str, decode: bool) -> Duration {
     let mut stream = consumer.stream();
     let mut n = 0;
     let mut bytes = 0usize;
-    while n < MESSAGES {
+    while n < messages() {
         let m = stream.next().await.expect("stream").expect("message");
         bytes += m.payload_len();
         if decode {
@@ -183,7 +190,7 @@ async fn adapter_consume(broker: &KafkaBroker, topic: &str) -> Duration {
         .expect("subscribe");
     let start = Instant::now();
     let mut n = 0;
-    while n < MESSAGES {
+    while n < messages() {
         for d in sub.recv_batch(1024).await.expect("recv") {
             d.ack().await.expect("ack");
             n += 1;
@@ -200,7 +207,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn rate(d: Duration) -> f64 {
-    MESSAGES as f64 / d.as_secs_f64()
+    messages() as f64 / d.as_secs_f64()
 }
 
 fn main() {
@@ -215,8 +222,9 @@ fn main() {
             .expect("Kafka reachable (run scripts/brokers/nisshi.sh)");
         let producer = raw_producer();
         println!(
-            "broker {}; {MESSAGES} messages per run, median of {RUNS}",
-            servers()
+            "broker {}; {} messages per run, median of {RUNS}",
+            servers(),
+            messages()
         );
         println!(
             "{:>6} {:>8} {:>12} {:>12} {:>6}",
