@@ -1,7 +1,7 @@
 //! Subscribing: a background poller per subscription long-polls the group's queue, a
 //! settler coalesces acks and nacks into batch calls.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -121,6 +121,7 @@ impl Subscriber for SqsSubscriber {
         Ok(SqsSubscription {
             sub,
             rx,
+            buffer: VecDeque::new(),
             poller,
             closed: false,
             fifo: group.fifo,
@@ -135,7 +136,7 @@ impl Subscriber for SqsSubscriber {
 /// Receives into the subscription's buffer while it has room (its prefetch).
 struct Poller {
     sub: Arc<SubShared>,
-    tx: mpsc::UnboundedSender<Result<SqsDelivery, ReceiveError>>,
+    tx: mpsc::UnboundedSender<Result<Vec<SqsDelivery>, ReceiveError>>,
     permits: Arc<Semaphore>,
     batch: usize,
     prefetch: usize,
@@ -185,6 +186,7 @@ impl Poller {
                     continue;
                 }
             };
+            let mut batch = Vec::with_capacity(messages.len());
             for m in messages {
                 let Some(permit) = permits.pop() else {
                     // The service sent more than asked for: take them anyway, they are
@@ -242,17 +244,18 @@ impl Poller {
                         },
                     );
                 }
-                let delivery = SqsDelivery {
+                batch.push(SqsDelivery {
                     sub: self.sub.clone(),
                     payload,
                     attempt,
                     receipt,
                     key,
                     _permit: permit,
-                };
-                if self.tx.send(Ok(delivery)).is_err() {
-                    return;
-                }
+                });
+            }
+            // One channel item per receive: a consumer's `recv_batch` gets the whole batch.
+            if !batch.is_empty() && self.tx.send(Ok(batch)).is_err() {
+                return;
             }
         }
     }
@@ -326,13 +329,19 @@ async fn settler(
 ) {
     let limit = Arc::new(Semaphore::new(in_flight));
     while let Some(first) = rx.recv().await {
-        // Let the other acks of the same wave (a `join_all` over a batch) queue up.
-        tokio::task::yield_now().await;
+        // Let the other acks of the same wave (a `join_all` over a batch, handlers finishing
+        // together) queue up: a few yields, never a timer.
         let mut ops = vec![first];
-        while ops.len() < 256 {
-            match rx.try_recv() {
-                Ok(op) => ops.push(op),
-                Err(_) => break,
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+            while ops.len() < 256 {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            if ops.len() % MAX_BATCH == 0 {
+                break;
             }
         }
         let mut by_kind: HashMap<Option<i32>, Vec<SettleOp>> = HashMap::new();
@@ -441,7 +450,8 @@ async fn settle_batch(shared: &Shared, url: &str, visibility: Option<i32>, ops: 
 /// makes this consumer's unsettled deliveries visible again at once.
 pub struct SqsSubscription {
     sub: Arc<SubShared>,
-    rx: mpsc::UnboundedReceiver<Result<SqsDelivery, ReceiveError>>,
+    rx: mpsc::UnboundedReceiver<Result<Vec<SqsDelivery>, ReceiveError>>,
+    buffer: VecDeque<SqsDelivery>,
     poller: JoinHandle<()>,
     closed: bool,
     fifo: bool,
@@ -469,6 +479,7 @@ impl SqsSubscription {
         self.poller.abort();
         self.rx.close();
         while self.rx.try_recv().is_ok() {}
+        self.buffer.clear();
         let now = Instant::now();
         lock(&self.sub.held)
             .drain()
@@ -506,10 +517,18 @@ impl Subscription for SqsSubscription {
         if self.closed {
             return Err(ReceiveError::new(ReceiveErrorKind::Closed));
         }
-        match self.rx.recv().await {
-            Some(r) => r,
-            None => Err(ReceiveError::new(ReceiveErrorKind::Closed)
-                .with_detail("the queue's poller stopped")),
+        loop {
+            if let Some(d) = self.buffer.pop_front() {
+                return Ok(d);
+            }
+            match self.rx.recv().await {
+                Some(Ok(batch)) => self.buffer.extend(batch),
+                Some(Err(e)) => return Err(e),
+                None => {
+                    return Err(ReceiveError::new(ReceiveErrorKind::Closed)
+                        .with_detail("the queue's poller stopped"));
+                }
+            }
         }
     }
 
@@ -517,8 +536,12 @@ impl Subscription for SqsSubscription {
         let first = self.recv().await?;
         let mut out = vec![first];
         while out.len() < max {
+            if let Some(d) = self.buffer.pop_front() {
+                out.push(d);
+                continue;
+            }
             match self.rx.try_recv() {
-                Ok(Ok(d)) => out.push(d),
+                Ok(Ok(batch)) => self.buffer.extend(batch),
                 _ => break,
             }
         }

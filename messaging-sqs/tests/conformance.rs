@@ -116,11 +116,14 @@ impl Harness for SqsHarness {
         }))
     }
 
+    /// The deadline starts when the poller receives a message (up to 10 at once), and the
+    /// suite acks one delivery at a time while 40 cases share one single-threaded moto: 5 s
+    /// keeps a slow moto from expiring messages that wait in the prefetch buffer.
     fn settings(&self) -> Settings {
         Settings {
             timeout: Duration::from_secs(20),
             quiet: Duration::from_millis(1500),
-            ack_deadline: Duration::from_secs(2),
+            ack_deadline: Duration::from_secs(5),
             delay: Duration::from_secs(2),
             case_timeout: Duration::from_secs(120),
         }
