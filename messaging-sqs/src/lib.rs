@@ -85,16 +85,23 @@
 //! receive sets the visibility timeout to the subscription's ack deadline (whole seconds,
 //! rounded up). The attempt number is `ApproximateReceiveCount`.
 //!
-//! - **ack**: `DeleteMessageBatch`. Acks go to the subscription's settler task, which takes
-//!   every ack queued at that moment and sends them 10 per call, several calls in flight: acks
-//!   from many deliveries share calls, and no ack makes a call of its own while others wait.
+//! - **ack**: `DeleteMessageBatch`. An ack queues its receipt handle for the subscription's
+//!   settler task and waits for the answer; the settler takes every ack queued at that moment
+//!   (after a few yields, never a timer), sends them 10 per call with up to
+//!   [`SqsConfig::max_in_flight`] calls at once, and answers each ack from its entry's result.
+//!   Acks from many deliveries (a batch, concurrent handlers) share calls; an ack that waits
+//!   alone is sent alone, without delay. A failed entry hands the delivery back.
 //! - **nack**: `ChangeMessageVisibilityBatch` to 0, or to the delay (whole seconds, rounded
-//!   up, at most 12 hours) — SQS delays natively.
+//!   up, at most 12 hours) — SQS delays natively; coalesced like acks.
 //! - **extend_deadline**: `ChangeMessageVisibility` to the new deadline.
 //! - **close** (or drop): stops the poller and makes this consumer's unsettled deliveries
 //!   visible at once; settling them afterwards fails with `Closed`. A receive in flight at
 //!   that moment is abandoned: what it received comes back after its visibility timeout.
 //! - A stale receipt handle (the message was received again meanwhile) fails with `Expired`.
+//!
+//! The ack deadline starts when the poller receives a message, so time spent in the prefetch
+//! buffer counts: with a long queue of slow handlers, keep `prefetch` small or the deadline
+//! long.
 //!
 //! Ordered groups receive one message per call: SQS FIFO hands out a message group's next
 //! message only once the previous one is deleted or visible again, so every key has at most

@@ -320,11 +320,10 @@ impl Shared {
         if !current.is_empty() {
             chunks.push(current);
         }
-        let in_flight = if dest.is_fifo() {
-            1
-        } else {
-            self.config.max_in_flight.max(1)
-        };
+        if dest.is_fifo() {
+            return self.send_fifo(dest, chunks).await;
+        }
+        let in_flight = self.config.max_in_flight.max(1);
         stream::iter(chunks)
             .map(|chunk| async move {
                 if chunk.len() == 1 {
@@ -339,6 +338,46 @@ impl Shared {
             .flat_map(stream::iter)
             .collect()
             .await
+    }
+}
+
+impl Shared {
+    /// FIFO: one call after another; once an event fails, later events with its message
+    /// group (ordering key) are not sent, so a retry of the failed ones keeps the key's order.
+    async fn send_fifo(
+        &self,
+        dest: &Destination,
+        chunks: Vec<Vec<(usize, Outgoing)>>,
+    ) -> Vec<(usize, Result<Receipt, PublishError>)> {
+        let mut results = Vec::new();
+        let mut failed_groups: HashMap<String, PublishErrorKind> = HashMap::new();
+        for chunk in chunks {
+            let mut send = Vec::with_capacity(chunk.len());
+            let mut groups = HashMap::new();
+            for (i, out) in chunk {
+                if let Some(kind) = failed_groups.get(&out.group_id) {
+                    results.push((
+                        i,
+                        Err(PublishError::new(*kind).with_detail(
+                            "not sent: an earlier event with the same ordering key failed",
+                        )),
+                    ));
+                } else {
+                    groups.insert(i, out.group_id.clone());
+                    send.push((i, out));
+                }
+            }
+            if send.is_empty() {
+                continue;
+            }
+            for (i, r) in self.send_batch(dest, send).await {
+                if let (Err(e), Some(group)) = (&r, groups.get(&i)) {
+                    failed_groups.entry(group.clone()).or_insert(e.kind());
+                }
+                results.push((i, r));
+            }
+        }
+        results
     }
 }
 

@@ -116,13 +116,15 @@ impl Harness for SqsHarness {
         }))
     }
 
-    /// The deadline starts when the poller receives a message (up to 10 at once), and the
-    /// suite acks one delivery at a time while 40 cases share one single-threaded moto: 5 s
-    /// keeps a slow moto from expiring messages that wait in the prefetch buffer.
+    /// moto is single-threaded Python (a `ReceiveMessage` of 10 takes about 200 ms) and the 40
+    /// cases share it: deliveries take longer to arrive than on a real broker (`quiet` 3 s),
+    /// and the deadline starts when the poller receives a message (up to 10 at once) while the
+    /// suite acks one delivery at a time (5 s keeps messages waiting in the prefetch buffer from
+    /// expiring).
     fn settings(&self) -> Settings {
         Settings {
             timeout: Duration::from_secs(20),
-            quiet: Duration::from_millis(1500),
+            quiet: Duration::from_secs(3),
             ack_deadline: Duration::from_secs(5),
             delay: Duration::from_secs(2),
             case_timeout: Duration::from_secs(120),
