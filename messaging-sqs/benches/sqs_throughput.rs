@@ -41,12 +41,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const WINDOW: usize = 160;
 const RUNS: usize = 3;
 
-/// Messages per run: `SQS_BENCH_MESSAGES` (default 1600), rounded down to whole windows.
+/// Messages per run: `SQS_BENCH_MESSAGES` (default 640), rounded down to whole windows.
 fn messages() -> usize {
     let n = std::env::var("SQS_BENCH_MESSAGES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1600usize);
+        .unwrap_or(640usize);
     (n / WINDOW).max(1) * WINDOW
 }
 

@@ -471,3 +471,34 @@ async fn acks_of_a_batch_settle_together_and_stay_settled() {
     expect_nothing(&mut sub, Duration::from_secs(4)).await;
     assert_eq!(b.depth(&topic, "g").await.unwrap(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn point_to_point_dead_letters_go_to_the_dead_letter_queue() {
+    let b = broker(SqsConfig {
+        topology: Topology::PointToPoint,
+        ..config()
+    })
+    .await;
+    let queue = unique("p2p-dlq");
+    let dlq = format!("{queue}.dlq");
+    let mut sub = b
+        .subscriber()
+        .subscribe(&queue, SubscribeOptions::new("w").max_deliveries(1))
+        .await
+        .unwrap();
+    b.publisher().publish(&queue, event("once")).await.unwrap();
+    let d = recv(&mut sub).await;
+    assert_eq!(d.attempt(), 1);
+    d.nack(None).await.unwrap();
+    expect_nothing(&mut sub, Duration::from_secs(2)).await;
+    let mut dead = b
+        .subscriber()
+        .subscribe(&dlq, SubscribeOptions::new("any"))
+        .await
+        .unwrap();
+    let d = recv(&mut dead).await;
+    let e = d.event().unwrap();
+    assert_eq!(e.id(), "once");
+    assert_eq!(DeadLetterMetadata::from_event(e).unwrap().topic, queue);
+    d.ack().await.unwrap();
+}
