@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName;
 use messaging_core::middleware::dead_letter::DEAD_LETTER_GROUP;
@@ -86,6 +87,15 @@ impl SqsBroker {
         let mut sns = aws_sdk_sns::Config::builder()
             .behavior_version(aws_sdk_sns::config::BehaviorVersion::latest())
             .region(region);
+        // One timeout for both clients: a long poll must fit in it.
+        let timeout = config
+            .call_timeout
+            .max(config.wait_time.min(Duration::from_secs(20)) + Duration::from_secs(10));
+        let timeouts = aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
+            .operation_timeout(timeout)
+            .build();
+        sqs = sqs.timeout_config(timeouts.clone());
+        sns = sns.timeout_config(timeouts);
         if let Some(url) = &config.endpoint_url {
             sqs = sqs.endpoint_url(url);
             sns = sns.endpoint_url(url);

@@ -89,6 +89,10 @@ pub struct SqsConfig {
     /// Message retention of the queues this adapter creates (default: the SQS default, 4
     /// days). For tests and ephemeral groups, a short one keeps moto or an account tidy.
     pub retention: Option<Duration>,
+    /// Bound on one API call, retries included (default 30 s; receives get at least
+    /// `wait_time` + 10 s). A call past it fails with a transient `Timeout` error. Applies to
+    /// clients built by [`SqsBroker::new`](crate::SqsBroker::new).
+    pub call_timeout: Duration,
 }
 
 impl Default for SqsConfig {
@@ -107,6 +111,7 @@ impl Default for SqsConfig {
             max_in_flight: 16,
             fifo_topics: HashSet::new(),
             retention: None,
+            call_timeout: Duration::from_secs(30),
         }
     }
 }

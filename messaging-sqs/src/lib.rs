@@ -79,9 +79,10 @@
 //!
 //! # Receiving and settling
 //!
-//! Each subscription runs a poller task that long-polls its queue (`ReceiveMessage` with
-//! [`SqsConfig::wait_time`], up to 20 s, and up to 10 messages) while the subscription holds
-//! fewer unsettled deliveries than its prefetch, so a cancelled `recv` loses nothing. Each
+//! Each subscription runs a poller task that, from the first `recv`, long-polls its queue
+//! (`ReceiveMessage` with [`SqsConfig::wait_time`], up to 20 s, and up to 10 messages) while
+//! the subscription holds fewer unsettled deliveries than its prefetch, so a cancelled `recv`
+//! loses nothing; a subscription opened only to declare its group never polls. Each
 //! receive sets the visibility timeout to the subscription's ack deadline (whole seconds,
 //! rounded up). The attempt number is `ApproximateReceiveCount`.
 //!
@@ -96,7 +97,8 @@
 //! - **extend_deadline**: `ChangeMessageVisibility` to the new deadline.
 //! - **close** (or drop): stops the poller and makes this consumer's unsettled deliveries
 //!   visible at once; settling them afterwards fails with `Closed`. A receive in flight at
-//!   that moment is abandoned: what it received comes back after its visibility timeout.
+//!   that moment finishes in the background and makes what it received visible again (SQS
+//!   has counted that receive: such a message's next attempt number is one higher).
 //! - A stale receipt handle (the message was received again meanwhile) fails with `Expired`.
 //!
 //! The ack deadline starts when the poller receives a message, so time spent in the prefetch

@@ -18,7 +18,6 @@ use messaging_core::{
     SettleError, SubscribeError, SubscribeOptions, Subscriber, Subscription,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::broker::{Destination, Shared};
@@ -102,10 +101,13 @@ impl Subscriber for SqsSubscriber {
             next: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::unbounded_channel();
+        let permits = Arc::new(Semaphore::new(options.prefetch_limit()));
+        let (start_tx, start_rx) = oneshot::channel();
         let poller = Poller {
             sub: sub.clone(),
+            start: Some(start_rx),
             tx,
-            permits: Arc::new(Semaphore::new(options.prefetch_limit())),
+            permits: permits.clone(),
             // A FIFO queue hands out a message group's next message only once the previous one
             // is deleted or visible again; receiving one message per call keeps every key to
             // one unsettled delivery, so a nacked message comes back before the rest of its key.
@@ -117,12 +119,13 @@ impl Subscriber for SqsSubscriber {
             dead_letter: group.dead_letter.clone(),
             group: options.group().to_owned(),
         };
-        let poller = tokio::spawn(poller.run());
+        tokio::spawn(poller.run());
         Ok(SqsSubscription {
             sub,
             rx,
             buffer: VecDeque::new(),
-            poller,
+            permits,
+            start: Some(start_tx),
             closed: false,
             fifo: group.fifo,
         })
@@ -136,6 +139,9 @@ impl Subscriber for SqsSubscriber {
 /// Receives into the subscription's buffer while it has room (its prefetch).
 struct Poller {
     sub: Arc<SubShared>,
+    /// Fires on the first receive: a subscription opened only to declare the group (and
+    /// closed right away) never polls, so it never takes a message from its group.
+    start: Option<oneshot::Receiver<()>>,
     tx: mpsc::UnboundedSender<Result<Vec<SqsDelivery>, ReceiveError>>,
     permits: Arc<Semaphore>,
     batch: usize,
@@ -148,12 +154,20 @@ struct Poller {
 }
 
 impl Poller {
-    async fn run(self) {
+    async fn run(mut self) {
+        if let Some(start) = self.start.take() {
+            if start.await.is_err() {
+                return;
+            }
+        }
         let shared = &self.sub.shared;
         loop {
             let Ok(first) = self.permits.clone().acquire_owned().await else {
                 return;
             };
+            if self.sub.closed.load(Ordering::Acquire) {
+                return;
+            }
             let mut permits = vec![first];
             while permits.len() < self.batch {
                 match self.permits.clone().try_acquire_owned() {
@@ -253,11 +267,27 @@ impl Poller {
                     _permit: permit,
                 });
             }
+            if batch.is_empty() {
+                continue;
+            }
+            // Closed while this receive was in flight: what it got goes straight back.
+            if self.sub.closed.load(Ordering::Acquire) {
+                self.give_back(batch).await;
+                return;
+            }
             // One channel item per receive: a consumer's `recv_batch` gets the whole batch.
-            if !batch.is_empty() && self.tx.send(Ok(batch)).is_err() {
+            if let Err(mpsc::error::SendError(Ok(batch))) = self.tx.send(Ok(batch)) {
+                self.give_back(batch).await;
                 return;
             }
         }
+    }
+
+    /// Makes deliveries nobody will see visible again.
+    async fn give_back(&self, batch: Vec<SqsDelivery>) {
+        let receipts = batch.iter().map(|d| d.receipt.clone()).collect();
+        drop(batch);
+        release(self.sub.shared.clone(), self.sub.url.clone(), receipts).await;
     }
 
     /// A message past the delivery limit: publish it to the dead-letter topic with the
@@ -452,7 +482,8 @@ pub struct SqsSubscription {
     sub: Arc<SubShared>,
     rx: mpsc::UnboundedReceiver<Result<Vec<SqsDelivery>, ReceiveError>>,
     buffer: VecDeque<SqsDelivery>,
-    poller: JoinHandle<()>,
+    permits: Arc<Semaphore>,
+    start: Option<oneshot::Sender<()>>,
     closed: bool,
     fifo: bool,
 }
@@ -472,11 +503,13 @@ impl SqsSubscription {
         &self.sub.url
     }
 
-    /// Stops the poller and returns what it holds: receipts to make visible again.
+    /// Stops the poller and returns what it holds: receipts to make visible again. A receive
+    /// in flight finishes in the background and gives back what it got.
     fn stop(&mut self) -> Vec<String> {
         self.closed = true;
         self.sub.closed.store(true, Ordering::Release);
-        self.poller.abort();
+        self.start = None;
+        self.permits.close();
         self.rx.close();
         while self.rx.try_recv().is_ok() {}
         self.buffer.clear();
@@ -516,6 +549,9 @@ impl Subscription for SqsSubscription {
     async fn recv(&mut self) -> Result<SqsDelivery, ReceiveError> {
         if self.closed {
             return Err(ReceiveError::new(ReceiveErrorKind::Closed));
+        }
+        if let Some(start) = self.start.take() {
+            let _ = start.send(());
         }
         loop {
             if let Some(d) = self.buffer.pop_front() {
