@@ -40,14 +40,14 @@ use messaging_sqs::{SqsBroker, SqsConfig, Topology};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const WINDOW: usize = 160;
-const RUNS: usize = 3;
+const RUNS: usize = 4;
 
-/// Messages per run: `SQS_BENCH_MESSAGES` (default 640), rounded down to whole windows.
+/// Messages per run: `SQS_BENCH_MESSAGES` (default 480), rounded down to whole windows.
 fn messages() -> usize {
     let n = std::env::var("SQS_BENCH_MESSAGES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(640usize);
+        .unwrap_or(480usize);
     (n / WINDOW).max(1) * WINDOW
 }
 
@@ -269,9 +269,45 @@ async fn adapter_consume(broker: &SqsBroker, queue: &str) -> Duration {
     t
 }
 
+type Counts = (u64, u64, u64);
+
+fn add(a: Counts, b: Counts) -> Counts {
+    (a.0 + b.0, a.1 + b.1, a.2 + b.2)
+}
+
+/// One adapter run on a fresh queue: send time, consume time, calls.
+async fn adapter_run(
+    broker: &SqsBroker,
+    calls: &Calls,
+    size: usize,
+) -> (Duration, Duration, Counts) {
+    let queue = unique("adapter");
+    // Declares the queue outside the timed part.
+    let mut s = broker
+        .subscriber()
+        .subscribe(&queue, SubscribeOptions::new("g"))
+        .await
+        .expect("declare");
+    s.close().await.expect("close");
+    calls.take();
+    let send = adapter_send(broker, &queue, size).await;
+    let consume = adapter_consume(broker, &queue).await;
+    let counts = calls.take();
+    if let Ok(Some(url)) = broker.queue_url(&queue, "g").await {
+        let _ = broker.sqs().delete_queue().queue_url(url).send().await;
+    }
+    (send, consume, counts)
+}
+
+/// The median (the mean of the middle two for an even count).
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
-    v[v.len() / 2]
+    let n = v.len();
+    if n % 2 == 0 {
+        (v[n / 2 - 1] + v[n / 2]) / 2
+    } else {
+        v[n / 2]
+    }
 }
 
 fn rate(d: Duration) -> f64 {
@@ -320,35 +356,28 @@ fn main() {
         for size in [100, 1024] {
             let (mut rs, mut as_, mut rc, mut ac) = (vec![], vec![], vec![], vec![]);
             let (mut raw_counts, mut adapter_counts) = ((0, 0, 0), (0, 0, 0));
-            for _ in 0..RUNS {
+            for run in 0..RUNS {
+                // Alternate which side goes first, so a drift of the endpoint over a run
+                // (moto slows as its state grows) does not favour either side.
+                let adapter_first = run % 2 == 1;
+                if adapter_first {
+                    let (s, c, counts) = adapter_run(&broker, &adapter_calls, size).await;
+                    as_.push(s);
+                    ac.push(c);
+                    adapter_counts = add(adapter_counts, counts);
+                }
                 let q1 = unique("raw");
                 let url = create_queue(&raw, &q1).await;
                 raw_calls.take();
                 rs.push(raw_send(&raw, &url, size).await);
                 rc.push(raw_consume(&raw, &url).await);
-                let c = raw_calls.take();
-                raw_counts = (raw_counts.0 + c.0, raw_counts.1 + c.1, raw_counts.2 + c.2);
+                raw_counts = add(raw_counts, raw_calls.take());
                 let _ = raw.delete_queue().queue_url(&url).send().await;
-
-                let q2 = unique("adapter");
-                // Declares the queue outside the timed part.
-                let mut s = broker
-                    .subscriber()
-                    .subscribe(&q2, SubscribeOptions::new("g"))
-                    .await
-                    .expect("declare");
-                s.close().await.expect("close");
-                adapter_calls.take();
-                as_.push(adapter_send(&broker, &q2, size).await);
-                ac.push(adapter_consume(&broker, &q2).await);
-                let c = adapter_calls.take();
-                adapter_counts = (
-                    adapter_counts.0 + c.0,
-                    adapter_counts.1 + c.1,
-                    adapter_counts.2 + c.2,
-                );
-                if let Ok(Some(url)) = broker.queue_url(&q2, "g").await {
-                    let _ = broker.sqs().delete_queue().queue_url(url).send().await;
+                if !adapter_first {
+                    let (s, c, counts) = adapter_run(&broker, &adapter_calls, size).await;
+                    as_.push(s);
+                    ac.push(c);
+                    adapter_counts = add(adapter_counts, counts);
                 }
             }
             let total = messages() * RUNS;
