@@ -15,7 +15,8 @@
 //! same bytes: the raw side sends the adapter's wire form (the structured-mode CloudEvents JSON
 //! of `size` bytes of text data and its `content-type` attribute), so the ratio measures the
 //! adapter's own cost. An interceptor on each client counts the API calls, so the report gives
-//! messages per call. Median of `RUNS` runs.
+//! messages per call. Median of `RUNS` runs, alternating which side goes first (moto slows down
+//! as its state grows, which would otherwise favour the side that runs first).
 
 #![allow(missing_docs)]
 
