@@ -1,0 +1,489 @@
+//! The clients, topology declarations and the caches of resolved topics.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use messaging_core::middleware::dead_letter::DEAD_LETTER_GROUP;
+use messaging_core::{
+    Binding, DelaySupport, Features, Inspect, InspectError, SubscribeError, SubscribeErrorKind,
+    SubscribeOptions,
+};
+
+use crate::config::{SqsConfig, Topology};
+use crate::publisher::SqsPublisher;
+use crate::subscriber::SqsSubscriber;
+use crate::{codec, error, names};
+
+/// A connection to SQS and SNS; hands out publishers and subscribers. Cheap to clone.
+#[derive(Clone)]
+pub struct SqsBroker {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for SqsBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqsBroker")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where messages for a topic go: an SNS topic, or (point-to-point) an SQS queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Destination {
+    /// An SNS topic.
+    Topic {
+        /// Its ARN.
+        arn: String,
+        /// Whether it is a FIFO topic.
+        fifo: bool,
+    },
+    /// An SQS queue.
+    Queue {
+        /// Its URL.
+        url: String,
+        /// Whether it is a FIFO queue.
+        fifo: bool,
+    },
+}
+
+impl Destination {
+    pub(crate) fn is_fifo(&self) -> bool {
+        match self {
+            Self::Topic { fifo, .. } | Self::Queue { fifo, .. } => *fifo,
+        }
+    }
+}
+
+/// A group's queue, declared.
+#[derive(Debug, Clone)]
+pub(crate) struct GroupQueue {
+    pub(crate) url: String,
+    pub(crate) fifo: bool,
+    /// Where messages past the delivery limit are forwarded (with dead-letter metadata).
+    pub(crate) dead_letter: Option<(String, Destination)>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) sqs: aws_sdk_sqs::Client,
+    pub(crate) sns: aws_sdk_sns::Client,
+    pub(crate) config: SqsConfig,
+    pub(crate) binding: Binding,
+    destinations: Mutex<HashMap<String, Destination>>,
+    /// `arn:<partition>:sns:<region>:<account>:`, once known.
+    arn_prefix: Mutex<Option<String>>,
+}
+
+impl SqsBroker {
+    /// Builds the SQS and SNS clients from `config` (region, endpoint URL, static credentials).
+    /// No call is made until the first publish or subscribe.
+    pub fn new(config: SqsConfig) -> Self {
+        let region = aws_sdk_sqs::config::Region::new(config.region.clone());
+        let mut sqs = aws_sdk_sqs::Config::builder()
+            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+            .region(region.clone());
+        let mut sns = aws_sdk_sns::Config::builder()
+            .behavior_version(aws_sdk_sns::config::BehaviorVersion::latest())
+            .region(region);
+        // One timeout for both clients: a long poll must fit in it.
+        let timeout = config
+            .call_timeout
+            .max(config.wait_time.min(Duration::from_secs(20)) + Duration::from_secs(10));
+        let timeouts = aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
+            .operation_timeout(timeout)
+            .build();
+        sqs = sqs.timeout_config(timeouts.clone());
+        sns = sns.timeout_config(timeouts);
+        if let Some(url) = &config.endpoint_url {
+            sqs = sqs.endpoint_url(url);
+            sns = sns.endpoint_url(url);
+        }
+        if let Some(c) = &config.credentials {
+            let creds = aws_sdk_sqs::config::Credentials::new(
+                &c.access_key_id,
+                &c.secret_access_key,
+                None,
+                None,
+                "messaging-sqs",
+            );
+            sqs = sqs.credentials_provider(creds.clone());
+            sns = sns.credentials_provider(creds);
+        }
+        Self::from_clients(
+            aws_sdk_sqs::Client::from_conf(sqs.build()),
+            aws_sdk_sns::Client::from_conf(sns.build()),
+            config,
+        )
+    }
+
+    /// Uses clients built elsewhere (e.g. from `aws-config`'s default credential chain);
+    /// `config`'s region, endpoint and credentials are then not used.
+    pub fn from_clients(
+        sqs: aws_sdk_sqs::Client,
+        sns: aws_sdk_sns::Client,
+        config: SqsConfig,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                sqs,
+                sns,
+                config,
+                binding: codec::binding(),
+                destinations: Mutex::default(),
+                arn_prefix: Mutex::default(),
+            }),
+        }
+    }
+
+    /// A publisher.
+    pub fn publisher(&self) -> SqsPublisher {
+        SqsPublisher::new(self.shared.clone())
+    }
+
+    /// A subscriber.
+    pub fn subscriber(&self) -> SqsSubscriber {
+        SqsSubscriber {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// What this adapter can do with its configuration.
+    pub fn features(&self) -> Features {
+        self.shared.features()
+    }
+
+    /// The SQS client, for what this crate does not cover.
+    pub fn sqs(&self) -> &aws_sdk_sqs::Client {
+        &self.shared.sqs
+    }
+
+    /// The SNS client, for what this crate does not cover.
+    pub fn sns(&self) -> &aws_sdk_sns::Client {
+        &self.shared.sns
+    }
+
+    /// The URL of the queue of `group` on `topic` (the topic's queue, point-to-point), if it
+    /// exists.
+    pub async fn queue_url(
+        &self,
+        topic: &str,
+        group: &str,
+    ) -> Result<Option<String>, InspectError> {
+        self.shared.find_queue(topic, group).await
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+type SubResult<T> = Result<T, SubscribeError>;
+
+impl Shared {
+    pub(crate) fn features(&self) -> Features {
+        let fanout = self.config.topology == Topology::SnsFanout;
+        Features {
+            consumer_groups: fanout,
+            ordering: true,
+            replay: false,
+            delayed_redelivery: DelaySupport::Native,
+            native_dead_letter: true,
+            ack_deadline: true,
+            extend_deadline: true,
+            max_payload: Some(self.config.max_payload()),
+            transactions: false,
+            persistent: true,
+            ..Features::new("sqs")
+        }
+    }
+
+    fn learn_prefix(&self, arn: &str) {
+        if let Some(i) = arn.rfind(':') {
+            let mut p = lock(&self.arn_prefix);
+            if p.is_none() {
+                *p = Some(arn[..=i].to_owned());
+            }
+        }
+    }
+
+    /// The ARN prefix of this account's topics: from a topic resolved before, or the first
+    /// page of `ListTopics`. `None` while the account has no topic at all.
+    async fn arn_prefix(&self) -> SubResult<Option<String>> {
+        if let Some(p) = lock(&self.arn_prefix).clone() {
+            return Ok(Some(p));
+        }
+        let out = self
+            .sns
+            .list_topics()
+            .send()
+            .await
+            .map_err(error::subscribe)?;
+        if let Some(arn) = out.topics().iter().find_map(|t| t.topic_arn()) {
+            self.learn_prefix(arn);
+        }
+        Ok(lock(&self.arn_prefix).clone())
+    }
+
+    async fn topic_exists(&self, arn: &str) -> SubResult<bool> {
+        match self.sns.get_topic_attributes().topic_arn(arn).send().await {
+            Ok(_) => Ok(true),
+            Err(e) if error::is_not_found(&e) => Ok(false),
+            Err(e) => Err(error::subscribe(e)),
+        }
+    }
+
+    async fn create_topic(&self, name: &str, fifo: bool) -> SubResult<String> {
+        let mut req = self.sns.create_topic().name(name);
+        if fifo {
+            req = req.attributes("FifoTopic", "true");
+        }
+        let out = req.send().await.map_err(error::subscribe)?;
+        let arn = out
+            .topic_arn()
+            .ok_or_else(|| {
+                SubscribeError::new(SubscribeErrorKind::Rejected)
+                    .with_detail(format!("CreateTopic {name} returned no ARN"))
+            })?
+            .to_owned();
+        self.learn_prefix(&arn);
+        Ok(arn)
+    }
+
+    async fn create_queue(&self, name: &str, fifo: bool) -> SubResult<String> {
+        let mut req = self.sqs.create_queue().queue_name(name);
+        if fifo {
+            req = req.attributes(QueueAttributeName::FifoQueue, "true");
+        }
+        if let Some(r) = self.config.retention {
+            req = req.attributes(
+                QueueAttributeName::MessageRetentionPeriod,
+                r.as_secs().clamp(60, 1_209_600).to_string(),
+            );
+        }
+        let out = req.send().await.map_err(error::subscribe)?;
+        out.queue_url().map(str::to_owned).ok_or_else(|| {
+            SubscribeError::new(SubscribeErrorKind::Rejected)
+                .with_detail(format!("CreateQueue {name} returned no URL"))
+        })
+    }
+
+    async fn queue_arn(&self, url: &str) -> SubResult<String> {
+        let out = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(error::subscribe)?;
+        out.attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+            .cloned()
+            .ok_or_else(|| {
+                SubscribeError::new(SubscribeErrorKind::Rejected)
+                    .with_detail(format!("queue {url} has no ARN"))
+            })
+    }
+
+    /// Where `topic`'s messages go, creating the SNS topic (or, point-to-point, the queue) if
+    /// needed. `ordered` asks for a FIFO topic.
+    ///
+    /// A topic is FIFO if its name ends in `.fifo`, if the configuration lists it, if an
+    /// ordered group created it, or if a FIFO topic of its name already exists; otherwise it
+    /// is a standard topic.
+    pub(crate) async fn destination(&self, topic: &str, ordered: bool) -> SubResult<Destination> {
+        let cached = lock(&self.destinations).get(topic).cloned();
+        if let Some(d) = cached {
+            return if ordered && !d.is_fifo() {
+                Err(standard_topic(topic))
+            } else {
+                Ok(d)
+            };
+        }
+        let declared = self.config.declared_fifo(topic);
+        let dest = match self.config.topology {
+            Topology::PointToPoint => {
+                if ordered && !declared {
+                    return Err(
+                        SubscribeError::new(SubscribeErrorKind::Unsupported).with_detail(format!(
+                            "sqs: ordering on point-to-point queue {topic:?} needs a FIFO queue: \
+                             name it `<name>.fifo` or list it in SqsConfig::fifo_topics"
+                        )),
+                    );
+                }
+                let url = self
+                    .create_queue(&names::queue_name(topic, declared), declared)
+                    .await?;
+                Destination::Queue {
+                    url,
+                    fifo: declared,
+                }
+            }
+            Topology::SnsFanout => {
+                let prefix = if declared {
+                    None
+                } else {
+                    self.arn_prefix().await?
+                };
+                let fifo = match &prefix {
+                    _ if declared => true,
+                    Some(p) => {
+                        if ordered {
+                            let standard = format!("{p}{}", names::topic_name(topic, false));
+                            if self.topic_exists(&standard).await? {
+                                return Err(standard_topic(topic));
+                            }
+                            true
+                        } else {
+                            let fifo = format!("{p}{}", names::topic_name(topic, true));
+                            self.topic_exists(&fifo).await?
+                        }
+                    }
+                    None => ordered,
+                };
+                let arn = self
+                    .create_topic(&names::topic_name(topic, fifo), fifo)
+                    .await?;
+                Destination::Topic { arn, fifo }
+            }
+        };
+        lock(&self.destinations).insert(topic.to_owned(), dest.clone());
+        Ok(dest)
+    }
+
+    /// Declares the queue of `options.group()` on `topic` (point-to-point: the topic's queue),
+    /// subscribed to the topic with raw delivery and a policy letting the topic send to it,
+    /// plus the dead-letter topology when the options set a delivery limit. Idempotent.
+    pub(crate) async fn declare_group(
+        &self,
+        topic: &str,
+        options: &SubscribeOptions,
+    ) -> SubResult<GroupQueue> {
+        let dest = self.destination(topic, options.is_ordered()).await?;
+        let fifo = dest.is_fifo();
+        let (url, arn) = match &dest {
+            Destination::Queue { url, .. } => (url.clone(), None),
+            Destination::Topic { arn, .. } => {
+                let name = names::group_queue_name(topic, options.group(), fifo);
+                let url = self.create_queue(&name, fifo).await?;
+                (url, Some(arn.clone()))
+            }
+        };
+        let mut attrs: Vec<(QueueAttributeName, String)> = Vec::new();
+        let queue_arn = self.queue_arn(&url).await?;
+        if let Some(topic_arn) = &arn {
+            let policy = serde_json::json!({
+                "Version": "2012-10-17",
+                "Statement": [{
+                    "Sid": "messaging-sns-to-sqs",
+                    "Effect": "Allow",
+                    "Principal": {"Service": "sns.amazonaws.com"},
+                    "Action": "sqs:SendMessage",
+                    "Resource": queue_arn,
+                    "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
+                }],
+            });
+            attrs.push((QueueAttributeName::Policy, policy.to_string()));
+        }
+        let mut dead_letter = None;
+        if let Some(max) = options.delivery_limit() {
+            let dlq_topic = options.dead_letter_topic_for(topic);
+            let dlq_options = SubscribeOptions::new(DEAD_LETTER_GROUP).ordered(fifo);
+            let dlq = Box::pin(self.declare_group(&dlq_topic, &dlq_options)).await?;
+            let dlq_arn = self.queue_arn(&dlq.url).await?;
+            // The adapter forwards a message at delivery max + 1 (see the crate docs); SQS
+            // moves it natively one receive later if that forward never happens.
+            let redrive = serde_json::json!({
+                "deadLetterTargetArn": dlq_arn,
+                "maxReceiveCount": max.saturating_add(1),
+            });
+            attrs.push((QueueAttributeName::RedrivePolicy, redrive.to_string()));
+            let dlq_dest = self.destination(&dlq_topic, fifo).await?;
+            dead_letter = Some((dlq_topic, dlq_dest));
+        }
+        if !attrs.is_empty() {
+            let mut req = self.sqs.set_queue_attributes().queue_url(&url);
+            for (k, v) in attrs {
+                req = req.attributes(k, v);
+            }
+            req.send().await.map_err(error::subscribe)?;
+        }
+        if let Some(topic_arn) = arn {
+            self.sns
+                .subscribe()
+                .topic_arn(topic_arn)
+                .protocol("sqs")
+                .endpoint(queue_arn)
+                .attributes("RawMessageDelivery", "true")
+                .return_subscription_arn(true)
+                .send()
+                .await
+                .map_err(error::subscribe)?;
+        }
+        Ok(GroupQueue {
+            url,
+            fifo,
+            dead_letter,
+        })
+    }
+
+    /// The URL of an existing queue of `group` on `topic`, standard or FIFO.
+    pub(crate) async fn find_queue(
+        &self,
+        topic: &str,
+        group: &str,
+    ) -> Result<Option<String>, InspectError> {
+        for fifo in [false, true] {
+            let name = match self.config.topology {
+                Topology::SnsFanout => names::group_queue_name(topic, group, fifo),
+                Topology::PointToPoint => names::queue_name(topic, fifo),
+            };
+            match self.sqs.get_queue_url().queue_name(&name).send().await {
+                Ok(out) => return Ok(out.queue_url().map(str::to_owned)),
+                Err(e) if error::is_not_found(&e) => {}
+                Err(e) => return Err(error::inspect(e)),
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn standard_topic(topic: &str) -> SubscribeError {
+    SubscribeError::new(SubscribeErrorKind::Unsupported).with_detail(format!(
+        "sqs: topic {topic:?} exists as a standard SNS topic; ordered groups need a FIFO topic: \
+         name it `<name>.fifo`, list it in SqsConfig::fifo_topics, or subscribe the ordered \
+         group before anything publishes to it"
+    ))
+}
+
+impl Inspect for SqsBroker {
+    /// Messages in the group's queue: visible, in flight and delayed (approximate, as SQS
+    /// counts them).
+    async fn depth(&self, topic: &str, group: &str) -> Result<Option<u64>, InspectError> {
+        let Some(url) = self.shared.find_queue(topic, group).await? else {
+            return Ok(None);
+        };
+        let out = self
+            .shared
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await;
+        let out = match out {
+            Ok(out) => out,
+            Err(e) if error::is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(error::inspect(e)),
+        };
+        let total = out
+            .attributes()
+            .map(|a| a.values().filter_map(|v| v.parse::<u64>().ok()).sum())
+            .unwrap_or(0);
+        Ok(Some(total))
+    }
+}

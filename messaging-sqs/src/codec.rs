@@ -1,0 +1,254 @@
+//! CloudEvents on SQS/SNS.
+//!
+//! - **Structured mode** (default): the body is the event in the CloudEvents JSON format, and
+//!   one message attribute `content-type: application/cloudevents+json` marks it.
+//! - **Binary mode**: every context attribute and extension is a `String` message attribute
+//!   named `ce_<attribute>` (`ce_datacontenttype` for the content type), the data is the body.
+//!   SQS bodies are text: data that is not valid SQS text (binary, control characters) or is
+//!   empty travels base64-encoded or as a placeholder, flagged by the attribute
+//!   `messaging-body: base64 | empty`. SQS delivers at most 10 message attributes, so an event
+//!   that needs more fails to publish with [`PublishErrorKind::Encode`].
+
+use std::borrow::Cow;
+
+use base64::Engine as _;
+use messaging_core::codec::{Binding, ContentMode, STRUCTURED_CONTENT_TYPE};
+use messaging_core::{DecodeError, Event, EventExt, PublishError, PublishErrorKind, RawMessage};
+
+use crate::names::fifo_id;
+
+/// Message attribute with the transport content type (structured mode, raw producers).
+pub(crate) const CONTENT_TYPE: &str = "content-type";
+/// Message attribute saying how the body encodes binary-mode data.
+pub(crate) const BODY_ENCODING: &str = "messaging-body";
+/// Most message attributes SQS accepts on one message.
+pub(crate) const MAX_ATTRIBUTES: usize = 10;
+/// Prefix of binary-mode attributes.
+pub(crate) const PREFIX: &str = "ce_";
+
+/// The binding of this transport: `ce_` message attributes.
+pub(crate) fn binding() -> Binding {
+    Binding::new(PREFIX)
+}
+
+/// A message ready for SNS or SQS.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    pub(crate) body: String,
+    pub(crate) attributes: Vec<(String, String)>,
+    /// FIFO message group id: the ordering key, or the event id for events without one.
+    pub(crate) group_id: String,
+    /// FIFO deduplication id: the event id (plus the replay count of a replayed event).
+    pub(crate) dedup_id: String,
+    /// Bytes SQS/SNS count against their limit: body plus attribute names, types and values.
+    pub(crate) size: usize,
+}
+
+/// Whether SQS accepts `s` as a message body (XML 1.0 characters).
+fn is_sqs_text(s: &str) -> bool {
+    s.chars().all(|c| {
+        matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}')
+            || c >= '\u{10000}'
+    })
+}
+
+/// Encodes `event` for SQS/SNS, checking the attribute count and the size against `max`.
+pub(crate) fn encode(
+    binding: &Binding,
+    event: &Event,
+    mode: ContentMode,
+    max: usize,
+) -> Result<Outgoing, PublishError> {
+    let encoded = binding.encode(event, mode)?;
+    let mut attributes: Vec<(String, String)> = Vec::with_capacity(encoded.headers.len() + 2);
+    let body = match mode {
+        ContentMode::Structured => {
+            attributes.push((CONTENT_TYPE.into(), STRUCTURED_CONTENT_TYPE.into()));
+            // The JSON event format is UTF-8 with control characters escaped.
+            String::from_utf8(encoded.body.into_owned()).map_err(|_| {
+                PublishError::new(PublishErrorKind::Encode)
+                    .with_detail("structured event is not utf-8")
+            })?
+        }
+        ContentMode::Binary => {
+            for (name, value) in &encoded.headers {
+                let value = std::str::from_utf8(value).map_err(|_| {
+                    PublishError::new(PublishErrorKind::Encode)
+                        .with_detail(format!("attribute {name} is not utf-8"))
+                })?;
+                attributes.push((name.to_string(), value.to_owned()));
+            }
+            if let Some(ct) = &encoded.content_type {
+                attributes.push((format!("{PREFIX}datacontenttype"), ct.to_string()));
+            }
+            match std::str::from_utf8(&encoded.body) {
+                Ok("") => {
+                    attributes.push((BODY_ENCODING.into(), "empty".into()));
+                    // SQS and SNS refuse empty bodies.
+                    "-".to_owned()
+                }
+                Ok(text) if is_sqs_text(text) => text.to_owned(),
+                _ => {
+                    attributes.push((BODY_ENCODING.into(), "base64".into()));
+                    base64::engine::general_purpose::STANDARD.encode(&encoded.body)
+                }
+            }
+        }
+    };
+    if attributes.len() > MAX_ATTRIBUTES {
+        return Err(
+            PublishError::new(PublishErrorKind::Encode).with_detail(format!(
+                "binary mode needs {} message attributes for this event, SQS delivers at most \
+             {MAX_ATTRIBUTES}: use structured mode or fewer extensions",
+                attributes.len()
+            )),
+        );
+    }
+    let size = body.len()
+        + attributes
+            .iter()
+            .map(|(k, v)| k.len() + "String".len() + v.len())
+            .sum::<usize>();
+    if size > max {
+        return Err(PublishError::new(PublishErrorKind::PayloadTooLarge)
+            .with_detail(format!("{size} bytes with attributes, limit {max}")));
+    }
+    let group_id = fifo_id(event.ordering_key().unwrap_or_else(|| event.id()));
+    let dedup_id = match event.extension("dlqreplays") {
+        Some(n) => fifo_id(&format!("{}#replay{n}", event.id())),
+        None => fifo_id(event.id()),
+    };
+    Ok(Outgoing {
+        body,
+        attributes,
+        group_id,
+        dedup_id,
+        size,
+    })
+}
+
+use messaging_core::AttributesReader as _;
+
+/// Decodes a received message; a failure keeps the raw message (attributes as headers).
+pub(crate) fn decode(
+    binding: &Binding,
+    body: String,
+    attributes: Vec<(String, Vec<u8>)>,
+) -> Result<Event, DecodeError> {
+    let find = |name: &str| {
+        attributes
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    };
+    let content_type = find(CONTENT_TYPE).map(str::to_owned);
+    let body: Vec<u8> = match find(BODY_ENCODING) {
+        Some("empty") => Vec::new(),
+        Some("base64") => match base64::engine::general_purpose::STANDARD.decode(body.as_bytes()) {
+            Ok(b) => b,
+            Err(_) => body.into_bytes(),
+        },
+        _ => body.into_bytes(),
+    };
+    let headers: Vec<(&str, Cow<'_, [u8]>)> = attributes
+        .iter()
+        .map(|(k, v)| (k.as_str(), Cow::Borrowed(v.as_slice())))
+        .collect();
+    binding
+        .decode_parts_owned(
+            content_type.as_deref(),
+            headers.iter().map(|(k, v)| (*k, v.as_ref())),
+            body,
+        )
+        .map_err(|(e, body)| {
+            e.with_raw(RawMessage {
+                content_type: content_type.clone(),
+                headers: attributes.clone(),
+                body,
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use messaging_core::EventBuilder;
+
+    fn round_trip(e: &Event, mode: ContentMode) -> Event {
+        let b = binding();
+        let out = encode(&b, e, mode, usize::MAX).unwrap();
+        let attrs = out
+            .attributes
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()))
+            .collect();
+        decode(&b, out.body, attrs).unwrap()
+    }
+
+    #[test]
+    fn both_modes_round_trip_binary_and_empty_data() {
+        for mode in [ContentMode::Structured, ContentMode::Binary] {
+            let e = EventBuilder::new("s", "t")
+                .id("e1")
+                .bytes(None, vec![0xff, 0, 1])
+                .ordering_key("k")
+                .build()
+                .unwrap();
+            let back = round_trip(&e, mode);
+            assert_eq!(back.data_bytes().as_deref(), Some(&[0xff, 0, 1][..]));
+            assert_eq!(back.ordering_key(), Some("k"));
+            let empty = EventBuilder::new("s", "t")
+                .bytes(None, Vec::new())
+                .build()
+                .unwrap();
+            let back = round_trip(&empty, mode);
+            assert!(back.data_bytes().is_none_or(|b| b.is_empty()));
+        }
+    }
+
+    #[test]
+    fn binary_mode_past_ten_attributes_is_a_typed_error() {
+        let mut b = EventBuilder::new("s", "t").json(&1);
+        for i in 0..6 {
+            b = b.extension(&format!("ext{i}"), "v");
+        }
+        let e = b.build().unwrap();
+        let err = encode(&binding(), &e, ContentMode::Binary, usize::MAX).unwrap_err();
+        assert_eq!(err.kind(), PublishErrorKind::Encode, "{err}");
+        assert!(!err.is_transient());
+        // Structured mode carries the same event in one attribute.
+        assert!(encode(&binding(), &e, ContentMode::Structured, usize::MAX).is_ok());
+    }
+
+    #[test]
+    fn size_is_checked_before_sending() {
+        let e = EventBuilder::new("s", "t")
+            .bytes(None, vec![b'a'; 100])
+            .build()
+            .unwrap();
+        let err = encode(&binding(), &e, ContentMode::Binary, 50).unwrap_err();
+        assert_eq!(err.kind(), PublishErrorKind::PayloadTooLarge);
+    }
+
+    #[test]
+    fn fifo_ids_come_from_key_and_id() {
+        let e = EventBuilder::new("s", "t")
+            .id("e1")
+            .ordering_key("k")
+            .build()
+            .unwrap();
+        let out = encode(&binding(), &e, ContentMode::Structured, usize::MAX).unwrap();
+        assert_eq!((out.group_id.as_str(), out.dedup_id.as_str()), ("k", "e1"));
+    }
+
+    #[test]
+    fn a_plain_message_is_a_decode_error_with_its_bytes() {
+        let err = decode(
+            &binding(),
+            "{\"legacy\":true}".into(),
+            vec![(CONTENT_TYPE.into(), b"application/json".to_vec())],
+        )
+        .unwrap_err();
+        assert_eq!(err.raw().unwrap().body, b"{\"legacy\":true}");
+    }
+}

@@ -1,0 +1,504 @@
+//! SQS/SNS-specific behaviour against moto on 127.0.0.1:4566 (started by
+//! `scripts/brokers/moto.sh`): batch splitting, payload and attribute limits, the redrive
+//! backstop, dead-letter replay, point-to-point queues. Every test uses fresh names and
+//! bounded waits, and fails with a clear message if moto is unreachable.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use messaging_core::middleware::dead_letter::{
+    self, DEAD_LETTER_GROUP, DeadLetterMetadata, ReplayOptions,
+};
+use messaging_core::{
+    AttributesReader, ContentMode, Delivery, Event, EventBuilder, Inspect, PublishErrorKind,
+    Publisher, SubscribeErrorKind, SubscribeOptions, Subscriber, Subscription,
+};
+use messaging_sqs::{SqsBroker, SqsConfig, SqsSubscription, Topology};
+
+const ENDPOINT: &str = "http://127.0.0.1:4566";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn unique(what: &str) -> String {
+    format!("st-{what}-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn config() -> SqsConfig {
+    SqsConfig {
+        wait_time: Duration::from_secs(1),
+        retention: Some(Duration::from_secs(3600)),
+        ..SqsConfig::local(ENDPOINT)
+    }
+}
+
+async fn broker(config: SqsConfig) -> SqsBroker {
+    let broker = SqsBroker::new(config);
+    if let Err(e) = broker.sqs().list_queues().max_results(1).send().await {
+        panic!(
+            "moto is not reachable at {ENDPOINT} (run scripts/brokers/moto.sh): {}",
+            aws_sdk_sqs::error::DisplayErrorContext(e)
+        );
+    }
+    broker
+}
+
+fn event(id: &str) -> Event {
+    EventBuilder::new("urn:test", "test.event")
+        .id(id)
+        .json(&serde_json::json!({"id": id}))
+        .build()
+        .unwrap()
+}
+
+async fn recv(sub: &mut SqsSubscription) -> messaging_sqs::SqsDelivery {
+    tokio::time::timeout(WAIT, sub.recv())
+        .await
+        .expect("a delivery within 20 s")
+        .expect("receive")
+}
+
+async fn expect_nothing(sub: &mut SqsSubscription, period: Duration) {
+    if let Ok(r) = tokio::time::timeout(period, sub.recv()).await {
+        let d = r.expect("receive");
+        panic!(
+            "unexpected delivery of {:?}",
+            d.event().map(|e| e.id().to_owned())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_over_ten_are_split_and_delivered_once() {
+    let b = broker(config()).await;
+    let topic = unique("split");
+    let mut sub = b
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new("g"))
+        .await
+        .unwrap();
+    let events: Vec<Event> = (0..35).map(|n| event(&format!("e{n}"))).collect();
+    let receipts = b.publisher().publish_batch(&topic, events).await.unwrap();
+    assert_eq!(receipts.len(), 35);
+    let ids: HashSet<_> = receipts
+        .iter()
+        .map(|r| r.message_id.clone().expect("SNS assigns a message id"))
+        .collect();
+    assert_eq!(ids.len(), 35, "one message id per event");
+    let mut seen = HashSet::new();
+    while seen.len() < 35 {
+        for d in tokio::time::timeout(WAIT, sub.recv_batch(10))
+            .await
+            .expect("batch in time")
+            .unwrap()
+        {
+            assert!(seen.insert(d.event().unwrap().id().to_owned()), "duplicate");
+            d.ack().await.unwrap();
+        }
+    }
+    expect_nothing(&mut sub, Duration::from_millis(1500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_entries_come_back_typed_with_their_events() {
+    let b = broker(SqsConfig {
+        max_sns_payload: 4096,
+        ..config()
+    })
+    .await;
+    let topic = unique("partial");
+    let mut sub = b
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new("g"))
+        .await
+        .unwrap();
+    let mut events: Vec<Event> = (0..12).map(|n| event(&format!("e{n}"))).collect();
+    events[3] = EventBuilder::new("urn:test", "test.event")
+        .id("too-big")
+        .bytes(None, vec![b'x'; 5000])
+        .build()
+        .unwrap();
+    let err = b
+        .publisher()
+        .publish_batch(&topic, events)
+        .await
+        .expect_err("one event is over the limit");
+    assert_eq!(err.accepted.len(), 11);
+    assert_eq!(err.failed.len(), 1);
+    let (i, back, e) = &err.failed[0];
+    assert_eq!(*i, 3);
+    assert_eq!(back.id(), "too-big", "the event is handed back");
+    assert_eq!(e.kind(), PublishErrorKind::PayloadTooLarge, "{e}");
+    assert!(!err.is_transient());
+    let mut seen = HashSet::new();
+    while seen.len() < 11 {
+        let d = recv(&mut sub).await;
+        let id = d.event().unwrap().id().to_owned();
+        assert_ne!(id, "too-big");
+        seen.insert(id);
+        d.ack().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_limit_is_checked_before_the_call() {
+    let b = broker(SqsConfig {
+        max_sns_payload: 1000,
+        ..config()
+    })
+    .await;
+    assert_eq!(b.features().max_payload, Some(1000));
+    let topic = unique("limit");
+    let big = EventBuilder::new("urn:test", "test.event")
+        .bytes(None, vec![b'x'; 1000])
+        .build()
+        .unwrap();
+    let err = b.publisher().publish(&topic, big).await.unwrap_err();
+    assert_eq!(err.kind(), PublishErrorKind::PayloadTooLarge, "{err}");
+    assert!(!err.is_transient());
+    assert!(err.to_string().contains("limit 1000"), "{err}");
+    // The SQS side has its own limit, for point-to-point queues.
+    let p2p = broker(SqsConfig {
+        topology: Topology::PointToPoint,
+        max_sqs_payload: 2000,
+        ..config()
+    })
+    .await;
+    assert_eq!(p2p.features().max_payload, Some(2000));
+    let big = EventBuilder::new("urn:test", "test.event")
+        .bytes(None, vec![b'x'; 2000])
+        .build()
+        .unwrap();
+    let err = p2p.publisher().publish(&topic, big).await.unwrap_err();
+    assert_eq!(err.kind(), PublishErrorKind::PayloadTooLarge, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_mode_maps_attributes_and_refuses_more_than_ten() {
+    let b = broker(SqsConfig {
+        content_mode: ContentMode::Binary,
+        ..config()
+    })
+    .await;
+    let topic = unique("binary");
+    let mut sub = b
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new("g"))
+        .await
+        .unwrap();
+    let mut builder = EventBuilder::new("urn:test", "test.event")
+        .json(&1)
+        .subject("s");
+    for n in 0..5 {
+        builder = builder.extension(&format!("ext{n}"), "v");
+    }
+    let err = b
+        .publisher()
+        .publish(&topic, builder.build().unwrap())
+        .await
+        .expect_err("11 attributes");
+    assert_eq!(err.kind(), PublishErrorKind::Encode, "{err}");
+    assert!(!err.is_transient());
+    assert!(err.to_string().contains("at most 10"), "{err}");
+
+    let ok = EventBuilder::new("urn:test", "test.event")
+        .id("bin-1")
+        .bytes(None, vec![0xff, 0x00, 0x10])
+        .extension("tenant", "acme")
+        .build()
+        .unwrap();
+    b.publisher().publish(&topic, ok).await.unwrap();
+    // Read it raw: the attributes travel as SQS message attributes.
+    let url = b
+        .queue_url(&topic, "g")
+        .await
+        .unwrap()
+        .expect("group queue");
+    sub.close().await.unwrap();
+    let mut found = None;
+    for _ in 0..10 {
+        let out = b
+            .sqs()
+            .receive_message()
+            .queue_url(&url)
+            .message_attribute_names("All")
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        if let Some(m) = out.messages.unwrap_or_default().into_iter().next() {
+            found = Some(m);
+            break;
+        }
+    }
+    let m = found.expect("message in the group queue");
+    let attrs = m.message_attributes.unwrap_or_default();
+    assert_eq!(attrs["ce_id"].string_value(), Some("bin-1"));
+    assert_eq!(attrs["ce_tenant"].string_value(), Some("acme"));
+    assert_eq!(attrs["messaging-body"].string_value(), Some("base64"));
+}
+
+/// A consumer that crashes on a message never acks or nacks it: the adapter's poller is not
+/// running either. SQS's redrive policy (maxReceiveCount = max_deliveries + 1) moves it to
+/// the dead-letter topic's dead-letters queue by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_policy_is_the_backstop_for_crashing_consumers() {
+    let b = broker(config()).await;
+    let topic = unique("crash");
+    let mut sub = b
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new("g").max_deliveries(2))
+        .await
+        .unwrap();
+    sub.close().await.unwrap();
+    drop(sub);
+    b.publisher()
+        .publish(&topic, event("poison"))
+        .await
+        .unwrap();
+    let url = b
+        .queue_url(&topic, "g")
+        .await
+        .unwrap()
+        .expect("group queue");
+    let attrs = b
+        .sqs()
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy)
+        .send()
+        .await
+        .unwrap();
+    let redrive: serde_json::Value = serde_json::from_str(
+        attrs.attributes().unwrap()[&aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy]
+            .as_str(),
+    )
+    .unwrap();
+    assert_eq!(redrive["maxReceiveCount"], 3);
+    // Three receives that each "crash" (visibility 0, no delete).
+    let mut receives = 0;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while receives < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "message not received 3 times"
+        );
+        let out = b
+            .sqs()
+            .receive_message()
+            .queue_url(&url)
+            .visibility_timeout(0)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        receives += out.messages.unwrap_or_default().len();
+    }
+    // The next receive finds it over the limit: SQS moves it instead of delivering it.
+    let out = b
+        .sqs()
+        .receive_message()
+        .queue_url(&url)
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        out.messages.unwrap_or_default().is_empty(),
+        "moved, not delivered"
+    );
+    let dlq = format!("{topic}.dlq");
+    let mut dead = b
+        .subscriber()
+        .subscribe(&dlq, SubscribeOptions::new(DEAD_LETTER_GROUP))
+        .await
+        .unwrap();
+    let d = recv(&mut dead).await;
+    assert_eq!(d.event().unwrap().id(), "poison");
+    d.ack().await.unwrap();
+}
+
+/// With the poller running, a message past the limit is forwarded to the dead-letter topic
+/// with the dead-letter metadata, and the core's replay (receive, publish, delete — no
+/// `StartMessageMoveTask`) brings it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_carry_metadata_and_replay_back() {
+    let b = broker(config()).await;
+    let topic = unique("replay");
+    let dlq = format!("{topic}.dlq");
+    let mut sub = b
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new("g").max_deliveries(2))
+        .await
+        .unwrap();
+    assert_eq!(b.depth(&dlq, DEAD_LETTER_GROUP).await.unwrap(), Some(0));
+    assert_eq!(b.depth(&dlq, "no-such-group").await.unwrap(), None);
+    b.publisher().publish(&topic, event("bad")).await.unwrap();
+    for attempt in 1..=2 {
+        let d = recv(&mut sub).await;
+        assert_eq!(d.attempt(), attempt);
+        d.nack(None).await.unwrap();
+    }
+    expect_nothing(&mut sub, Duration::from_secs(2)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while dead_letter::depth(&b, &dlq).await.unwrap() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let report = dead_letter::replay(
+        &b.subscriber(),
+        &b.publisher(),
+        &dlq,
+        ReplayOptions::new().idle(Duration::from_secs(3)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.replayed, 1, "{report:?}");
+    let d = recv(&mut sub).await;
+    let e = d.event().unwrap();
+    assert_eq!(e.id(), "bad");
+    let meta = DeadLetterMetadata::from_event(e).expect("metadata");
+    assert_eq!(meta.reason, "retries-exhausted");
+    assert_eq!(meta.topic, topic);
+    assert_eq!(meta.group, "g");
+    assert_eq!(meta.replays, 1);
+    d.ack().await.unwrap();
+    assert_eq!(dead_letter::depth(&b, &dlq).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn point_to_point_queues_without_sns() {
+    let b = broker(SqsConfig {
+        topology: Topology::PointToPoint,
+        ..config()
+    })
+    .await;
+    assert!(!b.features().consumer_groups);
+    let queue = unique("jobs");
+    let mut a = b
+        .subscriber()
+        .subscribe(&queue, SubscribeOptions::new("a").prefetch(1))
+        .await
+        .unwrap();
+    let mut c = b
+        .subscriber()
+        .subscribe(&queue, SubscribeOptions::new("b").prefetch(1))
+        .await
+        .unwrap();
+    let events: Vec<Event> = (0..12).map(|n| event(&format!("j{n}"))).collect();
+    b.publisher().publish_batch(&queue, events).await.unwrap();
+    let mut seen = HashSet::new();
+    while seen.len() < 12 {
+        tokio::select! {
+            d = a.recv() => { let d = d.unwrap(); assert!(seen.insert(d.event().unwrap().id().to_owned())); d.ack().await.unwrap(); }
+            d = c.recv() => { let d = d.unwrap(); assert!(seen.insert(d.event().unwrap().id().to_owned())); d.ack().await.unwrap(); }
+            _ = tokio::time::sleep(WAIT) => panic!("only {} of 12 jobs arrived", seen.len()),
+        }
+    }
+    // Ordering on a plain queue needs a FIFO queue.
+    let err = b
+        .subscriber()
+        .subscribe(&queue, SubscribeOptions::new("a").ordered(true))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), SubscribeErrorKind::Unsupported, "{err}");
+    let fifo = format!("{}.fifo", unique("ordered"));
+    let mut o = b
+        .subscriber()
+        .subscribe(&fifo, SubscribeOptions::new("a").ordered(true))
+        .await
+        .unwrap();
+    let keyed: Vec<Event> = (0..5)
+        .map(|n| {
+            EventBuilder::new("urn:test", "test.event")
+                .id(format!("k{n}"))
+                .ordering_key("k")
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let receipts = b.publisher().publish_batch(&fifo, keyed).await.unwrap();
+    assert!(receipts.iter().all(|r| r.sequence_number.is_some()));
+    for n in 0..5 {
+        let d = recv(&mut o).await;
+        assert_eq!(d.event().unwrap().id(), format!("k{n}"));
+        d.ack().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_group_on_an_existing_standard_topic_is_refused() {
+    let b = broker(config()).await;
+    let topic = unique("std");
+    b.publisher().publish(&topic, event("x")).await.unwrap();
+    // A second broker (another process) finds the standard topic.
+    let other = broker(config()).await;
+    let err = other
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new("g").ordered(true))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), SubscribeErrorKind::Unsupported, "{err}");
+    assert!(err.to_string().contains("standard SNS topic"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_of_a_batch_settle_together_and_stay_settled() {
+    let b = broker(config()).await;
+    let topic = unique("acks");
+    let mut sub = b
+        .subscriber()
+        .subscribe(
+            &topic,
+            SubscribeOptions::new("g").ack_deadline(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap();
+    let events: Vec<Event> = (0..30).map(|n| event(&format!("a{n}"))).collect();
+    b.publisher().publish_batch(&topic, events).await.unwrap();
+    let mut n = 0;
+    while n < 30 {
+        let batch = tokio::time::timeout(WAIT, sub.recv_batch(10))
+            .await
+            .expect("batch")
+            .unwrap();
+        n += batch.len();
+        let results = futures_util::future::join_all(batch.into_iter().map(Delivery::ack)).await;
+        assert!(results.iter().all(Result::is_ok));
+    }
+    // Past the ack deadline nothing comes back: every delete took effect.
+    expect_nothing(&mut sub, Duration::from_secs(4)).await;
+    assert_eq!(b.depth(&topic, "g").await.unwrap(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn point_to_point_dead_letters_go_to_the_dead_letter_queue() {
+    let b = broker(SqsConfig {
+        topology: Topology::PointToPoint,
+        ..config()
+    })
+    .await;
+    let queue = unique("p2p-dlq");
+    let dlq = format!("{queue}.dlq");
+    let mut sub = b
+        .subscriber()
+        .subscribe(&queue, SubscribeOptions::new("w").max_deliveries(1))
+        .await
+        .unwrap();
+    b.publisher().publish(&queue, event("once")).await.unwrap();
+    let d = recv(&mut sub).await;
+    assert_eq!(d.attempt(), 1);
+    d.nack(None).await.unwrap();
+    expect_nothing(&mut sub, Duration::from_secs(2)).await;
+    let mut dead = b
+        .subscriber()
+        .subscribe(&dlq, SubscribeOptions::new("any"))
+        .await
+        .unwrap();
+    let d = recv(&mut dead).await;
+    let e = d.event().unwrap();
+    assert_eq!(e.id(), "once");
+    assert_eq!(DeadLetterMetadata::from_event(e).unwrap().topic, queue);
+    d.ack().await.unwrap();
+}
