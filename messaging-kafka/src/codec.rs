@@ -2,8 +2,6 @@
 //! header, structured mode as `application/cloudevents+json`; the message key is the
 //! `partitionkey` extension.
 
-use std::borrow::Cow;
-
 use messaging_core::codec::{Binding, ContentMode, EncodeError, Encoded};
 use messaging_core::event::PARTITION_KEY;
 use messaging_core::{DecodeError, Event, EventExt as _, RawMessage};
@@ -152,12 +150,4 @@ pub(crate) fn raw_headers(raw: &RawMessage, extra: &[(&str, &[u8])]) -> OwnedHea
 /// The key a raw message had (see [`raw`]).
 pub(crate) fn raw_key(raw: &RawMessage) -> Option<&[u8]> {
     raw.header("key")
-}
-
-/// An `Encoded`'s body, for sending.
-pub(crate) fn body<'a>(record: &'a Record<'_>) -> &'a [u8] {
-    match &record.encoded.body {
-        Cow::Borrowed(b) => b,
-        Cow::Owned(b) => b,
-    }
 }

@@ -210,7 +210,7 @@ impl KafkaPublisher {
             .send(
                 topic,
                 record.key,
-                codec::body(&record),
+                &record.encoded.body,
                 record.headers(&[]),
                 reports,
                 index,
@@ -244,12 +244,12 @@ impl Publisher for KafkaPublisher {
     async fn publish(&self, topic: &str, event: Event) -> Result<Receipt, PublishError> {
         self.check_open()?;
         self.shared.ensure_topics(&[topic]).await?;
-        let reports = Reports::new(1);
-        self.enqueue(topic, &event, &reports, 0).await?;
-        match reports.wait().await.pop().flatten() {
-            Some(result) => result.map_err(error::publish),
-            None => Err(PublishError::new(PublishErrorKind::Closed)),
-        }
+        let record = prepare(&self.shared, &event, self.shared.config.content_mode)?;
+        self.shared
+            .producer
+            .send_one(topic, record.key, &record.encoded.body, record.headers(&[]))
+            .await
+            .map_err(error::publish)
     }
 
     async fn publish_batch(

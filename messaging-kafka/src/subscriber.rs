@@ -86,7 +86,7 @@ struct Msg {
 /// A message as the poller decoded it, before it is matched to its partition.
 struct Read {
     payload: Result<Arc<Event>, DecodeError>,
-    topic: String,
+    topic: Arc<str>,
     partition: i32,
     offset: i64,
     attempt: u32,
@@ -178,7 +178,7 @@ struct Sub {
     ordered: bool,
     prefetch: usize,
     start: StartFrom,
-    retry_topics: Vec<(Duration, String)>,
+    retry_topics: Vec<(Duration, Arc<str>)>,
     state: Mutex<State>,
     settled: Condvar,
     tx: mpsc::UnboundedSender<KafkaDelivery>,
@@ -203,7 +203,18 @@ impl Sub {
     }
 
     fn is_retry_topic(&self, topic: &str) -> bool {
-        self.retry_topics.iter().any(|(_, t)| t == topic)
+        self.retry_topics.iter().any(|(_, t)| &**t == topic)
+    }
+
+    /// The subscription's own name for a topic it reads, and whether it is a retry topic.
+    fn known_topic(&self, topic: &str) -> Option<(Arc<str>, bool)> {
+        if *self.topic == *topic {
+            return Some((self.topic.clone(), false));
+        }
+        self.retry_topics
+            .iter()
+            .find(|(_, t)| &**t == topic)
+            .map(|(_, t)| (t.clone(), true))
     }
 
     /// Hands a message to the subscription; a closed channel drops it without requeueing.
@@ -252,9 +263,9 @@ impl Sub {
     }
 
     /// A message the poller read.
-    fn read(&self, m: &BorrowedMessage<'_>) -> Read {
+    fn read(&self, m: &BorrowedMessage<'_>) -> Option<Read> {
+        let (topic, retry) = self.known_topic(m.topic())?;
         let payload = codec::decode(&self.broker.binding, m).map(Arc::new);
-        let retry = self.is_retry_topic(m.topic());
         let (attempt, due) = if retry {
             let before = codec::int_header(m, ATTEMPT_HEADER).unwrap_or(0);
             (
@@ -264,14 +275,14 @@ impl Sub {
         } else {
             (1, None)
         };
-        Read {
+        Some(Read {
             payload,
-            topic: m.topic().to_owned(),
+            topic,
             partition: m.partition(),
             offset: m.offset(),
             attempt,
             due,
-        }
+        })
     }
 
     /// Messages the poller read, under one lock.
@@ -279,13 +290,6 @@ impl Sub {
         let now = now_ms();
         let mut st = self.lock();
         for r in reads.drain(..) {
-            let Some(topic) = st
-                .parts
-                .get_key_value(r.topic.as_str())
-                .map(|(k, _)| k.clone())
-            else {
-                continue;
-            };
             let Some(part) = st.part(&r.topic, r.partition) else {
                 continue;
             };
@@ -294,7 +298,7 @@ impl Sub {
             }
             let msg = Msg {
                 payload: r.payload,
-                topic,
+                topic: r.topic,
                 partition: r.partition,
                 offset: r.offset,
                 attempt: r.attempt,
@@ -638,7 +642,7 @@ impl Sub {
                     .map_err(|e| AckError::new(AckErrorKind::Unavailable).with_source(e))?;
                 let headers = record.headers(&extra);
                 producer
-                    .send_one(retry_topic, record.key, codec::body(&record), headers)
+                    .send_one(retry_topic, record.key, &record.encoded.body, headers)
                     .await
             }
             Err(decode) => {
@@ -704,7 +708,7 @@ fn poll_loop(consumer: BaseConsumer<Ctx>, sub: Arc<Sub>) {
         let mut timeout = POLL;
         while reads.len() < READ_BATCH {
             match consumer.poll(timeout) {
-                Some(Ok(m)) => reads.push(sub.read(&m)),
+                Some(Ok(m)) => reads.extend(sub.read(&m)),
                 Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
                     sub.status.send_replace(Status::Failed {
                         detail: format!("fatal consumer error: {code}"),
@@ -757,18 +761,18 @@ impl Subscriber for KafkaSubscriber {
         options.validate(&features)?;
         let config = &self.shared.config;
         let group = options.group();
-        let retry_topics: Vec<(Duration, String)> = if options.is_ordered() {
+        let retry_topics: Vec<(Duration, Arc<str>)> = if options.is_ordered() {
             Vec::new()
         } else {
             config
                 .retry_tiers
                 .iter()
-                .map(|t| (*t, retry_topic(topic, group, *t)))
+                .map(|t| (*t, Arc::from(retry_topic(topic, group, *t))))
                 .collect()
         };
-        let mut topics: Vec<String> = vec![topic.to_owned()];
-        topics.extend(retry_topics.iter().map(|(_, t)| t.clone()));
-        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let topics: Vec<&str> = std::iter::once(topic)
+            .chain(retry_topics.iter().map(|(_, t)| &**t))
+            .collect();
         self.shared.ensure_topics(&topics).await.map_err(|e| {
             SubscribeError::new(if e.is_transient() {
                 SubscribeErrorKind::Unavailable
