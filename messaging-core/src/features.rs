@@ -115,8 +115,26 @@ impl Features {
     }
 }
 
-/// What a consumer or test requires of a broker; see [`Features::check`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What a consumer or test requires of a broker; see [`Features::check`]. A consumer declares
+/// them with [`ConsumerBuilder::requires`](crate::runtime::ConsumerBuilder::requires) (or in a
+/// configuration file: the field names are the keys), and start-up fails naming the broker and
+/// every missing capability instead of degrading silently.
+///
+/// ```
+/// use messaging_core::{Features, Requirements};
+///
+/// let needs: Requirements = serde_json::from_value(serde_json::json!({
+///     "ordering": true, "delayed_redelivery": true, "payload": 65536
+/// }))?;
+/// let err = Features::new("example").check(&needs).unwrap_err();
+/// assert_eq!(
+///     err.to_string(),
+///     "broker \"example\" does not support per-key ordering, delayed redelivery"
+/// );
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Requirements {
     /// Per-key ordering.
     pub ordering: bool,
@@ -132,6 +150,11 @@ pub struct Requirements {
     pub extend_deadline: bool,
     /// Payloads of this many bytes.
     pub payload: Option<usize>,
+    /// Effects happen once per message: the consumer needs an idempotency layer
+    /// ([`build_idempotent`](crate::runtime::ConsumerBuilder::build_idempotent)) or broker
+    /// transactions. A broker alone cannot tell, so [`Features::check`] ignores this; the
+    /// consumer runtime checks it at start-up.
+    pub effectively_once: bool,
 }
 
 /// A requirement the broker cannot meet.

@@ -1045,3 +1045,60 @@ async fn the_runtime_declares_the_dead_letter_group_through_the_dyn_subscriber()
         "the dead-letter group exists"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn declared_requirements_fail_start_up_naming_broker_and_capability() {
+    use messaging_core::Requirements;
+    use messaging_core::runtime::RunError;
+
+    let broker = MemoryBroker::builder().max_payload(1024).build();
+    let needs = Requirements {
+        payload: Some(4096),
+        transactions: true,
+        effectively_once: true,
+        ..Requirements::default()
+    };
+    let ok = handler_fn(|_: Incoming| async { Ok::<(), HandlerError>(()) });
+    let consumer = Consumer::builder(
+        broker.subscriber(),
+        publisher(&broker),
+        "orders",
+        SubscribeOptions::new("g"),
+    )
+    .requires(needs.clone())
+    .build(ok.clone());
+    let Err(RunError::Subscribe(err)) = consumer.run(async {}).await else {
+        panic!("start-up must fail");
+    };
+    let shown = err.to_string();
+    for part in [
+        "\"memory\"",
+        "payloads of 4096 bytes (limit 1024)",
+        "transactions",
+        "idempotency layer",
+        "\"orders\"",
+    ] {
+        assert!(shown.contains(part), "{part} missing from: {shown}");
+    }
+    assert!(!err.is_transient());
+    assert!(
+        broker.group_stats("orders", "g").is_none(),
+        "nothing was subscribed"
+    );
+
+    // The same needs without the broker-level gaps, met by an idempotency layer.
+    let consumer = Consumer::builder(
+        broker.subscriber(),
+        publisher(&broker),
+        "orders",
+        SubscribeOptions::new("g"),
+    )
+    .requires(Requirements {
+        payload: Some(512),
+        effectively_once: true,
+        ..Requirements::default()
+    })
+    .build_idempotent(IdempotencyLayer::new(Arc::new(MemoryStore::new())), ok);
+    let report = consumer.run(async {}).await.unwrap();
+    assert_eq!(report.acked, 0);
+}

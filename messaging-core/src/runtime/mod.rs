@@ -65,6 +65,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::dynamic::DynPublisher;
+use crate::features::Requirements;
 use crate::handler::Incoming;
 use crate::middleware::idempotency::{IdempotencyLayer, IdempotencyStore, Idempotent};
 use crate::middleware::retry::{Retry, RetryLayer, RetryPolicy};
@@ -97,6 +98,7 @@ pub struct Consumer<Sub, Svc> {
     pub(crate) concurrency: usize,
     pub(crate) guarantee: Guarantee,
     pub(crate) drain_timeout: Duration,
+    pub(crate) requires: Requirements,
 }
 
 impl<Sub, Svc> std::fmt::Debug for Consumer<Sub, Svc> {
@@ -121,6 +123,7 @@ pub struct ConsumerBuilder<Sub> {
     concurrency: usize,
     guarantee: Guarantee,
     drain_timeout: Duration,
+    requires: Requirements,
 }
 
 impl<Sub> std::fmt::Debug for ConsumerBuilder<Sub> {
@@ -149,6 +152,7 @@ impl Consumer<(), ()> {
             concurrency: 1,
             guarantee: Guarantee::AtLeastOnce,
             drain_timeout: Duration::from_secs(30),
+            requires: Requirements::default(),
         }
     }
 }
@@ -181,6 +185,15 @@ impl<Sub: Subscriber> ConsumerBuilder<Sub> {
     #[must_use]
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
+        self
+    }
+
+    /// What this consumer needs of the broker. [`Consumer::run`] checks it before subscribing
+    /// and fails with [`SubscribeErrorKind::Unsupported`](crate::SubscribeErrorKind) naming
+    /// the broker and every missing capability; see [`Requirements`].
+    #[must_use]
+    pub fn requires(mut self, requirements: Requirements) -> Self {
+        self.requires = requirements;
         self
     }
 
@@ -225,6 +238,7 @@ impl<Sub: Subscriber> ConsumerBuilder<Sub> {
             concurrency: self.concurrency,
             guarantee: self.guarantee,
             drain_timeout: self.drain_timeout,
+            requires: self.requires,
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::delivery::Delivery;
 use crate::dynamic::DynPublisher;
 use crate::error::{ErrorKind as _, ReceiveErrorKind, SubscribeError, SubscribeErrorKind};
 use crate::event::EventExt;
-use crate::features::DelaySupport;
+use crate::features::{DelaySupport, Features, Unsupported};
 use crate::handler::{Incoming, Origin, Outcome};
 use crate::middleware::dead_letter::{self, DEAD_LETTER_GROUP};
 use crate::middleware::retry::RetryMode;
@@ -145,6 +145,40 @@ const HARD_STOP_GRACE: Duration = Duration::from_secs(5);
 /// Most deliveries taken from the subscription in one receive.
 const RECV_BATCH: usize = 64;
 
+impl<Sub, Svc> Consumer<Sub, Svc> {
+    /// The declared [`Requirements`] against the broker's features and this consumer's stack.
+    fn check_requirements(&self, features: &Features) -> Result<(), RunError> {
+        let mut missing = match features.check(&self.requires) {
+            Ok(()) => Vec::new(),
+            Err(unsupported) => unsupported.missing,
+        };
+        if self.requires.effectively_once
+            && self.guarantee != Guarantee::EffectivelyOnce
+            && !features.transactions
+        {
+            missing.push(
+                "effectively-once delivery without an idempotency layer (no broker transactions; \
+                 build the consumer with `build_idempotent`)"
+                    .to_owned(),
+            );
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(RunError::Subscribe(
+            SubscribeError::new(SubscribeErrorKind::Unsupported).with_detail(format!(
+                "consumer of {:?} (group {:?}) cannot start: {}",
+                self.topic,
+                self.options.group(),
+                Unsupported {
+                    broker: features.broker,
+                    missing,
+                }
+            )),
+        ))
+    }
+}
+
 impl<Sub, Svc> Consumer<Sub, Svc>
 where
     Sub: Subscriber,
@@ -161,6 +195,7 @@ where
         let prefetch = self.options.prefetch_limit().max(self.concurrency);
         let options = self.options.clone().prefetch(prefetch);
         options.validate(&features).map_err(RunError::Subscribe)?;
+        self.check_requirements(&features)?;
         self.policy.validate().map_err(|e| {
             RunError::Subscribe(
                 SubscribeError::new(SubscribeErrorKind::InvalidOptions).with_detail(e.to_string()),
