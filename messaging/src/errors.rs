@@ -1,0 +1,117 @@
+//! Errors of choosing and connecting a broker. None of them shows a password or secret key.
+
+use messaging_core::Unsupported;
+
+/// Bad configuration: a URL, an option, a configuration file or an environment override. Not
+/// transient: the same configuration fails again.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The broker URL does not parse.
+    #[error("invalid broker URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL, without password.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No broker has this scheme.
+    #[error(
+        "unknown broker scheme {scheme:?}: expected memory://, kafka://, kafkas://, amqp://, amqps:// or sqs://"
+    )]
+    UnknownScheme {
+        /// The scheme.
+        scheme: String,
+    },
+    /// The scheme names a broker whose adapter is not compiled in.
+    #[error(
+        "{scheme}:// needs the `{feature}` feature of the `messaging` crate, which this build does not have"
+    )]
+    NotCompiled {
+        /// The scheme.
+        scheme: String,
+        /// The cargo feature that adds it.
+        feature: &'static str,
+    },
+    /// An option has a value the broker cannot use.
+    #[error("option `{key}` of {broker} is {value:?}; expected {expected}")]
+    InvalidOption {
+        /// The broker.
+        broker: &'static str,
+        /// The option.
+        key: String,
+        /// Its value (`***` for secrets).
+        value: String,
+        /// What would be valid.
+        expected: String,
+    },
+    /// An option this broker does not know (a typo, or an option of another broker).
+    #[error("unknown option `{key}` for {broker}; known options: {known}")]
+    UnknownOption {
+        /// The broker.
+        broker: &'static str,
+        /// The option.
+        key: String,
+        /// The options it knows.
+        known: String,
+    },
+    /// The configuration file cannot be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The configuration (file plus environment overrides) does not have the expected shape.
+    #[error("invalid configuration{}: {message}", origin.as_ref().map(|o| format!(" in {o}")).unwrap_or_default())]
+    Invalid {
+        /// The file or environment variable it came from, if known.
+        origin: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Failure to choose, connect to or use a broker as configured.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The configuration is wrong; see [`ConfigError`].
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The broker cannot be reached, or refused the connection.
+    #[error("cannot connect to {broker} at {url}: {source}")]
+    Unreachable {
+        /// The broker.
+        broker: &'static str,
+        /// The URL, without secrets.
+        url: String,
+        /// Whether trying again later can succeed (the broker is down, rather than the
+        /// credentials or settings being refused).
+        transient: bool,
+        /// The client's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The broker lacks a capability the configuration requires (`requires:`).
+    #[error("{url}: {source}")]
+    Unsupported {
+        /// The URL, without secrets.
+        url: String,
+        /// The broker and every missing capability.
+        source: Unsupported,
+    },
+}
+
+impl ConnectError {
+    /// Whether trying again later can succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Unreachable {
+                transient: true,
+                ..
+            }
+        )
+    }
+}
