@@ -1,22 +1,22 @@
 //! Fan-out: one `order.created` stream, three subscription groups; every group gets every
-//! event. `cargo run -p messaging-examples --bin fan_out`
+//! event. `cargo run -p messaging-examples --bin fan_out` (any broker: `MESSAGING_URL`)
 
 use std::time::Duration;
 
-use messaging_core::{
+use messaging::{
     Delivery, EventBuilder, EventExt, Publisher, SubscribeOptions, Subscriber, Subscription,
 };
-use messaging_examples::OrderCreated;
-use messaging_testkit::MemoryBroker;
+use messaging_examples::{OrderCreated, broker, fresh};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let broker = MemoryBroker::new();
+    let broker = broker().await?;
+    let topic = fresh("orders");
     let mut groups = Vec::new();
     for group in ["billing", "shipping", "analytics"] {
         let sub = broker
             .subscriber()
-            .subscribe("orders", SubscribeOptions::new(group))
+            .subscribe(&topic, SubscribeOptions::new(group))
             .await?;
         groups.push((group, sub));
     }
@@ -29,7 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         publisher
             .publish(
-                "orders",
+                &topic,
                 EventBuilder::new("order-service", "order.created")
                     .json(&order)
                     .build()?,
@@ -39,14 +39,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (group, sub) in &mut groups {
         let mut seen = Vec::new();
         for _ in 0..3 {
-            let d = tokio::time::timeout(Duration::from_secs(5), sub.recv()).await??;
+            let d = tokio::time::timeout(Duration::from_secs(30), sub.recv()).await??;
             seen.push(d.event()?.data_json::<OrderCreated>()?.order_id);
             d.ack().await?;
         }
+        seen.sort();
         println!("{group:>9} got {}", seen.join(", "));
-        if seen.len() != 3 {
+        if seen != ["ORD-5678", "ORD-5679", "ORD-5680"] {
             return Err(format!("{group} missed events").into());
         }
+    }
+    for (_, sub) in &mut groups {
+        sub.close().await?;
     }
     Ok(())
 }

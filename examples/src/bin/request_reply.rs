@@ -1,19 +1,19 @@
 //! Request-reply: a pricing service answers quotes; a request nobody answers times out.
-//! `cargo run -p messaging-examples --bin request_reply`
+//! `cargo run -p messaging-examples --bin request_reply` (any broker: `MESSAGING_URL`)
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use messaging_core::handler::{HandlerError, Incoming, handler_fn};
-use messaging_core::request::{RequestError, Requester, reply};
-use messaging_core::runtime::Consumer;
-use messaging_core::{AttributesReader, DynPublisher, EventBuilder, EventExt, SubscribeOptions};
-use messaging_testkit::MemoryBroker;
+use messaging::handler::{HandlerError, Incoming, handler_fn};
+use messaging::request::{RequestError, Requester, reply};
+use messaging::{AttributesReader, EventBuilder, EventExt, SubscribeOptions, Subscriber};
+use messaging_examples::{broker, fresh};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let broker = MemoryBroker::new();
-    let publisher: Arc<dyn DynPublisher> = Arc::new(broker.publisher());
+    let broker = broker().await?;
+    let publisher = broker.publisher();
+    let requests = fresh("price-requests");
 
     // The responder: a consumer whose handler replies.
     let out = publisher.clone();
@@ -32,17 +32,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok::<(), HandlerError>(())
         }
     });
-    let server = Consumer::builder(
-        broker.subscriber(),
-        publisher.clone(),
-        "price-requests",
-        SubscribeOptions::new("pricing"),
-    )
-    .build(pricing);
+    // The pricing group exists before the first request, so none is published into the void.
+    broker
+        .subscriber()
+        .declare(&requests, SubscribeOptions::new("pricing"))
+        .await?;
+    let server = broker
+        .consumer(&requests, SubscribeOptions::new("pricing"))
+        .build(pricing);
     let stop = Arc::new(tokio::sync::Notify::new());
     let s = stop.clone();
     let server = tokio::spawn(server.run(async move { s.notified().await }));
-    tokio::time::sleep(Duration::from_millis(20)).await;
 
     let requester = Requester::start(&broker.subscriber(), publisher.clone()).await?;
     let question = EventBuilder::new("shop", "price.requested")
@@ -50,7 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     let id = question.id().to_owned();
     let answer = requester
-        .request("price-requests", question, Duration::from_secs(5))
+        .request(&requests, question, Duration::from_secs(30))
         .await?;
     println!(
         "request {id} answered: {} (causation {})",
@@ -62,7 +62,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .json(&"ORD-1")
         .build()?;
     match requester
-        .request("stock-requests", unanswered, Duration::from_millis(200))
+        .request(
+            &fresh("stock-requests"),
+            unanswered,
+            Duration::from_millis(500),
+        )
         .await
     {
         Err(RequestError::Timeout(after)) => {

@@ -1,29 +1,25 @@
 //! Retry with backoff, the dead-letter queue, and replay: a flaky dependency recovers within
 //! the retries; a bug sends orders to the DLQ; after the fix they are replayed.
-//! `cargo run -p messaging-examples --bin retry_dlq_replay`
+//! `cargo run -p messaging-examples --bin retry_dlq_replay` (any broker: `MESSAGING_URL`)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use messaging_core::handler::{HandlerError, Incoming, handler_fn};
-use messaging_core::middleware::dead_letter::{self, DeadLetterMetadata, ReplayOptions};
-use messaging_core::middleware::retry::RetryPolicy;
-use messaging_core::runtime::Consumer;
-use messaging_core::{
-    Delivery, DynPublisher, EventBuilder, Publisher, SubscribeOptions, Subscriber, Subscription,
-};
-use messaging_examples::OrderCreated;
-use messaging_testkit::MemoryBroker;
+use messaging::handler::{HandlerError, Incoming, handler_fn};
+use messaging::middleware::dead_letter::{self, DeadLetterMetadata, ReplayOptions};
+use messaging::middleware::retry::RetryPolicy;
+use messaging::{Delivery, EventBuilder, Publisher, SubscribeOptions, Subscriber, Subscription};
+use messaging_examples::{OrderCreated, broker, fresh, wait_until};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let broker = broker().await?;
+    let (topic, dlq) = (fresh("orders"), fresh("orders-dlq"));
     // The seed's policy, with shorter delays so the example runs in a second.
     let policy: RetryPolicy = serde_json::from_value(serde_json::json!({
-        "max_retries": 3, "backoff": "exponential", "initial_delay": "50ms", "max_delay": "1s", "dlq": "orders-dlq"
+        "max_retries": 3, "backoff": "exponential", "initial_delay": "50ms", "max_delay": "1s", "dlq": dlq
     }))?;
-    let broker = MemoryBroker::new();
-    let publisher: Arc<dyn DynPublisher> = Arc::new(broker.publisher());
     let flaky_calls = Arc::new(AtomicU32::new(0));
     let bug = Arc::new(AtomicBool::new(true));
     let billed = Arc::new(AtomicU32::new(0));
@@ -45,18 +41,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
     });
-    let consumer = Consumer::builder(
-        broker.subscriber(),
-        publisher.clone(),
-        "orders",
-        SubscribeOptions::new("billing"),
-    )
-    .retry(policy)
-    .build(handler);
+    // The group exists before the first order, so none is published into the void.
+    broker
+        .subscriber()
+        .declare(&topic, SubscribeOptions::new("billing"))
+        .await?;
+    let consumer = broker
+        .consumer(&topic, SubscribeOptions::new("billing"))
+        .retry(policy)
+        .build(handler);
     let stop = Arc::new(tokio::sync::Notify::new());
     let s = stop.clone();
     let run = tokio::spawn(consumer.run(async move { s.notified().await }));
-    tokio::time::sleep(Duration::from_millis(20)).await;
 
     for (id, currency) in [
         ("ORD-1", "USD"),
@@ -72,17 +68,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         broker
             .publisher()
             .publish(
-                "orders",
+                &topic,
                 EventBuilder::new("shop", "order.created")
                     .json(&order)
                     .build()?,
             )
             .await?;
     }
-    while billed.load(Ordering::SeqCst) < 2 || dead_letter::depth(&broker, "orders-dlq").await? < 2
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(
+        "two orders billed and two dead-lettered",
+        Duration::from_secs(60),
+        async || {
+            billed.load(Ordering::SeqCst) >= 2
+                && dead_letter::depth(&broker, &dlq).await.unwrap_or(0) >= 2
+        },
+    )
+    .await?;
     println!(
         "ORD-1 failed {} times, then succeeded on retry",
         flaky_calls.load(Ordering::SeqCst) - 1
@@ -90,19 +91,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "billed: {}, dead-letter depth: {}",
         billed.load(Ordering::SeqCst),
-        dead_letter::depth(&broker, "orders-dlq").await?
+        dead_letter::depth(&broker, &dlq).await?
     );
 
     // Inspect without removing: peek at the DLQ's metadata.
     let mut peek = broker
         .subscriber()
-        .subscribe(
-            "orders-dlq",
-            SubscribeOptions::new(dead_letter::DEAD_LETTER_GROUP),
-        )
+        .subscribe(&dlq, SubscribeOptions::new(dead_letter::DEAD_LETTER_GROUP))
         .await?;
     for _ in 0..2 {
-        let d = peek.recv().await?;
+        let d = tokio::time::timeout(Duration::from_secs(30), peek.recv()).await??;
         let m = DeadLetterMetadata::from_event(d.event()?).ok_or("no metadata")?;
         println!(
             "  dead letter: reason={} attempts={} from {}/{}: {}",
@@ -117,22 +115,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let report = dead_letter::replay(
         &broker.subscriber(),
         &broker.publisher(),
-        "orders-dlq",
-        ReplayOptions::new().idle(Duration::from_millis(200)),
+        &dlq,
+        ReplayOptions::new().limit(2).idle(Duration::from_secs(10)),
     )
     .await?;
-    while billed.load(Ordering::SeqCst) < 4 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(
+        "the replayed orders billed",
+        Duration::from_secs(60),
+        async || billed.load(Ordering::SeqCst) >= 4,
+    )
+    .await?;
+    // The replay's acks reach the broker before the depth says zero.
+    wait_until(
+        "the dead-letter queue to drain",
+        Duration::from_secs(30),
+        async || dead_letter::depth(&broker, &dlq).await.ok() == Some(0),
+    )
+    .await?;
     println!(
         "replayed {} dead letters; billed: {}, dead-letter depth: {}",
         report.replayed,
         billed.load(Ordering::SeqCst),
-        dead_letter::depth(&broker, "orders-dlq").await?
+        dead_letter::depth(&broker, &dlq).await?
     );
     stop.notify_waiters();
     run.await??;
-    if report.replayed != 2 || dead_letter::depth(&broker, "orders-dlq").await? != 0 {
+    if report.replayed != 2 || dead_letter::depth(&broker, &dlq).await? != 0 {
         return Err("replay did not empty the dead-letter queue".into());
     }
     Ok(())
