@@ -454,15 +454,23 @@ async fn replay_delivers_dead_letters_again_with_history() {
         3,
         "a dry run moves nothing"
     );
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let progress = seen.clone();
     let report = dead_letter::replay(
         &broker.subscriber(),
         &broker.publisher(),
         "orders.dlq",
-        ReplayOptions::new().filter(|e| e.id() != "e2").limit(5),
+        ReplayOptions::new()
+            .filter(|e| e.id() != "e2")
+            .limit(5)
+            .on_progress(move |r| progress.lock().unwrap().push((r.replayed, r.skipped))),
     )
     .await
     .unwrap();
     assert_eq!((report.replayed, report.skipped), (2, 1));
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "one progress call per message: {seen:?}");
+    assert_eq!(seen.last(), Some(&(2, 1)));
     run.await.unwrap().unwrap();
     let handled = handled.lock().unwrap().clone();
     let mut ids: Vec<&str> = handled.iter().map(|e| e.id()).collect();

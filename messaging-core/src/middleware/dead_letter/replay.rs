@@ -16,6 +16,7 @@ use crate::subscriber::{SubscribeOptions, Subscriber, Subscription};
 const HOLD_MAX: usize = 10_000;
 
 type Filter = Arc<dyn Fn(&Event) -> bool + Send + Sync>;
+type Progress = Arc<dyn Fn(&ReplayReport) + Send + Sync>;
 
 /// What to replay, and where to.
 #[derive(Clone)]
@@ -25,6 +26,7 @@ pub struct ReplayOptions {
     filter: Option<Filter>,
     idle: Duration,
     dry_run: bool,
+    progress: Option<Progress>,
 }
 
 impl fmt::Debug for ReplayOptions {
@@ -35,6 +37,7 @@ impl fmt::Debug for ReplayOptions {
             .field("filter", &self.filter.is_some())
             .field("idle", &self.idle)
             .field("dry_run", &self.dry_run)
+            .field("progress", &self.progress.is_some())
             .finish()
     }
 }
@@ -47,6 +50,7 @@ impl Default for ReplayOptions {
             filter: None,
             idle: Duration::from_secs(2),
             dry_run: false,
+            progress: None,
         }
     }
 }
@@ -82,6 +86,13 @@ impl ReplayOptions {
     #[must_use]
     pub fn idle(mut self, idle: Duration) -> Self {
         self.idle = idle;
+        self
+    }
+
+    /// Calls `progress` with the counts so far after each message (for a progress bar).
+    #[must_use]
+    pub fn on_progress(mut self, progress: impl Fn(&ReplayReport) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(progress));
         self
     }
 
@@ -163,6 +174,11 @@ where
         .map_err(ReplayError::Subscribe)?;
     let mut held = Vec::new();
     let mut report = ReplayReport::default();
+    let tick = |report: &ReplayReport| {
+        if let Some(progress) = &options.progress {
+            progress(report);
+        }
+    };
     let result = loop {
         if options.limit.is_some_and(|l| report.replayed >= l) {
             break Ok(());
@@ -174,6 +190,7 @@ where
         };
         let Ok(event) = d.payload() else {
             report.skipped += 1;
+            tick(&report);
             held.push(d);
             continue;
         };
@@ -185,17 +202,20 @@ where
             .filter(|t| !t.is_empty());
         let (true, Some(target)) = (wanted, target) else {
             report.skipped += 1;
+            tick(&report);
             held.push(d);
             continue;
         };
         if options.dry_run {
             report.replayed += 1;
+            tick(&report);
             held.push(d);
             continue;
         }
         match publisher.publish(&target, replayed_event(event)).await {
             Ok(_) => {
                 report.replayed += 1;
+                tick(&report);
                 if let Err(e) = d.ack().await {
                     // Published but still in the dead-letter topic: a later replay would
                     // publish it again. Say so; the consumer's idempotency absorbs it.
