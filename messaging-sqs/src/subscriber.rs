@@ -119,8 +119,10 @@ impl Subscriber for SqsSubscriber {
             dead_letter: group.dead_letter.clone(),
             group: options.group().to_owned(),
         };
-        tokio::spawn(poller.run());
+        let poller = tokio::spawn(poller.run());
         Ok(SqsSubscription {
+            poller: Some(poller),
+            wait_time: self.shared.config.wait_time.min(Duration::from_secs(20)),
             sub,
             rx,
             buffer: VecDeque::new(),
@@ -486,6 +488,10 @@ pub struct SqsSubscription {
     start: Option<oneshot::Sender<()>>,
     closed: bool,
     fifo: bool,
+    /// The poller; `close` waits for it, so a receive in flight at close has given back
+    /// what it got before `close` returns.
+    poller: Option<tokio::task::JoinHandle<()>>,
+    wait_time: Duration,
 }
 
 impl std::fmt::Debug for SqsSubscription {
@@ -590,6 +596,13 @@ impl Subscription for SqsSubscription {
         }
         let receipts = self.stop();
         release(self.sub.shared.clone(), self.sub.url.clone(), receipts).await;
+        // A long poll in flight returns within the wait time; what it got goes straight back.
+        if let Some(poller) = self.poller.take() {
+            let bound = self.wait_time + Duration::from_secs(10);
+            if tokio::time::timeout(bound, poller).await.is_err() {
+                tracing::debug!(queue = %self.sub.url, "poller still busy after close");
+            }
+        }
         Ok(())
     }
 }

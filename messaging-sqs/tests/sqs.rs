@@ -502,3 +502,72 @@ async fn point_to_point_dead_letters_go_to_the_dead_letter_queue() {
     assert_eq!(DeadLetterMetadata::from_event(e).unwrap().topic, queue);
     d.ack().await.unwrap();
 }
+
+/// A receive in flight when the subscription closes gives back what it got before `close`
+/// returns, so a process that exits right after closing strands nothing until its visibility
+/// timeout (the `messaging dlq inspect` case: peek, nack, close, exit). Each round runs on its
+/// own runtime, dropped right after `close` as a process exit would.
+#[test]
+fn close_waits_for_the_receive_in_flight_and_gives_its_messages_back() {
+    let rt = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let topic = unique("close");
+    let options = SubscribeOptions::new("g")
+        .prefetch(2)
+        .ack_deadline(Duration::from_secs(60));
+    let url = rt().block_on(async {
+        let broker = broker(config()).await;
+        broker
+            .subscriber()
+            .declare(&topic, options.clone())
+            .await
+            .unwrap();
+        let ids: Vec<String> = (0..2).map(|i| format!("c{i}")).collect();
+        broker
+            .publisher()
+            .publish_batch(&topic, ids.iter().map(|i| event(i)).collect())
+            .await
+            .unwrap();
+        broker.queue_url(&topic, "g").await.unwrap().expect("queue")
+    });
+    for round in 0..5 {
+        rt().block_on(async {
+            let broker = broker(config()).await;
+            let mut sub = broker
+                .subscriber()
+                .subscribe(&topic, options.clone())
+                .await
+                .unwrap();
+            // Peek at both and give them back: each nack frees a permit, so the poller
+            // receives again at once, racing the close.
+            let (a, b) = (recv(&mut sub).await, recv(&mut sub).await);
+            a.nack(None).await.unwrap();
+            b.nack(None).await.unwrap();
+            sub.close().await.unwrap();
+        });
+        let hidden = rt().block_on(async {
+            let name =
+                aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible;
+            let broker = broker(config()).await;
+            let attrs = broker
+                .sqs()
+                .get_queue_attributes()
+                .queue_url(&url)
+                .attribute_names(name.clone())
+                .send()
+                .await
+                .unwrap();
+            attrs.attributes().and_then(|a| a.get(&name)).cloned()
+        });
+        assert_eq!(
+            hidden.as_deref(),
+            Some("0"),
+            "round {round}: messages left invisible after close"
+        );
+    }
+}

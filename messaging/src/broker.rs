@@ -266,6 +266,42 @@ impl Kind {
     }
 }
 
+/// Fails fast when none of `hosts` (comma-separated `host[:port]`) accepts a TCP connection,
+/// rather than letting a client retry until its own timeout.
+#[cfg(any(feature = "kafka", feature = "rabbitmq"))]
+async fn probe_tcp(
+    broker: &'static str,
+    url: &BrokerUrl,
+    default_port: u16,
+) -> Result<(), ConnectError> {
+    let mut last = None;
+    for host in url
+        .hosts()
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+    {
+        let has_port = host.rsplit_once(':').is_some_and(|(h, p)| {
+            !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with('[')
+        }) && !host.ends_with(']');
+        let addr = if has_port {
+            host.to_owned()
+        } else {
+            format!("{host}:{default_port}")
+        };
+        match tokio::net::TcpStream::connect(&addr).await {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(format!("{addr}: {e}")),
+        }
+    }
+    Err(ConnectError::Unreachable {
+        broker,
+        url: url.to_string(),
+        transient: true,
+        source: last.unwrap_or_else(|| "no host given".into()).into(),
+    })
+}
+
 /// The broker a scheme names, for messages.
 fn scheme_name(scheme: &str) -> &'static str {
     match scheme {
@@ -437,6 +473,7 @@ async fn kafka(
         c = c.property(k, v);
     }
     o.finish(KAFKA_OPTIONS)?;
+    probe_tcp("kafka", url, 9092).await?;
     KafkaBroker::connect(c)
         .await
         .map_err(|e| ConnectError::Unreachable {
@@ -497,6 +534,8 @@ async fn rabbitmq(
     let lapin_keys: Vec<String> = url.query().iter().map(|(k, _)| k.clone()).collect();
     o.drain(|k| lapin_keys.iter().any(|l| l == k));
     o.finish(RABBIT_OPTIONS)?;
+    let port = if url.scheme() == "amqps" { 5671 } else { 5672 };
+    probe_tcp("rabbitmq", url, port).await?;
     RabbitBroker::connect(c)
         .await
         .map_err(|e| ConnectError::Unreachable {

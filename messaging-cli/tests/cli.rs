@@ -1,0 +1,515 @@
+//! The `messaging` CLI publishes, tails, inspects, replays, reads lag and makes requests on
+//! every broker. Real brokers run the built binary (`scripts/brokers/*.sh` start them; a
+//! broker that is down fails its test with the CLI's connection error); the in-memory broker,
+//! which lives in one process, runs the same scenario through `main_with` on a named
+//! `memory://` broker shared with the test.
+
+use std::collections::HashSet;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use messaging::handler::{HandlerError, Incoming, handler_fn};
+use messaging::middleware::dead_letter::DeadLetterMetadata;
+use messaging::middleware::retry::RetryPolicy;
+use messaging::request::reply;
+use messaging::{
+    AttributesReader, Broker, Delivery, Event, EventBuilder, EventExt, SubscribeOptions,
+    Subscriber, Subscription,
+};
+
+struct Output {
+    code: u8,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// How the scenario runs the CLI: the binary, or in-process for the in-memory broker.
+#[derive(Clone)]
+enum Cli {
+    Binary(String),
+    InProcess(String),
+}
+
+impl Cli {
+    async fn run(&self, args: &[&str], stdin: &str) -> Output {
+        match self {
+            Cli::Binary(url) => {
+                let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_messaging"));
+                cmd.arg("--url")
+                    .arg(url)
+                    .args(args)
+                    .env_remove("MESSAGING_URL")
+                    .env_remove("MESSAGING_CONFIG")
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
+                let stdin = stdin.to_owned();
+                tokio::task::spawn_blocking(move || {
+                    let mut child = cmd.spawn().expect("the CLI starts");
+                    let mut input = child.stdin.take().expect("piped");
+                    std::io::Write::write_all(&mut input, stdin.as_bytes()).unwrap();
+                    drop(input);
+                    let out = child.wait_with_output().unwrap();
+                    Output {
+                        code: out.status.code().map_or(255, |c| c as u8),
+                        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                    }
+                })
+                .await
+                .unwrap()
+            }
+            Cli::InProcess(url) => {
+                let mut argv = vec!["messaging", "--url", url.as_str()];
+                argv.extend_from_slice(args);
+                let (mut out, mut err) = (Vec::new(), Vec::new());
+                let code = messaging_cli::main_with(
+                    argv.into_iter().map(Into::into),
+                    &mut stdin.as_bytes(),
+                    &mut out,
+                    &mut err,
+                )
+                .await;
+                Output {
+                    code,
+                    stdout: String::from_utf8_lossy(&out).into_owned(),
+                    stderr: String::from_utf8_lossy(&err).into_owned(),
+                }
+            }
+        }
+    }
+
+    async fn ok(&self, args: &[&str], stdin: &str) -> Output {
+        let out = self.run(args, stdin).await;
+        assert_eq!(out.code, 0, "messaging {args:?}: {out:?}");
+        out
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn events(stdout: &str) -> Vec<Event> {
+    stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Event>(l)
+                .unwrap_or_else(|e| panic!("not CloudEvents JSON ({e}): {l}"))
+        })
+        .collect()
+}
+
+/// Waits until `cli lag` reports `want` for the group.
+async fn lag_becomes(cli: &Cli, topic: &str, group: &str, want: u64) {
+    let mut last = None;
+    for _ in 0..60 {
+        let out = cli.run(&["lag", topic, "--group", group], "").await;
+        if out.code == 0 && out.stdout.lines().next() == Some(&format!("{topic}\t{group}\t{want}"))
+        {
+            return;
+        }
+        last = Some(out);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("lag of {topic}/{group} never became {want}: {last:?}");
+}
+
+async fn scenario(broker: Broker, cli: Cli) {
+    // --- publish (flags and stdin) and tail
+    let topic = unique("cli");
+    broker
+        .subscriber()
+        .declare(&topic, SubscribeOptions::new("tail"))
+        .await
+        .unwrap();
+    let out = cli
+        .ok(
+            &[
+                "publish",
+                &topic,
+                "--type",
+                "order.created",
+                "--source",
+                "shop",
+                "--key",
+                "ORD-1",
+                "--data",
+                r#"{"orderId":"ORD-1","amount":99.99}"#,
+                "--extension",
+                "tenant=acme",
+            ],
+            "",
+        )
+        .await;
+    let first_id = out.stdout.trim().to_owned();
+    assert!(!first_id.is_empty(), "{out:?}");
+    let stdin = concat!(
+        r#"{"specversion":"1.0","id":"in-1","source":"batch","type":"order.created","datacontenttype":"application/json","data":{"orderId":"ORD-2"}}"#,
+        "\n",
+        r#"{"specversion":"1.0","id":"in-2","source":"batch","type":"order.cancelled","data":{"orderId":"ORD-3"}}"#,
+        "\n"
+    );
+    let out = cli
+        .ok(&["publish", &topic, "--mode", "structured"], stdin)
+        .await;
+    assert_eq!(out.stdout.lines().collect::<Vec<_>>(), ["in-1", "in-2"]);
+
+    let out = cli
+        .ok(
+            &[
+                "consume",
+                &topic,
+                "--group",
+                "tail",
+                "--max",
+                "3",
+                "--timeout",
+                "60s",
+            ],
+            "",
+        )
+        .await;
+    let got = events(&out.stdout);
+    let ids: HashSet<&str> = got.iter().map(|e| e.id()).collect();
+    assert_eq!(ids, HashSet::from([first_id.as_str(), "in-1", "in-2"]));
+    let first = got.iter().find(|e| e.id() == first_id).unwrap();
+    assert_eq!(first.ty(), "order.created");
+    assert_eq!(first.ordering_key(), Some("ORD-1"));
+    assert_eq!(first.extension_str("tenant"), Some("acme"));
+    let data: serde_json::Value = first.data_json().unwrap();
+    assert_eq!(data["orderId"], "ORD-1");
+    lag_becomes(&cli, &topic, "tail", 0).await;
+
+    // --- dead letters: a consumer that rejects every order
+    let orders = unique("cli-orders");
+    let dlq = format!("{orders}.dlq");
+    for group in ["billing", "audit"] {
+        broker
+            .subscriber()
+            .declare(&orders, SubscribeOptions::new(group))
+            .await
+            .unwrap();
+    }
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let s = stop.clone();
+    let consumer = broker
+        .consumer(&orders, SubscribeOptions::new("billing"))
+        .retry(RetryPolicy {
+            max_retries: 0,
+            ..RetryPolicy::default()
+        })
+        .build(handler_fn(|_: Incoming| async {
+            Err::<(), _>(HandlerError::permanent("unsupported currency XXX"))
+        }));
+    let run = tokio::spawn(consumer.run(async move { s.notified().await }));
+    for n in 1..=2 {
+        cli.ok(
+            &[
+                "publish",
+                &orders,
+                "--type",
+                "order.created",
+                "--id",
+                &format!("bad-{n}"),
+                "--data",
+                "{}",
+            ],
+            "",
+        )
+        .await;
+    }
+    let mut depth = String::new();
+    for _ in 0..120 {
+        depth = cli.ok(&["dlq", "depth", &dlq], "").await.stdout;
+        if depth.trim() == "2" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(depth.trim(), "2");
+    stop.notify_waiters();
+    run.await.unwrap().unwrap();
+
+    let alert = cli
+        .run(&["dlq", "depth", &dlq, "--fail-above", "0"], "")
+        .await;
+    assert_eq!(alert.code, 5, "{alert:?}");
+    assert!(alert.stderr.contains("2 dead letters"), "{alert:?}");
+
+    let table = cli
+        .ok(
+            &["dlq", "inspect", &dlq, "--max", "2", "--timeout", "60s"],
+            "",
+        )
+        .await
+        .stdout;
+    let rows: Vec<&str> = table.lines().collect();
+    assert!(
+        rows[0].starts_with("ID") && rows[0].contains("REASON"),
+        "{table}"
+    );
+    assert_eq!(rows.len(), 3, "{table}");
+    for row in &rows[1..] {
+        assert!(row.starts_with("bad-"), "{table}");
+        assert!(row.contains("permanent-failure"), "{table}");
+        assert!(row.contains(&format!("{orders}/billing")), "{table}");
+        assert!(row.contains("unsupported currency XXX"), "{table}");
+    }
+    let inspected = cli
+        .ok(&["dlq", "inspect", &dlq, "--json", "--timeout", "5s"], "")
+        .await;
+    assert_eq!(events(&inspected.stdout).len(), 2, "{inspected:?}");
+    for e in events(&inspected.stdout) {
+        let m = DeadLetterMetadata::from_event(&e).expect("dead-letter metadata");
+        assert_eq!(m.reason, "permanent-failure");
+    }
+    assert_eq!(cli.ok(&["dlq", "depth", &dlq], "").await.stdout.trim(), "2");
+
+    let dry = cli
+        .ok(
+            &[
+                "dlq",
+                "replay",
+                &dlq,
+                "--dry-run",
+                "--limit",
+                "2",
+                "--idle",
+                "60s",
+            ],
+            "",
+        )
+        .await;
+    assert!(
+        dry.stdout.starts_with("would replay 2, 0 skipped"),
+        "{dry:?}"
+    );
+    let none = cli
+        .ok(
+            &[
+                "dlq",
+                "replay",
+                &dlq,
+                "--type",
+                "order.shipped",
+                "--idle",
+                "5s",
+            ],
+            "",
+        )
+        .await;
+    assert!(none.stdout.starts_with("replayed 0, 2 skipped"), "{none:?}");
+    let one = cli
+        .ok(
+            &[
+                "dlq", "replay", &dlq, "--id", "bad-2", "--limit", "1", "--idle", "60s",
+            ],
+            "",
+        )
+        .await;
+    assert!(one.stdout.starts_with("replayed 1,"), "{one:?}");
+    for _ in 0..60 {
+        if cli.ok(&["dlq", "depth", &dlq], "").await.stdout.trim() == "1" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(cli.ok(&["dlq", "depth", &dlq], "").await.stdout.trim(), "1");
+    // The replayed order is back on its topic, with its history.
+    let mut audit = broker
+        .subscriber()
+        .subscribe(&orders, SubscribeOptions::new("audit"))
+        .await
+        .unwrap();
+    let mut replayed = None;
+    for _ in 0..3 {
+        let d = tokio::time::timeout(Duration::from_secs(60), audit.recv())
+            .await
+            .expect("audit group gets the orders")
+            .unwrap();
+        let e = d.event().unwrap().clone();
+        d.ack().await.unwrap();
+        if let Some(m) = DeadLetterMetadata::from_event(&e) {
+            replayed = Some((e.id().to_owned(), m.replays));
+        }
+    }
+    assert_eq!(replayed, Some(("bad-2".to_owned(), 1)));
+    audit.close().await.unwrap();
+
+    // --- request-reply
+    let prices = unique("cli-prices");
+    broker
+        .subscriber()
+        .declare(&prices, SubscribeOptions::new("pricing"))
+        .await
+        .unwrap();
+    let publisher = broker.publisher();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let s = stop.clone();
+    let answered = Arc::new(AtomicBool::new(false));
+    let a = answered.clone();
+    let server = broker
+        .consumer(&prices, SubscribeOptions::new("pricing"))
+        .build(handler_fn(move |msg: Incoming| {
+            let (out, answered) = (publisher.clone(), a.clone());
+            async move {
+                let sku: String = msg.data()?;
+                reply(
+                    &*out,
+                    msg.event(),
+                    EventBuilder::new("pricing", "price.quoted")
+                        .json(&serde_json::json!({"sku": sku, "price": 99.99})),
+                )
+                .await
+                .map_err(HandlerError::transient)?;
+                answered.store(true, Ordering::SeqCst);
+                Ok::<(), HandlerError>(())
+            }
+        }));
+    let server = tokio::spawn(server.run(async move { s.notified().await }));
+    let out = cli
+        .ok(
+            &[
+                "request",
+                &prices,
+                "--type",
+                "price.requested",
+                "--data",
+                r#""ORD-5678""#,
+                "--timeout",
+                "60s",
+            ],
+            "",
+        )
+        .await;
+    let answer = &events(&out.stdout)[0];
+    assert_eq!(answer.ty(), "price.quoted");
+    let data: serde_json::Value = answer.data_json().unwrap();
+    assert_eq!(data["sku"], "ORD-5678");
+    assert!(answered.load(Ordering::SeqCst));
+    stop.notify_waiters();
+    server.await.unwrap().unwrap();
+
+    let unanswered = cli
+        .run(
+            &[
+                "request",
+                &unique("cli-nobody"),
+                "--type",
+                "stock.requested",
+                "--timeout",
+                "1s",
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(unanswered.code, 4, "{unanswered:?}");
+}
+
+fn url(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+async fn on_real_broker(url: String) {
+    let broker = Broker::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("broker must be running (scripts/brokers): {e}"));
+    scenario(broker, Cli::Binary(url)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory() {
+    let url = unique("memory://cli");
+    let broker = Broker::connect(&url).await.unwrap();
+    scenario(broker, Cli::InProcess(url)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka() {
+    on_real_broker(url(
+        "MESSAGING_TEST_KAFKA_URL",
+        "kafka://127.0.0.1:9092?commit_metadata=false",
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq() {
+    on_real_broker(url(
+        "MESSAGING_TEST_AMQP_URL",
+        "amqp://guest:guest@127.0.0.1:5672/%2f?queue_expires=120s",
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs() {
+    on_real_broker(url(
+        "MESSAGING_TEST_SQS_URL",
+        "sqs://?endpoint=http://127.0.0.1:4566&region=us-east-1&wait_time=1s&retention=60s",
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn bad_input_and_unreachable_brokers_have_clear_errors_and_exit_codes() {
+    let cli = Cli::Binary("memory://".into());
+    let malformed = cli
+        .run(&["publish", "t"], "{\"specversion\": \"1.0\", oops}\n")
+        .await;
+    assert_eq!(malformed.code, 2, "{malformed:?}");
+    assert!(
+        malformed
+            .stderr
+            .contains("stdin line 1 is not a CloudEvent"),
+        "{malformed:?}"
+    );
+    let nothing = cli.run(&["publish", "t"], "").await;
+    assert_eq!(nothing.code, 2, "{nothing:?}");
+    let bad_data = cli
+        .run(&["publish", "t", "--type", "x", "--data", "{nope"], "")
+        .await;
+    assert_eq!(bad_data.code, 2, "{bad_data:?}");
+    assert!(
+        bad_data.stderr.contains("--data is not valid JSON"),
+        "{bad_data:?}"
+    );
+
+    let bad_url = Cli::Binary("rabbit://localhost".into())
+        .run(&["lag", "t", "--group", "g"], "")
+        .await;
+    assert_eq!(bad_url.code, 2, "{bad_url:?}");
+    assert!(
+        bad_url.stderr.contains("unknown broker scheme \"rabbit\""),
+        "{bad_url:?}"
+    );
+
+    for url in [
+        "amqp://guest:hunter2@127.0.0.1:1/%2f",
+        "kafka://127.0.0.1:1",
+        "sqs://?endpoint=http://127.0.0.1:1&call_timeout=3s",
+    ] {
+        let down = Cli::Binary(url.into())
+            .run(&["dlq", "depth", "orders.dlq"], "")
+            .await;
+        assert_eq!(down.code, 3, "{url}: {down:?}");
+        assert!(down.stderr.contains("cannot connect to"), "{url}: {down:?}");
+        assert!(!down.stderr.contains("hunter2"), "{url}: {down:?}");
+    }
+
+    let usage = cli.run(&["consume", "t"], "").await;
+    assert_eq!(usage.code, 2, "--group is required: {usage:?}");
+}
