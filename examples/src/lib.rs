@@ -54,3 +54,34 @@ pub async fn wait_until(
     }
     Ok(())
 }
+
+/// A shutdown switch for consumers: [`stop`](Self::stop) ends every [`signal`](Self::signal)
+/// future, also one first polled after the stop (a consumer still joining its group then).
+#[derive(Debug, Clone)]
+pub struct Shutdown(tokio::sync::watch::Sender<bool>);
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self(tokio::sync::watch::Sender::new(false))
+    }
+}
+
+impl Shutdown {
+    /// A switch not yet thrown.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Completes once [`stop`](Self::stop) was called.
+    pub fn signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.subscribe();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    }
+
+    /// Throws the switch.
+    pub fn stop(&self) {
+        self.0.send_replace(true);
+    }
+}

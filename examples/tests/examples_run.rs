@@ -27,6 +27,9 @@ fn url(broker: &str) -> Option<String> {
     Some(std::env::var(var).unwrap_or_else(|_| default.to_owned()))
 }
 
+/// Longest an example may run.
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(180);
+
 fn run(exe: &str, broker: &str) {
     let mut cmd = Command::new(exe);
     cmd.env_remove("MESSAGING_URL")
@@ -34,8 +37,27 @@ fn run(exe: &str, broker: &str) {
     if let Some(url) = url(broker) {
         cmd.env("MESSAGING_URL", url);
     }
-    let out = cmd.output().expect("example starts");
+    // Bounded: an example that hangs is killed and fails, with what it printed.
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("example starts");
+    let started = std::time::Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > LIMIT {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
     let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        started.elapsed() <= LIMIT,
+        "{exe} on {broker} still running after {LIMIT:?}, killed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         out.status.success(),
         "{exe} on {broker} failed:\n{stdout}\n{}",

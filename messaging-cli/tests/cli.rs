@@ -98,6 +98,18 @@ impl Cli {
     }
 }
 
+/// A stop switch and the shutdown future it ends (also when first polled after the stop, as
+/// by a consumer still joining its group; `Notify::notify_waiters` would miss that one).
+fn shutdown() -> (
+    tokio::sync::watch::Sender<bool>,
+    impl Future<Output = ()> + Send + 'static,
+) {
+    let (tx, mut rx) = tokio::sync::watch::channel(false);
+    (tx, async move {
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    })
+}
+
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
@@ -203,8 +215,7 @@ async fn scenario(broker: Broker, cli: Cli) {
             .await
             .unwrap();
     }
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let s = stop.clone();
+    let (stop, s) = shutdown();
     let consumer = broker
         .consumer(&orders, SubscribeOptions::new("billing"))
         .retry(RetryPolicy {
@@ -214,7 +225,7 @@ async fn scenario(broker: Broker, cli: Cli) {
         .build(handler_fn(|_: Incoming| async {
             Err::<(), _>(HandlerError::permanent("unsupported currency XXX"))
         }));
-    let run = tokio::spawn(consumer.run(async move { s.notified().await }));
+    let run = tokio::spawn(consumer.run(s));
     for n in 1..=2 {
         cli.ok(
             &[
@@ -240,7 +251,7 @@ async fn scenario(broker: Broker, cli: Cli) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(depth.trim(), "2");
-    stop.notify_waiters();
+    stop.send_replace(true);
     run.await.unwrap().unwrap();
 
     let alert = cli
@@ -357,8 +368,7 @@ async fn scenario(broker: Broker, cli: Cli) {
         .await
         .unwrap();
     let publisher = broker.publisher();
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let s = stop.clone();
+    let (stop, s) = shutdown();
     let answered = Arc::new(AtomicBool::new(false));
     let a = answered.clone();
     let server = broker
@@ -379,7 +389,7 @@ async fn scenario(broker: Broker, cli: Cli) {
                 Ok::<(), HandlerError>(())
             }
         }));
-    let server = tokio::spawn(server.run(async move { s.notified().await }));
+    let server = tokio::spawn(server.run(s));
     let out = cli
         .ok(
             &[
@@ -400,7 +410,7 @@ async fn scenario(broker: Broker, cli: Cli) {
     let data: serde_json::Value = answer.data_json().unwrap();
     assert_eq!(data["sku"], "ORD-5678");
     assert!(answered.load(Ordering::SeqCst));
-    stop.notify_waiters();
+    stop.send_replace(true);
     server.await.unwrap().unwrap();
 
     let unanswered = cli

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use messaging::handler::{HandlerError, Incoming, handler_fn};
 use messaging::{EventBuilder, Publisher, SubscribeOptions, Subscriber};
-use messaging_examples::{broker, fresh, wait_until};
+use messaging_examples::{Shutdown, broker, fresh, wait_until};
 
 const TASKS: u32 = 30;
 
@@ -28,7 +28,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .declare(&topic, SubscribeOptions::new("workers"))
         .await?;
     let done: Done = Arc::default();
-    let stop = Arc::new(tokio::sync::Notify::new());
+    let stop = Shutdown::new();
     let mut workers = Vec::new();
     for name in ["worker-a", "worker-b", "worker-c"] {
         let done = done.clone();
@@ -50,10 +50,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .concurrency(2)
             .build(handler);
         let stop = stop.clone();
-        workers.push(tokio::spawn(
-            consumer.run(async move { stop.notified().await }),
-        ));
+        workers.push(tokio::spawn(consumer.run(stop.signal())));
     }
+    println!("3 workers started in group `workers` of {topic}");
     let publisher = broker.publisher();
     for task in 0..TASKS {
         publisher
@@ -65,11 +64,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             )
             .await?;
     }
+    println!("{TASKS} tasks published");
     wait_until("every task done", Duration::from_secs(60), async || {
         done.lock().unwrap_or_else(|e| e.into_inner()).len() == TASKS as usize
     })
     .await?;
-    stop.notify_waiters();
+    stop.stop();
     let mut acked = 0;
     for w in workers {
         acked += w.await??.acked;

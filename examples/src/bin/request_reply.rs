@@ -1,13 +1,12 @@
 //! Request-reply: a pricing service answers quotes; a request nobody answers times out.
 //! `cargo run -p messaging-examples --bin request_reply` (any broker: `MESSAGING_URL`)
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use messaging::handler::{HandlerError, Incoming, handler_fn};
 use messaging::request::{RequestError, Requester, reply};
 use messaging::{AttributesReader, EventBuilder, EventExt, SubscribeOptions, Subscriber};
-use messaging_examples::{broker, fresh};
+use messaging_examples::{Shutdown, broker, fresh};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -40,9 +39,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = broker
         .consumer(&requests, SubscribeOptions::new("pricing"))
         .build(pricing);
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let s = stop.clone();
-    let server = tokio::spawn(server.run(async move { s.notified().await }));
+    let stop = Shutdown::new();
+    let server = tokio::spawn(server.run(stop.signal()));
 
     let requester = Requester::start(&broker.subscriber(), publisher.clone()).await?;
     let question = EventBuilder::new("shop", "price.requested")
@@ -74,7 +72,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         other => return Err(format!("expected a timeout, got {other:?}").into()),
     }
-    stop.notify_waiters();
+    stop.stop();
     server.await??;
     Ok(())
 }

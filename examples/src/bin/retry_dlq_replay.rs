@@ -10,7 +10,7 @@ use messaging::handler::{HandlerError, Incoming, handler_fn};
 use messaging::middleware::dead_letter::{self, DeadLetterMetadata, ReplayOptions};
 use messaging::middleware::retry::RetryPolicy;
 use messaging::{Delivery, EventBuilder, Publisher, SubscribeOptions, Subscriber, Subscription};
-use messaging_examples::{OrderCreated, broker, fresh, wait_until};
+use messaging_examples::{OrderCreated, Shutdown, broker, fresh, wait_until};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -50,9 +50,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .consumer(&topic, SubscribeOptions::new("billing"))
         .retry(policy)
         .build(handler);
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let s = stop.clone();
-    let run = tokio::spawn(consumer.run(async move { s.notified().await }));
+    let stop = Shutdown::new();
+    let run = tokio::spawn(consumer.run(stop.signal()));
 
     for (id, currency) in [
         ("ORD-1", "USD"),
@@ -138,7 +137,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         billed.load(Ordering::SeqCst),
         dead_letter::depth(&broker, &dlq).await?
     );
-    stop.notify_waiters();
+    stop.stop();
     run.await??;
     if report.replayed != 2 || dead_letter::depth(&broker, &dlq).await? != 0 {
         return Err("replay did not empty the dead-letter queue".into());
