@@ -57,6 +57,12 @@ pub struct Features {
     /// to another consumer reports an attempt of at least 2. Brokers without a delivery count
     /// (Kafka on a broker that drops commit metadata) restart at 1.
     pub counts_redeliveries_across_consumers: bool,
+    /// An ack settles that message alone, for good, even while earlier messages are
+    /// unsettled. False on log brokers, where a group's progress is an offset (Kafka): an ack
+    /// behind an unsettled message only takes effect once that one is settled, and is lost
+    /// (the message redelivered) if the subscription ends first. Dead-letter replay uses this
+    /// to move the messages it skips behind the ones it replays.
+    pub individual_acks: bool,
 }
 
 impl Features {
@@ -75,6 +81,7 @@ impl Features {
             transactions: false,
             persistent: false,
             counts_redeliveries_across_consumers: true,
+            individual_acks: true,
         }
     }
 

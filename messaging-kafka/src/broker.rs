@@ -170,6 +170,7 @@ impl Shared {
             max_payload: Some(self.config.max_message_bytes),
             persistent: true,
             counts_redeliveries_across_consumers: self.config.commit_metadata,
+            individual_acks: false,
             ..Features::new("kafka")
         }
     }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloudevents::Event;
+use cloudevents::{AttributesReader, Event};
 
 use super::{DEAD_LETTER_GROUP, DeadLetterMetadata, replayed_event};
 use crate::delivery::Delivery;
@@ -157,6 +157,12 @@ impl std::error::Error for ReplayError {
 /// metadata) or to the options' target, keeping their history (`dlqreplays` counts up). Each
 /// message is acked in the dead-letter topic only after its publish succeeded. Stops at the
 /// limit, or when the topic stays idle.
+///
+/// Messages the filter skips stay in the dead-letter topic. On brokers without
+/// [individual acks](crate::Features::individual_acks) (Kafka), where a skipped message would
+/// hold back the group's offset and with it every replayed message behind it, a skipped
+/// message is published again to the end of the dead-letter topic and then acked, so the
+/// dead-letter topic keeps exactly the skipped messages.
 pub async fn replay<S, P>(
     subscriber: &S,
     publisher: &P,
@@ -168,6 +174,9 @@ where
     P: Publisher,
 {
     let group = SubscribeOptions::new(DEAD_LETTER_GROUP).prefetch(HOLD_MAX);
+    // On log brokers a skipped message goes to the end of the topic instead of blocking it.
+    let move_skipped = !subscriber.features().individual_acks && !options.dry_run;
+    let mut moved = std::collections::HashSet::new();
     let mut sub = subscriber
         .subscribe(dlq_topic, group)
         .await
@@ -201,8 +210,20 @@ where
             .or_else(|| DeadLetterMetadata::from_event(event).map(|m| m.topic))
             .filter(|t| !t.is_empty());
         let (true, Some(target)) = (wanted, target) else {
+            if moved.contains(event.id()) {
+                // A copy this replay moved to the end: it was counted when first skipped.
+                held.push(d);
+                continue;
+            }
             report.skipped += 1;
             tick(&report);
+            if move_skipped && publisher.publish(dlq_topic, event.clone()).await.is_ok() {
+                moved.insert(event.id().to_owned());
+                if let Err(e) = d.ack().await {
+                    tracing::warn!(error = %e.error, "skipped message moved to the end of the dead-letter topic, but its original could not be acked");
+                }
+                continue;
+            }
             held.push(d);
             continue;
         };
