@@ -13,8 +13,3 @@ pub use memory::{
     Faults, GroupStats, MemoryBroker, MemoryBrokerBuilder, MemoryDelivery, MemoryPublisher,
     MemorySubscriber, MemorySubscription,
 };
-
-/// The README's code, compiled and run as a doctest.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-pub struct ReadmeDoctests;

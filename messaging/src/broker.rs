@@ -566,8 +566,10 @@ const SQS_OPTIONS: &[&str] = &[
 async fn sqs(url: &BrokerUrl, mut o: Options) -> Result<messaging_sqs::SqsBroker, ConnectError> {
     use messaging_sqs::{SqsBroker, SqsConfig, StaticCredentials, Topology};
 
-    let mut c = SqsConfig::default();
-    c.endpoint_url = o.string("endpoint");
+    let mut c = SqsConfig {
+        endpoint_url: o.string("endpoint"),
+        ..SqsConfig::default()
+    };
     if let Some(region) = o.string("region") {
         c.region = region;
     } else if !url.hosts().is_empty() {

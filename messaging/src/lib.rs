@@ -94,3 +94,8 @@ pub use messaging_rabbitmq as rabbitmq;
 pub use messaging_sqs as sqs;
 #[cfg(feature = "memory")]
 pub use messaging_testkit as testkit;
+
+/// The workspace README's code, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -204,6 +204,7 @@ impl Harness for KafkaHarness {
         // What KafkaBroker::features reports for this configuration, written out.
         Features {
             counts_redeliveries_across_consumers: self.config.commit_metadata,
+            individual_acks: false,
             consumer_groups: true,
             ordering: true,
             replay: true,
