@@ -231,7 +231,7 @@ impl EventBuilder {
     }
 
     /// Sets the ordering key (`partitionkey` extension): Kafka message key, SQS FIFO message
-    /// group, RabbitMQ routing for single-active-consumer / consistent hash.
+    /// group, on RabbitMQ an ordered group is a single-active-consumer queue.
     pub fn ordering_key(self, key: impl Into<String>) -> Self {
         self.extension(PARTITION_KEY, key.into())
     }

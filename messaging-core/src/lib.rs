@@ -18,7 +18,7 @@
 //! |---|---|---|---|---|---|
 //! | **topic** | what publishers write to | topic | exchange | SNS topic | topic |
 //! | **subscription group** | receives every message of the topic once; its consumers compete; every group gets every message | consumer group | durable queue bound to the exchange | SQS queue subscribed to the topic | group queue |
-//! | **ordering key** | messages with one key are handled in publish order | message key (partition) | single-active-consumer / consistent-hash exchange | FIFO `MessageGroupId` | per-key FIFO |
+//! | **ordering key** | messages with one key are handled in publish order | message key (partition) | ordered groups: a single-active-consumer queue | FIFO `MessageGroupId` | per-key FIFO |
 //!
 //! The ordering key is the event's `partitionkey` extension
 //! ([`EventBuilder::ordering_key`]); ordering is honoured for subscriptions that ask for it

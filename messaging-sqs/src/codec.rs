@@ -7,7 +7,8 @@
 //!   SQS bodies are text: data that is not valid SQS text (binary, control characters) or is
 //!   empty travels base64-encoded or as a placeholder, flagged by the attribute
 //!   `messaging-body: base64 | empty`. SQS delivers at most 10 message attributes, so an event
-//!   that needs more fails to publish with [`PublishErrorKind::Encode`].
+//!   that needs more (many extensions; a dead letter with its seven `dlq*` attributes) travels
+//!   in structured mode instead: consumers decode both, and nothing fails to publish for it.
 
 use std::borrow::Cow;
 
@@ -96,13 +97,9 @@ pub(crate) fn encode(
         }
     };
     if attributes.len() > MAX_ATTRIBUTES {
-        return Err(
-            PublishError::new(PublishErrorKind::Encode).with_detail(format!(
-                "binary mode needs {} message attributes for this event, SQS delivers at most \
-             {MAX_ATTRIBUTES}: use structured mode or fewer extensions",
-                attributes.len()
-            )),
-        );
+        // Binary mode cannot carry this event on SQS; the structured form always fits in one
+        // attribute, and consumers read both.
+        return encode(binding, event, ContentMode::Structured, max);
     }
     let size = body.len()
         + attributes
@@ -207,17 +204,28 @@ mod tests {
     }
 
     #[test]
-    fn binary_mode_past_ten_attributes_is_a_typed_error() {
+    fn binary_mode_past_ten_attributes_falls_back_to_structured() {
         let mut b = EventBuilder::new("s", "t").json(&1);
         for i in 0..6 {
             b = b.extension(&format!("ext{i}"), "v");
         }
         let e = b.build().unwrap();
-        let err = encode(&binding(), &e, ContentMode::Binary, usize::MAX).unwrap_err();
-        assert_eq!(err.kind(), PublishErrorKind::Encode, "{err}");
-        assert!(!err.is_transient());
-        // Structured mode carries the same event in one attribute.
-        assert!(encode(&binding(), &e, ContentMode::Structured, usize::MAX).is_ok());
+        let out = encode(&binding(), &e, ContentMode::Binary, usize::MAX).unwrap();
+        assert_eq!(
+            out.attributes,
+            [(CONTENT_TYPE.to_owned(), STRUCTURED_CONTENT_TYPE.to_owned())],
+            "one attribute: the structured content type"
+        );
+        let structured = encode(&binding(), &e, ContentMode::Structured, usize::MAX).unwrap();
+        assert_eq!(out.body, structured.body);
+        // Narrow events stay binary.
+        let narrow = EventBuilder::new("s", "t").json(&1).build().unwrap();
+        let out = encode(&binding(), &narrow, ContentMode::Binary, usize::MAX).unwrap();
+        assert!(
+            out.attributes.iter().any(|(k, _)| k == "ce_id"),
+            "{:?}",
+            out.attributes
+        );
     }
 
     #[test]

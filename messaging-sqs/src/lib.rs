@@ -70,9 +70,9 @@
 //! attributes `ce_<name>` and the data the body. SQS delivers at most 10 message attributes
 //! (also through SNS raw delivery), and binary mode already needs 5 for a minimal event with a
 //! content type, so an event with a subject, a time and a few extensions (correlation id,
-//! trace parent...) would not fit: binary mode fails such an event with
-//! [`PublishErrorKind::Encode`](messaging_core::PublishErrorKind::Encode) before sending.
-//! Structured mode always fits. SQS bodies are text: binary-mode data that is not valid SQS
+//! trace parent...) — or a dead letter with its seven `dlq*` attributes — would not fit: such
+//! an event is sent in structured mode instead, which always fits and which consumers decode
+//! as well. SQS bodies are text: binary-mode data that is not valid SQS
 //! text, or is empty, travels base64-encoded or as a placeholder, flagged by the attribute
 //! `messaging-body`. Messages from producers that do not speak CloudEvents arrive as decode
 //! errors carrying their body and attributes, so the runtime dead-letters them.

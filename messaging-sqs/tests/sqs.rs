@@ -10,8 +10,8 @@ use messaging_core::middleware::dead_letter::{
     self, DEAD_LETTER_GROUP, DeadLetterMetadata, ReplayOptions,
 };
 use messaging_core::{
-    AttributesReader, ContentMode, Delivery, Event, EventBuilder, Inspect, PublishErrorKind,
-    Publisher, SubscribeErrorKind, SubscribeOptions, Subscriber, Subscription,
+    AttributesReader, ContentMode, Delivery, Event, EventBuilder, EventExt, Inspect,
+    PublishErrorKind, Publisher, SubscribeErrorKind, SubscribeOptions, Subscriber, Subscription,
 };
 use messaging_sqs::{SqsBroker, SqsConfig, SqsSubscription, Topology};
 
@@ -172,7 +172,7 @@ async fn payload_limit_is_checked_before_the_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn binary_mode_maps_attributes_and_refuses_more_than_ten() {
+async fn binary_mode_maps_attributes_and_falls_back_to_structured_past_ten() {
     let b = broker(SqsConfig {
         content_mode: ContentMode::Binary,
         ..config()
@@ -184,20 +184,24 @@ async fn binary_mode_maps_attributes_and_refuses_more_than_ten() {
         .subscribe(&topic, SubscribeOptions::new("g"))
         .await
         .unwrap();
+    // 11 attributes in binary mode: more than SQS delivers. It travels structured, whole.
     let mut builder = EventBuilder::new("urn:test", "test.event")
+        .id("wide-1")
         .json(&1)
         .subject("s");
     for n in 0..5 {
         builder = builder.extension(&format!("ext{n}"), "v");
     }
-    let err = b
-        .publisher()
-        .publish(&topic, builder.build().unwrap())
-        .await
-        .expect_err("11 attributes");
-    assert_eq!(err.kind(), PublishErrorKind::Encode, "{err}");
-    assert!(!err.is_transient());
-    assert!(err.to_string().contains("at most 10"), "{err}");
+    let wide = builder.build().unwrap();
+    b.publisher().publish(&topic, wide.clone()).await.unwrap();
+    let d = recv(&mut sub).await;
+    let got = d.event().unwrap();
+    assert_eq!((got.id(), got.subject()), (wide.id(), wide.subject()));
+    for n in 0..5 {
+        assert_eq!(got.extension_str(&format!("ext{n}")), Some("v"));
+    }
+    assert_eq!(got.data_json::<i32>().unwrap(), 1);
+    d.ack().await.unwrap();
 
     let ok = EventBuilder::new("urn:test", "test.event")
         .id("bin-1")
