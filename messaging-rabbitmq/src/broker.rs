@@ -94,6 +94,14 @@ impl RabbitBroker {
         })
     }
 
+    /// A requester over direct reply-to (`amq.rabbitmq.reply-to`): one channel, no reply
+    /// queue; see [`DirectRequester`](crate::DirectRequester).
+    pub async fn requester(
+        &self,
+    ) -> Result<crate::DirectRequester, messaging_core::SubscribeError> {
+        crate::DirectRequester::start(self.shared.clone()).await
+    }
+
     /// A publisher with publisher confirms.
     pub fn publisher(&self) -> RabbitPublisher {
         RabbitPublisher::new(self.shared.clone())

@@ -94,6 +94,19 @@ pub(crate) fn decode(
             headers.iter().map(|(k, v)| (*k, v.as_ref())),
             body,
         )
+        .map(|mut event| {
+            // A request through direct reply-to: the broker's address for the reply is the
+            // AMQP `reply_to` property, which the core's `reply` reads as `replyto`.
+            if let Some(address) = props
+                .reply_to()
+                .as_ref()
+                .map(ShortString::as_str)
+                .filter(|r| crate::request::is_reply_address(r))
+            {
+                event.set_extension(messaging_core::request::REPLY_TO, address);
+            }
+            event
+        })
         .map_err(|(e, body)| {
             e.with_raw(RawMessage {
                 content_type: content_type.map(str::to_owned),

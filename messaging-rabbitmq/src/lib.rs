@@ -46,6 +46,17 @@
 //! | max payload | configured, 16 MiB by default |
 //! | transactions | no |
 //!
+//! # Request-reply
+//!
+//! [`RabbitBroker::requester`] gives a [`DirectRequester`] over RabbitMQ's direct reply-to
+//! (`amq.rabbitmq.reply-to`): requests carry the AMQP `reply_to` property, the broker routes
+//! replies straight to the requesting channel, and no reply queue is ever declared. Responders
+//! need nothing special: the adapter exposes the broker's reply address as the event's
+//! `replyto` extension, and the core's
+//! [`request::reply`](messaging_core::request::reply) publishes to it (through the default
+//! exchange). The generic [`Requester`](messaging_core::request::Requester), with a reply
+//! topic of its own, works here too.
+//!
 //! # CloudEvents
 //!
 //! Binary mode (default) maps attributes to application properties named `cloudEvents:<name>`
@@ -58,9 +69,11 @@ mod codec;
 mod config;
 mod error;
 mod publisher;
+mod request;
 mod subscriber;
 
 pub use broker::{ConnectError, RabbitBroker};
 pub use config::{QueueType, RabbitConfig};
 pub use publisher::RabbitPublisher;
+pub use request::DirectRequester;
 pub use subscriber::{RabbitDelivery, RabbitSubscriber, RabbitSubscription};

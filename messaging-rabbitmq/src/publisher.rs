@@ -14,6 +14,7 @@ use messaging_core::{
 };
 
 use crate::broker::Shared;
+use crate::request::is_reply_address;
 use crate::{codec, error};
 
 /// Publishes to RabbitMQ: a topic is a durable fanout exchange (declared on first use). A
@@ -56,13 +57,16 @@ impl RabbitPublisher {
         Ok((props, body))
     }
 
-    /// The confirm channel, with `topic`'s exchange declared.
+    /// The confirm channel, with `topic`'s exchange declared (a direct reply-to address
+    /// needs none: it goes through the default exchange).
     async fn channel(&self, topic: &str) -> Result<Channel, PublishError> {
         let ch = self.shared.confirm_channel().await?;
-        self.shared
-            .ensure_exchange(&ch, topic)
-            .await
-            .map_err(error::publish)?;
+        if !is_reply_address(topic) {
+            self.shared
+                .ensure_exchange(&ch, topic)
+                .await
+                .map_err(error::publish)?;
+        }
         Ok(ch)
     }
 
@@ -73,9 +77,16 @@ impl RabbitPublisher {
         props: BasicProperties,
         body: &[u8],
     ) -> Result<PublisherConfirm, PublishError> {
+        // A reply to a direct reply-to requester: the default exchange routes it by the
+        // address the broker gave the request.
+        let (exchange, routing_key) = if is_reply_address(topic) {
+            ("", topic)
+        } else {
+            (topic, "")
+        };
         ch.basic_publish(
-            ShortString::from(topic),
-            ShortString::from(""),
+            ShortString::from(exchange),
+            ShortString::from(routing_key),
             BasicPublishOptions {
                 mandatory: self.shared.config.mandatory,
                 ..BasicPublishOptions::default()

@@ -391,3 +391,94 @@ async fn starting_a_consumer_leaves_waiting_dead_letters_untouched() {
     );
     d.ack().await.unwrap();
 }
+
+/// Request-reply over direct reply-to: the responder (the core runtime and `reply`, nothing
+/// RabbitMQ-specific) sees the broker-generated `amq.rabbitmq.reply-to.…` address and answers
+/// through it; an unanswered request times out; late replies do not disturb later requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_reply_to_round_trip_without_a_reply_queue() {
+    use std::sync::{Arc, Mutex};
+
+    use messaging_core::handler::{HandlerError, Incoming, handler_fn};
+    use messaging_core::request::{RequestError, reply, reply_to};
+    use messaging_core::runtime::Consumer;
+    use messaging_core::{DynPublisher, EventExt};
+
+    let broker = connect(config()).await;
+    let topic = unique("prices");
+    broker
+        .subscriber()
+        .declare(&topic, SubscribeOptions::new("pricing"))
+        .await
+        .unwrap();
+    let publisher: Arc<dyn DynPublisher> = Arc::new(broker.publisher());
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (out, addresses) = (publisher.clone(), seen.clone());
+    let server = Consumer::builder(
+        broker.subscriber(),
+        publisher.clone(),
+        &topic,
+        SubscribeOptions::new("pricing"),
+    )
+    .build(handler_fn(move |msg: Incoming| {
+        let (out, addresses) = (out.clone(), addresses.clone());
+        async move {
+            addresses
+                .lock()
+                .unwrap()
+                .push(reply_to(msg.event()).unwrap_or_default().to_owned());
+            let sku: String = msg.data()?;
+            reply(
+                &*out,
+                msg.event(),
+                EventBuilder::new("pricing", "price.quoted").json(&format!("{sku}: 99.99")),
+            )
+            .await
+            .map_err(HandlerError::transient)?;
+            Ok::<(), HandlerError>(())
+        }
+    }));
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(server.run(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+
+    let requester = broker.requester().await.unwrap();
+    for sku in ["ORD-1", "ORD-2"] {
+        let question = EventBuilder::new("shop", "price.requested")
+            .json(&sku)
+            .build()
+            .unwrap();
+        let id = question.id().to_owned();
+        let answer = requester
+            .request(&topic, question, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(answer.causation_id(), Some(id.as_str()));
+        assert_eq!(
+            answer.data_json::<String>().unwrap(),
+            format!("{sku}: 99.99")
+        );
+    }
+    for address in seen.lock().unwrap().iter() {
+        assert!(
+            address.starts_with("amq.rabbitmq.reply-to."),
+            "the responder got the broker's direct reply-to address, not {address:?}"
+        );
+    }
+    let nobody = unique("nobody");
+    let err = requester
+        .request(
+            &nobody,
+            EventBuilder::new("shop", "stock.requested")
+                .build()
+                .unwrap(),
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RequestError::Timeout(_)), "{err}");
+    assert!(err.is_transient());
+    stop.send_replace(true);
+    server.await.unwrap().unwrap();
+}

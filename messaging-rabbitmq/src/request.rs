@@ -1,0 +1,211 @@
+//! Request-reply through RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`): no reply queue
+//! is declared; the broker routes each reply straight to the requesting channel.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, Confirmation};
+use messaging_core::request::{REPLY_TO, RequestError};
+use messaging_core::{AttributesReader, Event, EventExt, PublishError, PublishErrorKind};
+use tokio::sync::oneshot;
+
+use crate::broker::Shared;
+use crate::{codec, error};
+
+/// The pseudo-queue a requester consumes from, and the `reply_to` it sends.
+pub(crate) const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// Whether `topic` is a direct reply-to address (`amq.rabbitmq.reply-to.<token>`), published
+/// through the default exchange rather than a topic exchange.
+pub(crate) fn is_reply_address(topic: &str) -> bool {
+    topic
+        .strip_prefix(DIRECT_REPLY_TO)
+        .is_some_and(|rest| rest.starts_with('.'))
+}
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Event>>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sends requests and waits for their replies over direct reply-to; made by
+/// [`RabbitBroker::requester`](crate::RabbitBroker::requester).
+///
+/// It owns one channel that consumes `amq.rabbitmq.reply-to` and publishes the requests (the
+/// broker requires both on the same channel). Each request carries the AMQP `reply_to`
+/// property, which the broker turns into an address of this channel; the responder's adapter
+/// puts that address in the event's `replyto` extension, so the core's
+/// [`reply`](messaging_core::request::reply) answers through it. A reply is matched to its
+/// request by causation ID; late and unknown replies are dropped. Replies are not persisted:
+/// if the requester is gone, the broker drops them.
+pub struct DirectRequester {
+    shared: Arc<Shared>,
+    channel: Channel,
+    pending: Pending,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for DirectRequester {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectRequester").finish_non_exhaustive()
+    }
+}
+
+impl DirectRequester {
+    pub(crate) async fn start(shared: Arc<Shared>) -> Result<Self, messaging_core::SubscribeError> {
+        let channel = shared
+            .conn
+            .create_channel()
+            .await
+            .map_err(error::subscribe)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(error::subscribe)?;
+        let mut consumer = channel
+            .basic_consume(
+                ShortString::from(DIRECT_REPLY_TO),
+                ShortString::from(""),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(error::subscribe)?;
+        let pending: Pending = Arc::default();
+        let listening = pending.clone();
+        let binding = shared.clone();
+        let listener = tokio::spawn(async move {
+            while let Some(Ok(mut d)) = consumer.next().await {
+                let data = std::mem::take(&mut d.data);
+                let Ok(event) = codec::decode(&binding.binding, &d.properties, data) else {
+                    tracing::debug!("undecodable reply dropped");
+                    continue;
+                };
+                let waiter = event
+                    .causation_id()
+                    .and_then(|id| lock(&listening).remove(id));
+                match waiter {
+                    Some(tx) => {
+                        let _ = tx.send(event);
+                    }
+                    None => tracing::debug!(id = %event.id(), "late or unknown reply dropped"),
+                }
+            }
+            // The channel is gone: waiters see their sender dropped.
+            lock(&listening).clear();
+        });
+        Ok(Self {
+            shared,
+            channel,
+            pending,
+            listener,
+        })
+    }
+
+    /// Publishes `request` to `topic` and waits up to `timeout` for its reply.
+    pub async fn request(
+        &self,
+        topic: &str,
+        mut request: Event,
+        timeout: Duration,
+    ) -> Result<Event, RequestError> {
+        if !self.channel.status().connected() {
+            return Err(RequestError::Closed);
+        }
+        request.set_extension(REPLY_TO, DIRECT_REPLY_TO);
+        let (props, body, size) = codec::encode(
+            &self.shared.binding,
+            &request,
+            self.shared.config.content_mode,
+        )
+        .map_err(|e| RequestError::Publish(e.into()))?;
+        let max = self.shared.config.max_payload;
+        if size > max {
+            return Err(RequestError::Publish(
+                PublishError::new(PublishErrorKind::PayloadTooLarge)
+                    .with_detail(format!("{size} bytes, limit {max}")),
+            ));
+        }
+        let props = props.with_reply_to(ShortString::from(DIRECT_REPLY_TO));
+        let id = request.id().to_owned();
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id.clone(), tx);
+        let forget = || {
+            lock(&self.pending).remove(&id);
+        };
+        let sent = async {
+            self.shared
+                .ensure_exchange(&self.channel, topic)
+                .await
+                .map_err(error::publish)?;
+            let confirm = self
+                .channel
+                .basic_publish(
+                    ShortString::from(topic),
+                    ShortString::from(""),
+                    BasicPublishOptions::default(),
+                    &body,
+                    props,
+                )
+                .await
+                .map_err(error::publish)?;
+            match tokio::time::timeout(self.shared.config.confirm_timeout, confirm).await {
+                Ok(Ok(Confirmation::Ack(_) | Confirmation::NotRequested)) => Ok(()),
+                Ok(Ok(Confirmation::Nack(_))) => {
+                    Err(PublishError::new(PublishErrorKind::Unavailable)
+                        .with_detail("broker nacked the request"))
+                }
+                Ok(Err(e)) => Err(error::publish(e)),
+                Err(_) => Err(PublishError::new(PublishErrorKind::Timeout)
+                    .with_detail("no confirm for the request")),
+            }
+        };
+        if let Err(e) = sent.await {
+            forget();
+            return Err(RequestError::Publish(e));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(RequestError::Closed),
+            Err(_) => {
+                forget();
+                Err(RequestError::Timeout(timeout))
+            }
+        }
+    }
+}
+
+impl Drop for DirectRequester {
+    fn drop(&mut self) {
+        self.listener.abort();
+        let channel = self.channel.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = channel
+                    .close(200, ShortString::from("requester dropped"))
+                    .await;
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_addresses_are_the_broker_generated_ones() {
+        assert!(is_reply_address("amq.rabbitmq.reply-to.g1h2AA==.Wjg3NzE="));
+        assert!(!is_reply_address("amq.rabbitmq.reply-to"));
+        assert!(!is_reply_address("orders"));
+        assert!(!is_reply_address("amq.rabbitmq.reply-tox.1"));
+    }
+}
