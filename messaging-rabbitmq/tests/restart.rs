@@ -13,8 +13,12 @@ use messaging_rabbitmq::{RabbitBroker, RabbitConfig};
 
 const URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+/// `rabbitmqctl`, bounded to 120 s so a node that does not come back fails the test instead
+/// of hanging it.
 fn rabbitmqctl(args: &[&str]) {
-    let status = Command::new("rabbitmqctl")
+    let status = Command::new("timeout")
+        .arg("120")
+        .arg("rabbitmqctl")
         .args(args)
         .status()
         .expect("rabbitmqctl runs");
@@ -22,7 +26,6 @@ fn rabbitmqctl(args: &[&str]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "restarts the shared RabbitMQ node; run alone: cargo test -p messaging-rabbitmq --test restart -- --ignored"]
 async fn broker_restart_mid_stream_loses_nothing() {
     let broker = RabbitBroker::connect(RabbitConfig {
         queue_expires: Some(Duration::from_secs(120)),

@@ -19,6 +19,19 @@ if ! rabbitmqctl -q status >/dev/null 2>&1; then
     rabbitmq-server -detached
 fi
 timeout 120 rabbitmqctl -q await_startup
+# A node whose AMQP listener stopped answering (seen once here after a restart test amid
+# hundreds of leftover queues) is restarted rather than left to fail every test.
+if ! timeout 60 rabbitmq-diagnostics -q check_port_connectivity >/dev/null 2>&1; then
+    echo "rabbitmq: listeners not answering, restarting the node" >&2
+    timeout 60 rabbitmqctl -q stop >/dev/null 2>&1 || pkill -f 'beam.smp.*rabbit' || true
+    for _ in $(seq 1 60); do
+        pgrep -f 'beam.smp.*rabbit' >/dev/null || break
+        sleep 1
+    done
+    rabbitmq-server -detached
+    timeout 120 rabbitmqctl -q await_startup
+    timeout 60 rabbitmq-diagnostics -q check_port_connectivity >/dev/null
+fi
 # On a node that was already running, enable only what is safe online: the management plugin
 # would listen on every interface until the node restarts with the config above.
 rabbitmq-plugins -q enable --online rabbitmq_consistent_hash_exchange >/dev/null
