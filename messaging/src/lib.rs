@@ -99,3 +99,18 @@ pub use messaging_testkit as testkit;
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
+
+/// The user guide's code (`docs/`), compiled and run as doctests.
+#[cfg(doctest)]
+pub mod docs {
+    #[doc = include_str!("../../docs/guarantees.md")]
+    pub struct Guarantees;
+    #[doc = include_str!("../../docs/retry-and-dlq.md")]
+    pub struct RetryAndDlq;
+    #[doc = include_str!("../../docs/idempotency.md")]
+    pub struct Idempotency;
+    #[doc = include_str!("../../docs/cloudevents.md")]
+    pub struct CloudEvents;
+    #[doc = include_str!("../../docs/testing.md")]
+    pub struct Testing;
+}
