@@ -96,6 +96,11 @@ impl SqsBroker {
             .build();
         sqs = sqs.timeout_config(timeouts.clone());
         sns = sns.timeout_config(timeouts);
+        // Transient failures (throttling, 5xx, dropped connections) are retried with the SDK's
+        // standard backoff, within the call timeout above; a config built by hand has none.
+        let retries = aws_sdk_sqs::config::retry::RetryConfig::standard().with_max_attempts(4);
+        sqs = sqs.retry_config(retries.clone());
+        sns = sns.retry_config(retries);
         if let Some(url) = &config.endpoint_url {
             sqs = sqs.endpoint_url(url);
             sns = sns.endpoint_url(url);
