@@ -100,10 +100,12 @@ impl fmt::Debug for BrokerConfig {
             .options
             .iter()
             .map(|(k, v)| {
-                let secret = ["password", "secret", "token", "credential"]
-                    .iter()
-                    .any(|s| k.to_ascii_lowercase().contains(s));
-                (k.as_str(), if secret { "***" } else { v.as_str() })
+                let shown = if crate::url::is_secret(k) {
+                    "***"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), shown)
             })
             .collect();
         f.debug_struct("BrokerConfig")

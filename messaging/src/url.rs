@@ -9,7 +9,7 @@ use percent_encoding::percent_decode_str;
 use crate::errors::ConfigError;
 
 /// Query keys whose values are secrets, besides the URL's password.
-fn is_secret(key: &str) -> bool {
+pub(crate) fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     ["password", "secret", "token", "credential"]
         .iter()
