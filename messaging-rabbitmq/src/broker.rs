@@ -15,6 +15,7 @@ use messaging_core::{
 
 use crate::config::{QueueType, RabbitConfig, redact};
 use crate::error;
+use crate::names::queue_name;
 use crate::publisher::RabbitPublisher;
 use crate::subscriber::RabbitSubscriber;
 
@@ -38,6 +39,8 @@ pub(crate) struct Shared {
     pub(crate) binding: Binding,
     confirm: tokio::sync::Mutex<Option<Channel>>,
     exchanges: Mutex<HashSet<String>>,
+    /// Queues already reported as declared by an earlier version.
+    warned: Mutex<HashSet<String>>,
 }
 
 /// Failure to connect.
@@ -90,6 +93,7 @@ impl RabbitBroker {
                 binding: Binding::amqp(),
                 confirm: tokio::sync::Mutex::new(None),
                 exchanges: Mutex::default(),
+                warned: Mutex::default(),
             }),
         })
     }
@@ -189,23 +193,76 @@ impl Shared {
         Ok(())
     }
 
-    /// Declares the group's queue, bound to the topic's exchange, with the options' arguments;
-    /// returns its name.
+    /// Declares the group's queue, bound to the topic's exchange, on a channel of its own
+    /// (a refused declaration closes its channel); returns the queue's name. The group's
+    /// dead-letter topic and its `dead-letters` queue are declared first when the queue
+    /// dead-letters there.
     pub(crate) async fn declare_group(
         &self,
-        ch: &Channel,
+        topic: &str,
+        options: &SubscribeOptions,
+    ) -> Result<String, lapin::Error> {
+        let mut ch = self.conn.create_channel().await?;
+        let declared = self.declare_group_on(&mut ch, topic, options).await;
+        if ch.status().connected() {
+            if let Err(e) = ch.close(200, ShortString::from("declared")).await {
+                tracing::debug!(error = %e, "closing the declaration channel");
+            }
+        }
+        declared
+    }
+
+    /// [`declare_group`](Self::declare_group) on `ch`, which is replaced by a new channel if
+    /// the broker closes it.
+    pub(crate) async fn declare_group_on(
+        &self,
+        ch: &mut Channel,
         topic: &str,
         options: &SubscribeOptions,
     ) -> Result<String, lapin::Error> {
         self.ensure_exchange(ch, topic).await?;
         let queue = queue_name(topic, options.group());
+        let plan = self.group_queue(topic, options);
+        if let Some(dlq) = &plan.dead_letter_topic {
+            // Dead letters are kept from the start, in the group the dead-letter tools read.
+            let dlq_group = SubscribeOptions::new(DEAD_LETTER_GROUP);
+            Box::pin(self.declare_group_on(ch, dlq, &dlq_group)).await?;
+        }
+        match declare_queue(ch, &queue, plan.args.clone()).await {
+            Ok(()) => {}
+            Err(refused) if is_precondition_failed(&refused) => {
+                // The broker closed the channel. A queue an older version declared without
+                // the dead-letter exchange and delivery limit is used as it is; any other
+                // difference (queue type, ordering, an explicit limit) stays an error.
+                let Some(legacy) = plan.legacy.clone() else {
+                    return Err(refused);
+                };
+                *ch = self.conn.create_channel().await?;
+                if declare_queue(ch, &queue, legacy).await.is_err() {
+                    return Err(refused);
+                }
+                self.warn_legacy(&queue, &plan);
+            }
+            Err(e) => return Err(e),
+        }
+        ch.queue_bind(
+            ShortString::from(queue.as_str()),
+            ShortString::from(topic),
+            ShortString::from(""),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        Ok(queue)
+    }
+
+    /// The arguments of the group's queue.
+    fn group_queue(&self, topic: &str, options: &SubscribeOptions) -> GroupQueue {
         let mut args = FieldTable::default();
         // Quorum queues put a requeued message behind the others (RabbitMQ 3.x); classic
         // queues put it back in its place, which is what ordered groups need.
-        let queue_type = match self.config.queue_type {
-            QueueType::Quorum if !options.is_ordered() => "quorum",
-            _ => "classic",
-        };
+        let quorum = self.config.queue_type == QueueType::Quorum && !options.is_ordered();
+        let queue_type = if quorum { "quorum" } else { "classic" };
         args.insert(
             "x-queue-type".into(),
             AMQPValue::LongString(queue_type.into()),
@@ -219,43 +276,157 @@ impl Shared {
                 .max(1);
             args.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
         }
-        if let Some(max) = options.delivery_limit() {
-            let dlq = options.dead_letter_topic_for(topic);
-            // Dead letters are kept from the start, in the group the dead-letter tools read.
-            let dlq_group = SubscribeOptions::new(DEAD_LETTER_GROUP);
-            Box::pin(self.declare_group(ch, &dlq, &dlq_group)).await?;
+        // RabbitMQ counts redeliveries: a limit of N allows N + 1 deliveries.
+        let (dead_letter_topic, delivery_limit, legacy) = match options.delivery_limit() {
+            // Asked for: the same arguments every version declared.
+            Some(max) => (
+                Some(options.dead_letter_topic_for(topic)),
+                Some(i64::from(max.saturating_sub(1))),
+                None,
+            ),
+            // Classic queues have no delivery limit: nothing drops a requeued message.
+            None if !quorum => (None, None, None),
+            // A dead-letter queue: dead-lettering it would loop (or need a queue after it),
+            // and inspecting or replaying requeues its messages, so its limit is one that is
+            // never reached.
+            None if options.group() == DEAD_LETTER_GROUP => {
+                (None, Some(DEAD_LETTER_DELIVERY_LIMIT), Some(args.clone()))
+            }
+            None => (
+                Some(options.dead_letter_topic_for(topic)),
+                Some(i64::from(self.config.max_deliveries.saturating_sub(1))),
+                Some(args.clone()),
+            ),
+        };
+        if let Some(dlq) = &dead_letter_topic {
             args.insert(
                 "x-dead-letter-exchange".into(),
                 AMQPValue::LongString(dlq.as_str().into()),
             );
-            // RabbitMQ counts redeliveries: a limit of N allows N + 1 deliveries.
-            let limit = i64::from(max.saturating_sub(1));
+        }
+        if let Some(limit) = delivery_limit {
             args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(limit));
         }
-        ch.queue_declare(
-            ShortString::from(queue.as_str()),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
+        GroupQueue {
             args,
-        )
-        .await?;
-        ch.queue_bind(
-            ShortString::from(queue.as_str()),
-            ShortString::from(topic),
-            ShortString::from(""),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-        Ok(queue)
+            legacy,
+            dead_letter_topic,
+            delivery_limit,
+        }
+    }
+
+    /// Tells the operator, once per queue and process, that `queue` predates the arguments
+    /// of `plan` and how to add them by policy.
+    fn warn_legacy(&self, queue: &str, plan: &GroupQueue) {
+        let first = self
+            .warned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(queue.to_owned());
+        if !first {
+            return;
+        }
+        let command = policy_command(
+            queue,
+            plan.dead_letter_topic.as_deref(),
+            plan.delivery_limit,
+        );
+        let missing = if plan.dead_letter_topic.is_some() {
+            "a dead-letter exchange and a delivery limit"
+        } else {
+            "a delivery limit"
+        };
+        tracing::warn!(
+            queue,
+            dead_letter_topic = plan.dead_letter_topic.as_deref(),
+            delivery_limit = plan.delivery_limit,
+            "queue {queue} exists without {missing} (declared by an earlier version of \
+             messaging-rabbitmq) and is used as it is; on RabbitMQ 4.x a message requeued more \
+             than 20 times is dropped from it. Add them with a policy: {command} (one policy \
+             applies per queue: merge these keys into an existing one), or delete the queue \
+             once it is drained so that it is declared again"
+        );
     }
 }
 
-/// The queue of `group` on `topic`.
-pub(crate) fn queue_name(topic: &str, group: &str) -> String {
-    format!("{topic}.{group}")
+/// The delivery limit (`x-delivery-limit`) of a dead-letter group's queue
+/// ([`DEAD_LETTER_GROUP`]): never reached in practice, so inspecting or replaying dead
+/// letters (which requeues them) never drops one, on RabbitMQ 4.x whose default limit is 20.
+/// `-1`, RabbitMQ 4's "no limit", is not portable: RabbitMQ 3.x drops a message at its first
+/// requeue under it.
+pub const DEAD_LETTER_DELIVERY_LIMIT: i64 = i32::MAX as i64;
+
+/// How a group's queue is declared.
+struct GroupQueue {
+    args: FieldTable,
+    /// The arguments earlier versions declared the queue with, where they lack only the
+    /// dead-letter exchange and delivery limit this version adds by default.
+    legacy: Option<FieldTable>,
+    /// Where the queue dead-letters (`x-dead-letter-exchange`).
+    dead_letter_topic: Option<String>,
+    /// `x-delivery-limit`.
+    delivery_limit: Option<i64>,
+}
+
+async fn declare_queue(ch: &Channel, queue: &str, args: FieldTable) -> Result<(), lapin::Error> {
+    ch.queue_declare(
+        ShortString::from(queue),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        args,
+    )
+    .await
+    .map(|_| ())
+}
+
+/// PRECONDITION_FAILED: the queue exists with other arguments.
+fn is_precondition_failed(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
+}
+
+/// The `rabbitmqctl` command that gives `queue` a dead-letter exchange and delivery limit by
+/// policy.
+fn policy_command(queue: &str, dead_letter_topic: Option<&str>, limit: Option<i64>) -> String {
+    let mut definition = Vec::new();
+    if let Some(dlq) = dead_letter_topic {
+        definition.push(format!("\"dead-letter-exchange\":\"{}\"", json_escape(dlq)));
+    }
+    if let Some(limit) = limit {
+        definition.push(format!("\"delivery-limit\":{limit}"));
+    }
+    format!(
+        "rabbitmqctl set_policy --apply-to queues {} '^{}$' '{{{}}}'",
+        shell_quote(&format!("messaging-{queue}")),
+        shell_escape(&regex_escape(queue)),
+        shell_escape(&definition.join(","))
+    )
+}
+
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\.^$|?*+()[]{}".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn json_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// `s` made safe inside single quotes.
+fn shell_escape(s: &str) -> String {
+    s.replace('\'', "'\\''")
+}
+
+/// `s` in single quotes.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", shell_escape(s))
 }
 
 impl Inspect for RabbitBroker {
@@ -286,5 +457,24 @@ impl Inspect for RabbitBroker {
         };
         let _ = ch.close(200, ShortString::from("inspected")).await;
         Ok(depth)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_command_is_ready_to_paste() {
+        assert_eq!(
+            policy_command("orders.billing", Some("orders.dlq"), Some(19)),
+            "rabbitmqctl set_policy --apply-to queues 'messaging-orders.billing' \
+             '^orders\\.billing$' '{\"dead-letter-exchange\":\"orders.dlq\",\"delivery-limit\":19}'"
+        );
+        assert_eq!(
+            policy_command("it's.dead-letters", None, Some(DEAD_LETTER_DELIVERY_LIMIT)),
+            "rabbitmqctl set_policy --apply-to queues 'messaging-it'\\''s.dead-letters' \
+             '^it'\\''s\\.dead-letters$' '{\"delivery-limit\":2147483647}'"
+        );
     }
 }

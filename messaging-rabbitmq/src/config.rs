@@ -16,6 +16,10 @@ pub enum QueueType {
     Classic,
 }
 
+/// Default of [`RabbitConfig::max_deliveries`]: RabbitMQ 4's own default delivery limit is
+/// 20 too, but there a message past it is dropped unless its queue has a dead-letter exchange.
+pub const DEFAULT_MAX_DELIVERIES: u32 = 20;
+
 /// How to reach RabbitMQ and how to lay messages out.
 #[derive(Clone)]
 pub struct RabbitConfig {
@@ -42,6 +46,16 @@ pub struct RabbitConfig {
     /// Deletes group queues unused (no consumer, not redeclared) for this long (`x-expires`);
     /// `None` (default) keeps them, as production groups must. For tests and ephemeral groups.
     pub queue_expires: Option<Duration>,
+    /// Deliveries a message gets from a quorum group queue whose subscription sets no
+    /// [`SubscribeOptions::max_deliveries`](messaging_core::SubscribeOptions::max_deliveries)
+    /// before RabbitMQ moves it to the group's dead-letter topic (default
+    /// [`DEFAULT_MAX_DELIVERIES`]; 0 counts as 1). Declared as `x-delivery-limit` =
+    /// `max_deliveries` − 1 with `x-dead-letter-exchange` = the dead-letter topic, so no
+    /// RabbitMQ version drops a message that keeps coming back (4.x drops it past its default
+    /// limit of 20 when a queue has no dead-letter exchange). A backstop for consumers that
+    /// crash or requeue without end; the consumer runtime dead-letters by its retry policy
+    /// first. Classic queues (ordered groups, [`QueueType::Classic`]) have no delivery limit.
+    pub max_deliveries: u32,
 }
 
 impl RabbitConfig {
@@ -56,6 +70,7 @@ impl RabbitConfig {
             confirm_timeout: Duration::from_secs(30),
             connection_name: "messaging-rabbitmq".into(),
             queue_expires: None,
+            max_deliveries: DEFAULT_MAX_DELIVERIES,
         }
     }
 }
@@ -83,6 +98,7 @@ impl fmt::Debug for RabbitConfig {
             .field("confirm_timeout", &self.confirm_timeout)
             .field("connection_name", &self.connection_name)
             .field("queue_expires", &self.queue_expires)
+            .field("max_deliveries", &self.max_deliveries)
             .finish()
     }
 }

@@ -5,20 +5,23 @@
 //! | core word | RabbitMQ |
 //! |---|---|
 //! | topic | durable fanout exchange named after the topic, declared on first use |
-//! | subscription group | durable queue `<topic>.<group>` (quorum by default, classic as an option) bound to the exchange; its consumers compete, every group gets every message |
+//! | subscription group | durable queue `<topic>.<group>` (quorum by default, classic as an option) bound to the exchange; its consumers compete, every group gets every message. A group containing `.` or `~` gets `<topic>.<group>~<hash>` instead, so no two (topic, group) pairs share a queue (see [`messaging_core::naming`]) |
 //! | ordering key | an ordered subscription's queue is a classic queue with `x-single-active-consumer` and a prefetch of 1: one consumer, one message at a time, in queue order, also across requeues (a quorum queue would put a requeued message last) — every key keeps its order (stronger than per key, and slower: one message in flight per group). A nack *with a delay* re-enters the queue behind later messages; ordered consumers retry in place. Ordered groups have no broker-side delivery limit and count attempts from the `redelivered` flag (1 or 2). |
 //!
 //! Declarations are idempotent: subscribing again declares the same queue with the same
 //! arguments ([`Subscriber::declare`](messaging_core::Subscriber::declare) declares it without
-//! a consumer, so messages waiting in it are not handed out and returned); different arguments for an existing queue are refused by the broker
-//! (`Rejected`).
+//! a consumer, so messages waiting in it are not handed out and returned); different arguments
+//! for an existing queue are refused by the broker (`Rejected`). One exception: a quorum queue
+//! declared by an earlier version, without the dead-letter exchange and delivery limit this
+//! version adds (below), is used as it is, with a warning that gives the `rabbitmqctl
+//! set_policy` command adding them.
 //!
 //! # Acks, delays, dead letters
 //!
 //! Acks and nacks go to the delivery's channel; the subscription's prefetch is the channel's
 //! QoS. A nack without delay requeues. A nack with a delay re-publishes (with a publisher
-//! confirm) to a per-delay queue `<queue>.delay.<ms>` whose message TTL dead-letters back to the
-//! group's queue, then acks — the delayed-message plugin is not needed. Delays are rounded
+//! confirm) to a per-delay classic queue `<queue>~delay-<ms>ms` whose message TTL dead-letters
+//! back to the group's queue, then acks — the delayed-message plugin is not needed. Delays are rounded
 //! **up** to a ladder — 10, 12, 15, 20, 25, 30, 40, 50, 60, 80 ms × 10ⁿ (10 ms at least) — so
 //! jittered retry delays share a few delay queues (at most ten per decade, e.g. 1 s, 1.2 s,
 //! 1.5 s, 2 s …) instead of declaring one durable queue per distinct millisecond; a message
@@ -29,9 +32,17 @@
 //! staying unacked until the channel closes (and, if the unconfirmed copy did reach the delay
 //! queue, once more after the delay — a duplicate, never a loss). The attempt number
 //! comes from the quorum queue's `x-delivery-count` plus an `x-messaging-attempt` header carried
-//! across delays. With [`SubscribeOptions::max_deliveries`](messaging_core::SubscribeOptions::max_deliveries)
-//! the queue gets `x-delivery-limit` and `x-dead-letter-exchange` (the dead-letter topic), a
-//! broker-side backstop for consumers that crash before the runtime can dead-letter.
+//! across delays.
+//!
+//! Every quorum group queue gets `x-dead-letter-exchange` (the group's dead-letter topic,
+//! [`SubscribeOptions::dead_letter_topic_for`](messaging_core::SubscribeOptions::dead_letter_topic_for))
+//! and `x-delivery-limit`: [`SubscribeOptions::max_deliveries`](messaging_core::SubscribeOptions::max_deliveries)
+//! if set, else [`RabbitConfig::max_deliveries`] (20 deliveries by default) — a broker-side
+//! backstop for consumers that crash or requeue before the runtime can dead-letter, and what
+//! keeps RabbitMQ 4.x, whose quorum queues have a default limit of 20, from dropping the
+//! message. The dead-letter topic's `dead-letters` queue is declared first; it has no
+//! dead-letter exchange (it would loop) and a limit of [`DEAD_LETTER_DELIVERY_LIMIT`], so
+//! inspecting and replaying dead letters never drops one.
 //!
 //! # Features
 //!
@@ -68,12 +79,13 @@ mod broker;
 mod codec;
 mod config;
 mod error;
+mod names;
 mod publisher;
 mod request;
 mod subscriber;
 
-pub use broker::{ConnectError, RabbitBroker};
-pub use config::{QueueType, RabbitConfig};
+pub use broker::{ConnectError, DEAD_LETTER_DELIVERY_LIMIT, RabbitBroker};
+pub use config::{DEFAULT_MAX_DELIVERIES, QueueType, RabbitConfig};
 pub use publisher::RabbitPublisher;
 pub use request::DirectRequester;
 pub use subscriber::{RabbitDelivery, RabbitSubscriber, RabbitSubscription};

@@ -16,7 +16,7 @@ use messaging_core::{
 };
 
 use crate::broker::Shared;
-use crate::{codec, error};
+use crate::{codec, error, names};
 
 /// Opens subscriptions on RabbitMQ.
 #[derive(Clone)]
@@ -39,12 +39,24 @@ impl Subscriber for RabbitSubscriber {
         options: SubscribeOptions,
     ) -> Result<RabbitSubscription, SubscribeError> {
         self.check(&options)?;
-        let ch = self
+        let mut ch = self
             .shared
             .conn
             .create_channel()
             .await
             .map_err(error::subscribe)?;
+        // Declared on the consumer's channel, so that lapin's recovery declares the queue
+        // again before it resumes consuming (the channel is replaced if the broker closed it
+        // over a queue declared by an earlier version).
+        let queue = match self.shared.declare_group_on(&mut ch, topic, &options).await {
+            Ok(queue) => queue,
+            Err(e) => {
+                if ch.status().connected() {
+                    let _ = ch.close(200, ShortString::from("not subscribed")).await;
+                }
+                return Err(error::subscribe(e));
+            }
+        };
         // An ordered queue hands out one message at a time: with more prefetched, a requeued
         // message would come back behind the ones already in the client's buffer.
         let prefetch = if options.is_ordered() {
@@ -53,11 +65,6 @@ impl Subscriber for RabbitSubscriber {
             u16::try_from(options.prefetch_limit()).unwrap_or(u16::MAX)
         };
         ch.basic_qos(prefetch, BasicQosOptions::default())
-            .await
-            .map_err(error::subscribe)?;
-        let queue = self
-            .shared
-            .declare_group(&ch, topic, &options)
             .await
             .map_err(error::subscribe)?;
         let consumer = ch
@@ -84,19 +91,11 @@ impl Subscriber for RabbitSubscriber {
     /// handed them and return them with a higher delivery count).
     async fn declare(&self, topic: &str, options: SubscribeOptions) -> Result<(), SubscribeError> {
         self.check(&options)?;
-        let ch = self
-            .shared
-            .conn
-            .create_channel()
+        self.shared
+            .declare_group(topic, &options)
             .await
-            .map_err(error::subscribe)?;
-        let declared = self.shared.declare_group(&ch, topic, &options).await;
-        if ch.status().connected() {
-            if let Err(e) = ch.close(200, ShortString::from("declared")).await {
-                tracing::debug!(error = %e, "closing the declaration channel");
-            }
-        }
-        declared.map(|_| ()).map_err(error::subscribe)
+            .map(|_| ())
+            .map_err(error::subscribe)
     }
 
     fn features(&self) -> Features {
@@ -266,13 +265,20 @@ impl RabbitDelivery {
     /// this returns `Ok`.
     async fn redeliver_after(&self, delay: Duration) -> Result<(), DelayFailure> {
         let ms = delay_bucket_ms(delay);
-        let delay_queue = format!("{}.delay.{ms}", self.queue);
+        let delay_queue = names::delay_queue_name(&self.queue, ms);
         let ch = self.shared.confirm_channel().await.map_err(|e| {
             DelayFailure::NotPublished(
                 AckError::new(AckErrorKind::Unavailable).with_detail(e.to_string()),
             )
         })?;
         let mut args = FieldTable::default();
+        // Classic whatever the vhost's default queue type (quorum on some 4.x brokers): no
+        // consumer ever reads a delay queue, its messages only expire back to the group's
+        // queue, and a classic queue has no delivery limit to drop them by.
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("classic".into()),
+        );
         let ttl = i64::try_from(ms).unwrap_or(i64::MAX);
         args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
         args.insert(

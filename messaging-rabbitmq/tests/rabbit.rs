@@ -230,7 +230,7 @@ async fn failed_delayed_nack_requeues_at_once() {
         .await
         .unwrap();
     // The delay queue for 60 s exists with other arguments: the re-publish cannot happen.
-    declare_conflicting_queue(&broker, &format!("{topic}.g.delay.60000")).await;
+    declare_conflicting_queue(&broker, &format!("{topic}.g~delay-60000ms")).await;
     let e = EventBuilder::new("t", "t").id("stuck?").build().unwrap();
     broker.publisher().publish(&topic, e).await.unwrap();
     let d = tokio::time::timeout(Duration::from_secs(10), sub.recv())
@@ -250,9 +250,33 @@ async fn failed_delayed_nack_requeues_at_once() {
     again.ack().await.unwrap();
 }
 
+/// Whether `queue` exists (a passive declare on a channel of its own).
+async fn queue_exists(broker: &RabbitBroker, queue: &str) -> bool {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::{FieldTable, ShortString};
+    let ch = broker.connection().create_channel().await.unwrap();
+    let found = ch
+        .queue_declare(
+            ShortString::from(queue),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    match found {
+        Ok(_) => {
+            let _ = ch.close(200, ShortString::from("checked")).await;
+            true
+        }
+        Err(e) if e.is_amqp_soft_error() => false,
+        Err(e) => panic!("checking queue {queue}: {e}"),
+    }
+}
+
 #[tokio::test]
 async fn jittered_delays_share_one_delay_queue() {
-    use messaging_core::Inspect;
     let broker = connect(config()).await;
     let topic = unique("jitter");
     let mut sub = broker
@@ -274,14 +298,14 @@ async fn jittered_delays_share_one_delay_queue() {
             .map_err(|e| e.error)
             .unwrap();
     }
-    // Both wait in the 1.2 s queue (the group's queue name plus `.delay.<ms>`).
-    let shared = broker.depth(&topic, "g.delay.1200").await.unwrap();
-    assert!(shared.is_some(), "the 1.2 s delay queue exists");
-    for own in ["g.delay.1001", "g.delay.1150"] {
-        assert_eq!(
-            broker.depth(&topic, own).await.unwrap(),
-            None,
-            "no queue of its own for {own}"
+    // Both wait in the 1.2 s queue (the group's queue name plus `~delay-<ms>ms`).
+    let shared = queue_exists(&broker, &format!("{topic}.g~delay-1200ms")).await;
+    assert!(shared, "the 1.2 s delay queue exists");
+    for own in [1001, 1150] {
+        let name = format!("{topic}.g~delay-{own}ms");
+        assert!(
+            !queue_exists(&broker, &name).await,
+            "no queue of its own for {own} ms"
         );
     }
     let mut ids = Vec::new();
