@@ -25,4 +25,4 @@ echo "==> quickstart"
 cargo run --locked --quiet -p messaging-examples --bin quickstart
 
 echo "==> cargo test"
-cargo test --workspace --locked --all-features
+cargo test --workspace --locked --all-features --no-fail-fast

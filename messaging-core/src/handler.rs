@@ -233,6 +233,8 @@ pub enum DeadLetterReason {
     Permanent,
     /// The message is not a valid CloudEvent.
     Undecodable,
+    /// The handler panicked on every attempt the policy allows.
+    Panicked,
 }
 
 impl DeadLetterReason {
@@ -242,6 +244,7 @@ impl DeadLetterReason {
             Self::RetriesExhausted => "retries-exhausted",
             Self::Permanent => "permanent-failure",
             Self::Undecodable => "undecodable",
+            Self::Panicked => "handler-panicked",
         }
     }
 }
@@ -280,6 +283,95 @@ pub enum Outcome {
     },
     /// Failed for good: publish to the dead-letter queue, then acknowledge.
     DeadLetter(Failure),
+}
+
+/// A handler that panicked. The runtime isolates panics: a panic is a failure of that one
+/// message, retried like a transient error and dead-lettered with reason `handler-panicked`
+/// when the retries are spent; the consumer and its lanes keep running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Panicked {
+    message: String,
+}
+
+impl Panicked {
+    fn from_payload(payload: &(dyn std::any::Any + Send)) -> Self {
+        let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
+            (*s).to_owned()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "a panic with a non-string payload".to_owned()
+        };
+        Self { message }
+    }
+
+    /// The panic's message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Panicked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "handler panicked: {}", self.message)
+    }
+}
+
+impl std::error::Error for Panicked {}
+
+/// Runs `fut` to completion, turning a panic in any of its polls into [`Panicked`]. No
+/// allocation: the future is pinned in place.
+pub(crate) async fn catch_panic<F: Future>(fut: F) -> Result<F::Output, Panicked> {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(
+        |cx| match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(Panicked::from_payload(&*payload))),
+        },
+    )
+    .await
+}
+
+/// Counts and logs a handler panic for `msg`; the returned error is transient, so the retry
+/// policy decides what happens next.
+pub(crate) fn panicked(msg: &Incoming, p: Panicked) -> HandlerError {
+    tracing::error!(
+        topic = %msg.topic(),
+        group = %msg.group(),
+        id = %msg.event().id(),
+        attempt = msg.attempt(),
+        panic = %p.message,
+        "handler panicked; the message is retried by the policy, then dead-lettered"
+    );
+    metrics::counter!(
+        "messaging_handler_panics_total",
+        "topic" => msg.topic().to_owned(),
+        "group" => msg.group().to_owned(),
+    )
+    .increment(1);
+    HandlerError::transient(p)
+}
+
+/// Runs `call` (which makes the handler's future) and its future, with panics in either
+/// turned into a transient [`HandlerError`] carrying [`Panicked`].
+pub(crate) async fn call_isolated<Fut>(
+    msg: &Incoming,
+    call: impl FnOnce() -> Fut,
+) -> Result<(), HandlerError>
+where
+    Fut: Future<Output = Result<(), HandlerError>>,
+{
+    match catch_panic(async move { call().await }).await {
+        Ok(result) => result,
+        Err(p) => Err(panicked(msg, p)),
+    }
+}
+
+/// Whether `error` is a handler panic.
+pub(crate) fn is_panic(error: &HandlerError) -> bool {
+    error.source().is::<Panicked>()
 }
 
 /// A handler made from an async function; see [`handler_fn`].

@@ -36,6 +36,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,14 +46,82 @@ use tokio::task::JoinHandle;
 
 use crate::delivery::Delivery;
 use crate::dynamic::DynPublisher;
-use crate::error::{PublishError, SubscribeError};
+use crate::error::{PublishError, ReceiveErrorKind, SubscribeError};
 use crate::event::{BuildError, EventBuilder, EventExt};
 use crate::subscriber::{SubscribeOptions, Subscriber, Subscription};
 
 /// Extension naming the topic a reply goes to.
 pub const REPLY_TO: &str = "replyto";
 
-type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Event>>>>;
+/// Waiters by request id; several concurrent requests may share an id (each gets one reply,
+/// first come first served), each known by its own token.
+type Pending = Arc<Mutex<HashMap<String, Vec<(u64, oneshot::Sender<Event>)>>>>;
+
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(0);
+
+/// Hands replies to their waiters until aborted (when the requester is dropped). Receive errors
+/// are retried with backoff; a subscription the broker closed is opened again, so one broker
+/// hiccup does not make every later request time out.
+async fn listen<S>(
+    subscriber: S,
+    topic: String,
+    options: SubscribeOptions,
+    mut sub: S::Subscription,
+    pending: Pending,
+) where
+    S: Subscriber + Send + Sync + 'static,
+    S::Subscription: 'static,
+{
+    const MIN: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(5);
+    let mut backoff = MIN;
+    loop {
+        match sub.recv().await {
+            Ok(d) => {
+                backoff = MIN;
+                if let Ok(event) = d.payload() {
+                    let waiter = event.causation_id().and_then(|id| {
+                        let mut map = pending.lock().unwrap_or_else(|e| e.into_inner());
+                        let waiters = map.get_mut(id)?;
+                        let (_, tx) = waiters.remove(0);
+                        if waiters.is_empty() {
+                            map.remove(id);
+                        }
+                        Some(tx)
+                    });
+                    match waiter {
+                        Some(tx) => {
+                            let _ = tx.send(event.clone());
+                        }
+                        None => tracing::debug!(id = %event.id(), "late or unknown reply dropped"),
+                    }
+                }
+                let _ = d.ack().await;
+            }
+            Err(e) if e.kind() == ReceiveErrorKind::Closed => {
+                tracing::warn!(topic, error = %e, "reply subscription closed; subscribing again");
+                loop {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX);
+                    match subscriber.subscribe(&topic, options.clone()).await {
+                        Ok(s) => {
+                            sub = s;
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(topic, error = %e, "resubscribing to replies failed; retrying")
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "receiving replies failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX);
+            }
+        }
+    }
+}
 
 /// Sends requests and matches their replies.
 pub struct Requester {
@@ -124,7 +193,7 @@ impl Requester {
         publisher: Arc<dyn DynPublisher>,
     ) -> Result<Self, SubscribeError>
     where
-        S: Subscriber,
+        S: Subscriber + Clone + Send + Sync + 'static,
         S::Subscription: 'static,
     {
         let reply_topic = format!("reply-{}", uuid::Uuid::new_v4().simple());
@@ -138,35 +207,19 @@ impl Requester {
         reply_topic: String,
     ) -> Result<Self, SubscribeError>
     where
-        S: Subscriber,
+        S: Subscriber + Clone + Send + Sync + 'static,
         S::Subscription: 'static,
     {
-        let mut sub = subscriber
-            .subscribe(&reply_topic, SubscribeOptions::new("requester"))
-            .await?;
+        let options = SubscribeOptions::new("requester");
+        let sub = subscriber.subscribe(&reply_topic, options.clone()).await?;
         let pending: Pending = Arc::default();
-        let listening = pending.clone();
-        let listener = tokio::spawn(async move {
-            while let Ok(d) = sub.recv().await {
-                if let Ok(event) = d.payload() {
-                    let waiter = event.causation_id().and_then(|id| {
-                        listening
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(id)
-                    });
-                    match waiter {
-                        Some(tx) => {
-                            let _ = tx.send(event.clone());
-                        }
-                        None => tracing::debug!(id = %event.id(), "late or unknown reply dropped"),
-                    }
-                }
-                let _ = d.ack().await;
-            }
-            // Waiters see their sender dropped.
-            listening.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        });
+        let listener = tokio::spawn(listen(
+            subscriber.clone(),
+            reply_topic.clone(),
+            options,
+            sub,
+            pending.clone(),
+        ));
         Ok(Self {
             publisher,
             reply_topic,
@@ -190,15 +243,21 @@ impl Requester {
         request.set_extension(REPLY_TO, self.reply_topic.as_str());
         let id = request.id().to_owned();
         let (tx, rx) = oneshot::channel();
+        let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone(), tx);
+            .entry(id.clone())
+            .or_default()
+            .push((token, tx));
         let forget = || {
-            self.pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
+            let mut map = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(waiters) = map.get_mut(&id) {
+                waiters.retain(|(t, _)| *t != token);
+                if waiters.is_empty() {
+                    map.remove(&id);
+                }
+            }
         };
         if let Err(e) = self.publisher.publish_dyn(topic, request).await {
             forget();

@@ -1,11 +1,12 @@
 //! The receive loop, dispatch, settlement and shutdown.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -22,7 +23,7 @@ use crate::dynamic::DynPublisher;
 use crate::error::{ErrorKind as _, ReceiveErrorKind, SubscribeError, SubscribeErrorKind};
 use crate::event::EventExt;
 use crate::features::{DelaySupport, Features, Unsupported};
-use crate::handler::{Incoming, Origin, Outcome};
+use crate::handler::{DeadLetterReason, Failure, Incoming, Origin, Outcome, catch_panic, panicked};
 use crate::middleware::dead_letter::{self, DEAD_LETTER_GROUP};
 use crate::middleware::retry::RetryMode;
 use crate::subscriber::{SubscribeOptions, Subscriber, Subscription};
@@ -107,6 +108,7 @@ struct Metrics {
     redelivered: metrics::Counter,
     dead_lettered: metrics::Counter,
     settle_failures: metrics::Counter,
+    dead_letter_failures: metrics::Counter,
     handler_seconds: metrics::Histogram,
     in_flight: metrics::Gauge,
 }
@@ -120,6 +122,10 @@ impl Metrics {
             redelivered: metrics::counter!("messaging_redelivered_total", &labels),
             dead_lettered: metrics::counter!("messaging_dead_lettered_total", &labels),
             settle_failures: metrics::counter!("messaging_settle_failures_total", &labels),
+            dead_letter_failures: metrics::counter!(
+                "messaging_dead_letter_failures_total",
+                &labels
+            ),
             handler_seconds: metrics::histogram!("messaging_handler_duration_seconds", &labels),
             in_flight: metrics::gauge!("messaging_in_flight", &labels),
         }
@@ -136,9 +142,14 @@ struct Shared<Svc> {
     hard_stop: CancellationToken,
     counters: Counters,
     metrics: Metrics,
+    pending: PendingDeadLetters,
 }
 
 const SETTLE_TRIES: u32 = 3;
+/// Publishes of one dead letter before a transient failure gives the delivery back.
+const DEAD_LETTER_TRIES: u32 = 8;
+/// How often a message whose every dead letter the broker refuses is tried again.
+const PARKED_RETRY: Duration = Duration::from_secs(60);
 /// How long shutdown waits, after the drain timeout, for cut-off deliveries to be settled, and
 /// then for the subscription to close.
 const HARD_STOP_GRACE: Duration = Duration::from_secs(5);
@@ -193,7 +204,13 @@ where
     ) -> Result<RunReport, RunError> {
         let features = self.subscriber.features();
         let prefetch = self.options.prefetch_limit().max(self.concurrency);
-        let options = self.options.clone().prefetch(prefetch);
+        let mut options = self.options.clone().prefetch(prefetch);
+        let dlq_topic = self.policy.dead_letter_topic(&self.topic);
+        // The broker's own dead-lettering (delivery limits) goes where the runtime's does,
+        // unless the subscription names another topic.
+        if options.explicit_dead_letter_topic().is_none() {
+            options = options.dead_letter_topic(dlq_topic.clone());
+        }
         options.validate(&features).map_err(RunError::Subscribe)?;
         self.check_requirements(&features)?;
         self.policy.validate().map_err(|e| {
@@ -212,7 +229,6 @@ where
                 )),
             ));
         }
-        let dlq_topic = self.policy.dead_letter_topic(&self.topic);
         // Declare the dead-letter topic's group first, so dead letters are kept from the start
         // (declared, not subscribed: dead letters already waiting are not handed out).
         self.subscriber
@@ -237,6 +253,7 @@ where
             hard_stop: CancellationToken::new(),
             counters: Counters::default(),
             metrics: Metrics::new(&self.topic, options.group()),
+            pending: PendingDeadLetters::default(),
         });
         // A permit per delivery in the runtime; all of them back means nothing is in flight.
         let permits = Arc::new(Semaphore::new(self.concurrency));
@@ -291,7 +308,7 @@ where
                     None => {
                         let shared = shared.clone();
                         tokio::spawn(async move {
-                            process(&shared, delivery).await;
+                            process_isolated(&shared, delivery).await;
                             drop(permit);
                         });
                     }
@@ -363,13 +380,26 @@ where
             let shared = shared.clone();
             tokio::spawn(async move {
                 while let Some((d, permit)) = rx.recv().await {
-                    process(&shared, d).await;
+                    process_isolated(&shared, d).await;
                     drop(permit);
                 }
             });
             tx
         })
         .collect()
+}
+
+/// [`process`], with a panic outside the handler (an adapter's settle, say) logged instead of
+/// ending the lane: the delivery it held is dropped unsettled, which the broker redelivers.
+async fn process_isolated<D, Svc>(shared: &Shared<Svc>, delivery: D)
+where
+    D: Delivery,
+    Svc: Service<Incoming, Response = Outcome, Error = Infallible> + Clone + Send + Sync + 'static,
+    Svc::Future: Send,
+{
+    if let Err(p) = catch_panic(process(shared, delivery)).await {
+        tracing::error!(topic = %shared.origin.topic, group = %shared.origin.group, panic = %p.message(), "processing a delivery panicked outside the handler; the broker redelivers it");
+    }
 }
 
 async fn process<D, Svc>(shared: &Shared<Svc>, delivery: D)
@@ -379,6 +409,14 @@ where
     Svc::Future: Send,
 {
     shared.metrics.in_flight.increment(1.0);
+    // A delivery queued in a lane that had not started when the hard stop came goes back for
+    // redelivery untouched (at-most-once included: it was never acked, so nothing is lost).
+    if shared.hard_stop.is_cancelled() {
+        shared.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+        let _ = Box::pin(settle(shared, delivery, Settle::Nack(None))).await;
+        shared.metrics.in_flight.decrement(1.0);
+        return;
+    }
     // Cold paths are boxed so they do not swell every delivery's task.
     let event = match delivery.shared_event() {
         Ok(e) => e,
@@ -388,6 +426,12 @@ where
             return;
         }
     };
+    if let Some(dead) = shared.pending.take(&event) {
+        // Decided before; only the dead-letter publish failed.
+        Box::pin(publish_dead_letter(shared, delivery, dead)).await;
+        shared.metrics.in_flight.decrement(1.0);
+        return;
+    }
     let msg = Incoming::new(event, shared.origin.clone(), delivery.attempt());
     let span = tracing::info_span!(
         "messaging.process",
@@ -453,11 +497,27 @@ where
         }
     };
     if let Outcome::DeadLetter(failure) = outcome {
-        let event = dead_letter::dead_letter_event(msg.event(), &failure, &shared.origin);
-        match shared.publisher.publish_dyn(&shared.dlq_topic, event).await {
-            Ok(_) => count_dead_letter(shared),
-            Err(e) => {
-                tracing::error!(error = %e, "at-most-once: dead-letter publish failed; the message is lost");
+        let mut event = dead_letter::dead_letter_event(msg.event(), &failure, &shared.origin);
+        loop {
+            match shared
+                .publisher
+                .publish_dyn(&shared.dlq_topic, event.clone())
+                .await
+            {
+                Ok(_) => return count_dead_letter(shared),
+                Err(e) if !e.is_transient() => match dead_letter::shrink(&event) {
+                    Some(smaller) => event = smaller,
+                    None => {
+                        shared.metrics.dead_letter_failures.increment(1);
+                        tracing::error!(error = %e, "at-most-once: dead-letter publish refused; the message is lost");
+                        return;
+                    }
+                },
+                Err(e) => {
+                    shared.metrics.dead_letter_failures.increment(1);
+                    tracing::error!(error = %e, "at-most-once: dead-letter publish failed; the message is lost");
+                    return;
+                }
             }
         }
     }
@@ -478,12 +538,28 @@ where
 {
     let mut svc = shared.service.clone();
     let started = tokio::time::Instant::now();
+    let failed = msg.clone();
     let outcome = context::scope(msg.clone(), async move {
         let Ok(()) = poll_fn(|cx| svc.poll_ready(cx)).await;
         let Ok(outcome) = svc.call(msg).await;
         outcome
-    })
-    .await;
+    });
+    // The standard stack turns handler panics into failures the retry policy decides; a panic
+    // anywhere else in a custom stack has no policy to decide it, so it is dead-lettered.
+    let outcome = match catch_panic(outcome).await {
+        Ok(outcome) => outcome,
+        Err(p) => {
+            let now = Utc::now();
+            let error = panicked(&failed, p);
+            Outcome::DeadLetter(Failure {
+                reason: DeadLetterReason::Panicked,
+                error: error.to_string(),
+                attempts: failed.attempt(),
+                first_failure: now,
+                last_failure: now,
+            })
+        }
+    };
     shared
         .metrics
         .handler_seconds
@@ -501,23 +577,113 @@ async fn dead_letter_undecodable<D: Delivery, Svc>(
     publish_dead_letter(shared, delivery, event).await;
 }
 
-/// Publishes to the dead-letter topic, then acks; if the publish fails the original is nacked
-/// (after a pause), never acked.
+/// Publishes to the dead-letter topic, then acks; never acks a message whose dead letter was
+/// not published, and never runs the handler again for one whose was decided:
+///
+/// - a transient failure is retried with backoff while the delivery is held (its deadline
+///   extended), [`DEAD_LETTER_TRIES`] times; then the delivery is nacked with a delay and the
+///   dead letter kept pending, so the redelivery publishes it without running the handler;
+/// - a permanent failure (too large, unencodable, rejected) publishes a smaller dead letter
+///   instead: first without the data, then with only the identity, the correlation and the
+///   dead-letter metadata, each marked with `dlqtruncated` (the data's size in bytes); if even
+///   that is refused, the error is logged and counted
+///   (`messaging_dead_letter_failures_total`) and the delivery is nacked for
+///   [`PARKED_RETRY`], pending — where the broker limits deliveries (RabbitMQ's delivery
+///   limit, SQS's redrive policy), it parks the message in its own dead-letter queue.
 async fn publish_dead_letter<D: Delivery, Svc>(
     shared: &Shared<Svc>,
-    delivery: D,
-    event: cloudevents::Event,
+    mut delivery: D,
+    mut event: cloudevents::Event,
 ) {
-    match shared.publisher.publish_dyn(&shared.dlq_topic, event).await {
-        Ok(_) => {
-            if settle(shared, delivery, Settle::Ack).await.is_ok() {
-                count_dead_letter(shared);
+    let mut tries = 0u32;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let err = match shared
+            .publisher
+            .publish_dyn(&shared.dlq_topic, event.clone())
+            .await
+        {
+            Ok(_) => {
+                shared.pending.forget(&event);
+                if settle(shared, delivery, Settle::Ack).await.is_ok() {
+                    count_dead_letter(shared);
+                }
+                return;
+            }
+            Err(e) => e,
+        };
+        if err.is_transient() {
+            tries += 1;
+            if tries < DEAD_LETTER_TRIES && !shared.hard_stop.is_cancelled() {
+                tracing::warn!(dlq = %shared.dlq_topic, error = %err, tries, "dead-letter publish failed; retrying");
+                let _ = delivery
+                    .extend_deadline(pause * 2 + Duration::from_secs(5))
+                    .await;
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = shared.hard_stop.cancelled() => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+                continue;
+            }
+            tracing::error!(dlq = %shared.dlq_topic, error = %err, tries, "dead-letter publish keeps failing; the message is nacked and its dead letter published when it comes back");
+            shared.pending.remember(event);
+            let _ = settle(shared, delivery, Settle::Nack(Some(Duration::from_secs(5)))).await;
+            return;
+        }
+        match dead_letter::shrink(&event) {
+            Some(smaller) => {
+                tracing::warn!(dlq = %shared.dlq_topic, error = %err, "dead letter refused; publishing a smaller one (marked dlqtruncated)");
+                event = smaller;
+            }
+            None => {
+                tracing::error!(dlq = %shared.dlq_topic, error = %err, "even the smallest dead letter was refused; the message is held (nacked) and retried every {PARKED_RETRY:?} without running the handler");
+                shared.metrics.dead_letter_failures.increment(1);
+                shared.pending.remember(event);
+                let _ = settle(shared, delivery, Settle::Nack(Some(PARKED_RETRY))).await;
+                return;
             }
         }
-        Err(e) => {
-            tracing::error!(dlq = %shared.dlq_topic, error = %e, "dead-letter publish failed; the message stays unacked and will be redelivered");
-            let _ = settle(shared, delivery, Settle::Nack(Some(Duration::from_secs(1)))).await;
+    }
+}
+
+/// Dead letters decided but not yet published, by event identity, so that a redelivery
+/// publishes the dead letter instead of running the handler again. Bounded; touched only
+/// when not empty.
+#[derive(Default)]
+struct PendingDeadLetters {
+    len: AtomicUsize,
+    map: Mutex<HashMap<String, cloudevents::Event>>,
+}
+
+const PENDING_MAX: usize = 10_000;
+
+impl PendingDeadLetters {
+    fn key(e: &cloudevents::Event) -> String {
+        format!("{}\u{0}{}", e.source(), e.id())
+    }
+
+    fn remember(&self, dead: cloudevents::Event) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= PENDING_MAX {
+            map.clear();
         }
+        map.insert(Self::key(&dead), dead);
+        self.len.store(map.len(), Ordering::Relaxed);
+    }
+
+    fn take(&self, original: &cloudevents::Event) -> Option<cloudevents::Event> {
+        if self.len.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let dead = map.remove(&Self::key(original));
+        self.len.store(map.len(), Ordering::Relaxed);
+        dead
+    }
+
+    fn forget(&self, dead: &cloudevents::Event) {
+        let _ = self.take(dead);
     }
 }
 

@@ -56,6 +56,10 @@ pub const LAST_FAILURE: &str = "dlqlastfailure";
 pub const REPLAYS: &str = "dlqreplays";
 /// Extension: raw headers of undecodable input.
 pub const RAW_HEADERS: &str = "dlqrawheaders";
+/// Extension: the dead letter's data (this many bytes) was dropped because the broker refused
+/// the whole dead letter (too large, say); the original is identified by `id`, `source`,
+/// `dlqtopic` and `dlqgroup`.
+pub const TRUNCATED: &str = "dlqtruncated";
 /// Type of the event that carries undecodable input.
 pub const UNDECODABLE_TYPE: &str = "messaging.undecodable";
 
@@ -194,6 +198,54 @@ pub fn undecodable_event(error: &DecodeError, origin: &Origin, now: DateTime<Utc
         last_failure: now,
     };
     dead_letter_event(&event, &failure, origin)
+}
+
+/// A smaller dead letter for one the broker refused permanently: first `dead` without its data
+/// (and without `dlqrawheaders`), then only its identity (`id`, `source`, `type`, `subject`,
+/// `time`), correlation, trace context and dead-letter metadata. Each is marked with
+/// [`TRUNCATED`], the size of the dropped data in bytes. `None` when `dead` is already the
+/// smallest.
+pub fn shrink(dead: &Event) -> Option<Event> {
+    use cloudevents::{AttributesReader, AttributesWriter, Data};
+    let data_len = |e: &Event| match e.data() {
+        None => 0,
+        Some(Data::Binary(b)) => b.len(),
+        Some(Data::String(s)) => s.len(),
+        Some(Data::Json(v)) => serde_json::to_vec(v).map_or(0, |b| b.len()),
+    };
+    let dropped = int(dead, TRUNCATED).unwrap_or_else(|| data_len(dead) as i64);
+    if dead.data().is_some() || dead.extension(RAW_HEADERS).is_some() {
+        let mut e = dead.clone();
+        let _ = e.take_data();
+        e.remove_extension(RAW_HEADERS);
+        e.set_extension(TRUNCATED, dropped);
+        return Some(e);
+    }
+    let keep = |name: &str| {
+        name.starts_with("dlq")
+            || matches!(
+                name,
+                crate::event::CORRELATION_ID
+                    | crate::event::CAUSATION_ID
+                    | crate::event::TRACEPARENT
+                    | crate::event::TRACESTATE
+                    | crate::event::PARTITION_KEY
+            )
+    };
+    if dead.iter_extensions().all(|(name, _)| keep(name)) && dead.dataschema().is_none() {
+        return None;
+    }
+    let mut e = EventBuilder::new(dead.source().to_string(), dead.ty())
+        .id(dead.id())
+        .build()
+        .ok()?;
+    e.set_subject(dead.subject());
+    e.set_time(dead.time().copied());
+    for (name, value) in dead.iter_extensions().filter(|(name, _)| keep(name)) {
+        e.set_extension(name, value.clone());
+    }
+    e.set_extension(TRUNCATED, dropped);
+    Some(e)
 }
 
 /// The event to publish when replaying `dead`: the same event with `dlqreplays` incremented

@@ -12,7 +12,7 @@ use tower_service::Service;
 
 use super::{Claim, IdempotencyStore};
 use crate::event::EventExt;
-use crate::handler::{HandlerError, Incoming};
+use crate::handler::{HandlerError, Incoming, call_isolated};
 
 /// Where the idempotency key comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,8 +196,18 @@ where
                 ))
                 .retry_after(layer.lease)),
                 Ok(Claim::Acquired) => {
+                    // Released if this future is dropped before the outcome is recorded (the
+                    // runtime's hard stop cuts handlers off): the redelivery must not wait out
+                    // the lease.
+                    let mut claim = ClaimGuard {
+                        store: Some(layer.store.clone()),
+                        key: key.clone(),
+                        token: token.to_owned(),
+                    };
                     poll_fn(|cx| inner.poll_ready(cx)).await?;
-                    match inner.call(msg.clone()).await {
+                    let result = call_isolated(&msg, || inner.call(msg.clone())).await;
+                    claim.store = None;
+                    match result {
                         Ok(()) => {
                             if let Err(e) = layer.store.complete(&key, token, layer.ttl).await {
                                 // The work is done; failing now would redo it. A later
@@ -216,6 +226,41 @@ where
                 }
             }
         })
+    }
+}
+
+/// Releases a claim whose handler was cut off (its future dropped) before the outcome was
+/// known; disarmed once the handler returned.
+struct ClaimGuard<St: IdempotencyStore> {
+    store: Option<Arc<St>>,
+    key: String,
+    token: String,
+}
+
+impl<St: IdempotencyStore> Drop for ClaimGuard<St> {
+    fn drop(&mut self) {
+        let Some(store) = self.store.take() else {
+            return;
+        };
+        let (key, token) = (
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.token),
+        );
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if let Err(e) = store.release(&key, &token).await {
+                        tracing::warn!(key, error = %e, "could not release the claim of a cut-off handler; it expires with its lease");
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::warn!(
+                    key,
+                    "no runtime to release the claim of a cut-off handler; it expires with its lease"
+                );
+            }
+        }
     }
 }
 

@@ -14,7 +14,9 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{RetryMode, RetryPolicy};
-use crate::handler::{DeadLetterReason, Failure, HandlerError, Incoming, Outcome};
+use crate::handler::{
+    DeadLetterReason, Failure, HandlerError, Incoming, Outcome, call_isolated, is_panic,
+};
 
 /// Wraps a handler service in [`Retry`].
 #[derive(Debug, Clone)]
@@ -133,7 +135,16 @@ where
     S: Service<Incoming, Response = (), Error = HandlerError>,
 {
     poll_fn(|cx| inner.poll_ready(cx)).await?;
-    inner.call(msg.clone()).await
+    call_isolated(msg, || inner.call(msg.clone())).await
+}
+
+/// The dead-letter reason for a failure: a panic says so.
+fn reason_for(error: &HandlerError, otherwise: DeadLetterReason) -> DeadLetterReason {
+    if is_panic(error) {
+        DeadLetterReason::Panicked
+    } else {
+        otherwise
+    }
 }
 
 async fn decide<S>(
@@ -176,7 +187,7 @@ where
                         count_retry(&msg, "in-place");
                         tokio::time::sleep(error.requested_delay().unwrap_or(d)).await;
                     }
-                    None => return dead(DeadLetterReason::RetriesExhausted),
+                    None => return dead(reason_for(&error, DeadLetterReason::RetriesExhausted)),
                 }
             }
         }
@@ -210,7 +221,7 @@ where
                         delay: Some(error.requested_delay().unwrap_or(d)),
                     }
                 }
-                None => dead(DeadLetterReason::RetriesExhausted),
+                None => dead(reason_for(&error, DeadLetterReason::RetriesExhausted)),
             }
         }
     }

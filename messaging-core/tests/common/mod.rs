@@ -1,0 +1,58 @@
+//! Helpers shared by the runtime tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use messaging_core::middleware::dead_letter;
+use messaging_core::middleware::retry::{RetryMode, RetryPolicy};
+use messaging_core::{
+    Delivery, DynPublisher, Event, EventBuilder, SubscribeOptions, Subscriber, Subscription,
+};
+use messaging_testkit::MemoryBroker;
+
+pub fn event(n: usize) -> Event {
+    EventBuilder::new("test", "order.created")
+        .id(format!("e{n}"))
+        .json(&serde_json::json!({ "n": n }))
+        .build()
+        .unwrap()
+}
+
+pub fn policy(max_retries: u32, mode: RetryMode) -> RetryPolicy {
+    RetryPolicy {
+        max_retries,
+        jitter: false,
+        mode,
+        ..RetryPolicy::default()
+    }
+}
+
+pub fn publisher(broker: &MemoryBroker) -> Arc<dyn DynPublisher> {
+    Arc::new(broker.publisher())
+}
+
+/// Completes once `done()` holds (checked every 10 ms of tokio time).
+pub async fn until(done: impl Fn() -> bool) {
+    while !done() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub async fn dead_letters(broker: &MemoryBroker, dlq: &str, n: usize) -> Vec<Event> {
+    let mut sub = broker
+        .subscriber()
+        .subscribe(dlq, SubscribeOptions::new(dead_letter::DEAD_LETTER_GROUP))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let d = tokio::time::timeout(Duration::from_secs(60), sub.recv())
+            .await
+            .expect("dead letter arrives")
+            .unwrap();
+        out.push(d.event().unwrap().clone());
+        d.nack(None).await.unwrap(); // leave it there
+    }
+    out
+}
