@@ -8,12 +8,10 @@ use percent_encoding::percent_decode_str;
 
 use crate::errors::ConfigError;
 
-/// Query keys whose values are secrets, besides the URL's password.
+/// Query keys whose values are secrets, besides the URL's password: the one rule of
+/// [`messaging_core::redact`], shared with every adapter.
 pub(crate) fn is_secret(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    ["password", "secret", "token", "credential"]
-        .iter()
-        .any(|s| key.contains(s))
+    messaging_core::redact::is_secret(key)
 }
 
 /// A parsed broker URL: `scheme://[user[:password]@]hosts[/path][?key=value&…]`.

@@ -229,3 +229,43 @@ async fn bad_configuration_is_named() {
         assert!(!err.is_transient());
     }
 }
+
+/// Issue 12 item 11: one redaction rule everywhere — the adapters' secret properties
+/// (`ssl.key.pem`, `ssl.keystore.password`, `sasl.*`) are hidden in `Broker::url()`, `Debug`
+/// and errors on every broker.
+#[tokio::test]
+async fn adapter_secret_options_never_show() {
+    let secrets = [
+        ("ssl.key.pem", "PEMKEY1"),
+        ("ssl.keystore.password", "KSPW2"),
+        ("sasl.oauthbearer.config", "OAUTH3"),
+        ("sasl.kerberos.keytab", "KEYTAB4"),
+    ];
+    let query: Vec<String> = secrets.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let query = query.join("&");
+    // Reachable Kafka: the URL the connected broker reports.
+    let kafka = Broker::connect(&format!("{}&{query}", kafka_url())).await;
+    let shown = match &kafka {
+        Ok(b) => format!("{} {b:?}", b.url()),
+        Err(e) => format!("{e} {e:?}"),
+    };
+    for (k, v) in secrets {
+        assert!(!shown.contains(v), "kafka {k}: {shown}");
+    }
+    // Unreachable, bad and valid URLs of every broker: parse, Display, Debug, errors.
+    for url in [
+        format!("kafka://127.0.0.1:1?connect_timeout=2s&{query}"),
+        format!("kafka://127.0.0.1:9092?partitions=many&{query}"),
+        format!("amqp://guest:guest@127.0.0.1:1/%2f?x-api-key=PEMKEY1&token=KSPW2"),
+        format!("sqs://us-east-1?endpoint=http://127.0.0.1:1&call_timeout=2s&session_token=OAUTH3"),
+    ] {
+        let parsed: messaging::BrokerUrl = url.parse().unwrap();
+        let mut shown = format!("{parsed} {parsed:?}");
+        if let Err(e) = Broker::connect(&url).await {
+            shown.push_str(&format!(" {e} {e:?}"));
+        }
+        for (_, v) in secrets {
+            assert!(!shown.contains(v), "{url}: {shown}");
+        }
+    }
+}
