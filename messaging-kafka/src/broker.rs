@@ -14,7 +14,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::config::{KafkaConfig, retry_topic};
+use crate::config::{KafkaConfig, retry_tier_of, retry_topic};
 use crate::error;
 use crate::publisher::{KafkaPublisher, Producer};
 use crate::subscriber::KafkaSubscriber;
@@ -223,19 +223,56 @@ impl Shared {
         Ok(())
     }
 
+    /// The retry topics of `group` on `topic` that exist on the cluster, under today's
+    /// naming or the legacy one, whatever their tier.
+    pub(crate) async fn group_retry_topics(
+        self: &Arc<Self>,
+        topic: &str,
+        group: &str,
+    ) -> Result<Vec<String>, KafkaError> {
+        let shared = self.clone();
+        let (topic, group) = (topic.to_owned(), group.to_owned());
+        tokio::task::spawn_blocking(move || shared.group_retry_topics_blocking(&topic, &group))
+            .await
+            .map_err(|_| KafkaError::Canceled)?
+    }
+
+    fn group_retry_topics_blocking(
+        &self,
+        topic: &str,
+        group: &str,
+    ) -> Result<Vec<String>, KafkaError> {
+        let md = self
+            .admin
+            .inner()
+            .fetch_metadata(None, self.config.subscribe_timeout)?;
+        let mut found: Vec<String> = md
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none() && retry_tier_of(t.name(), topic, group).is_some())
+            .map(|t| t.name().to_owned())
+            .collect();
+        found.sort_unstable();
+        Ok(found)
+    }
+
+    /// A consumer for reading the commits of `group_id` (it never joins the group).
+    fn offsets_reader(&self, group_id: &str) -> Result<BaseConsumer, InspectError> {
+        self.config
+            .client_config()
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(error::inspect)
+    }
+
     fn lag_blocking(
         &self,
         topic: &str,
         group: &str,
     ) -> Result<Option<Vec<PartitionLag>>, InspectError> {
         let timeout = self.config.subscribe_timeout;
-        let consumer: BaseConsumer = self
-            .config
-            .client_config()
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .create()
-            .map_err(error::inspect)?;
+        let consumer = self.offsets_reader(&self.config.group_id(topic, group))?;
         let mut topics = vec![topic.to_owned()];
         topics.extend(
             self.config
@@ -243,6 +280,14 @@ impl Shared {
                 .iter()
                 .map(|t| retry_topic(topic, group, *t)),
         );
+        for t in self
+            .group_retry_topics_blocking(topic, group)
+            .map_err(error::inspect)?
+        {
+            if !topics.contains(&t) {
+                topics.push(t);
+            }
+        }
         let mut tpl = TopicPartitionList::new();
         for t in &topics {
             let md = consumer
@@ -257,9 +302,39 @@ impl Shared {
         if tpl.count() == 0 {
             return Ok(None);
         }
-        let committed = consumer
+        let mut committed = consumer
             .committed_offsets(tpl, timeout)
             .map_err(error::inspect)?;
+        for e in committed.elements() {
+            e.error().map_err(error::inspect)?;
+        }
+        if let Some(legacy) = self.config.legacy_group_id(group) {
+            // Partitions not committed under the new id yet continue from the legacy one.
+            let uncommitted: Vec<(String, i32)> = committed
+                .elements()
+                .iter()
+                .filter(|e| !matches!(e.offset(), Offset::Offset(_)))
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect();
+            if !uncommitted.is_empty() {
+                let mut tpl = TopicPartitionList::new();
+                for (t, p) in &uncommitted {
+                    tpl.add_partition(t, *p);
+                }
+                let old = self
+                    .offsets_reader(legacy)?
+                    .committed_offsets(tpl, timeout)
+                    .map_err(error::inspect)?;
+                for e in old.elements() {
+                    e.error().map_err(error::inspect)?;
+                    if let Offset::Offset(o) = e.offset() {
+                        committed
+                            .set_partition_offset(e.topic(), e.partition(), Offset::Offset(o))
+                            .map_err(error::inspect)?;
+                    }
+                }
+            }
+        }
         let mut any = false;
         let mut lags = Vec::new();
         for e in committed.elements() {

@@ -4,20 +4,20 @@ use std::fmt;
 use std::time::Duration;
 
 use messaging_core::ContentMode;
+use messaging_core::middleware::dead_letter::DEAD_LETTER_GROUP;
+use messaging_core::naming::short_hash;
 use rdkafka::ClientConfig;
 
-/// librdkafka properties whose values are secrets: never shown in `Debug` or errors.
-const SECRET_PROPERTIES: &[&str] = &[
-    "sasl.password",
-    "ssl.key.password",
-    "ssl.keystore.password",
-    "ssl.key.pem",
-    "sasl.oauthbearer.client.secret",
-];
+/// The group `messaging_core::request::Requester` subscribes its reply topic with.
+const REQUESTER_GROUP: &str = "requester";
+/// Groups whose Kafka `group.id` is scoped to the topic (see [`KafkaConfig::group_id`]).
+const TOPIC_SCOPED_GROUPS: [&str; 2] = [DEAD_LETTER_GROUP, REQUESTER_GROUP];
 
-/// Whether the librdkafka property `name` holds a secret.
+/// Whether the librdkafka property `name` holds a secret: the one rule of
+/// [`messaging_core::redact`] (`*.password`, `ssl.key.pem`, every `sasl.*` but the mechanism
+/// and user name, …).
 pub(crate) fn is_secret(name: &str) -> bool {
-    SECRET_PROPERTIES.contains(&name) || name.ends_with(".password") || name.contains("secret")
+    messaging_core::redact::is_secret(name)
 }
 
 /// How to reach Kafka and how the adapter lays out topics and messages.
@@ -140,6 +140,37 @@ impl KafkaConfig {
         topics
     }
 
+    /// The Kafka `group.id` of the subscription group `group` on `topic`.
+    ///
+    /// A subscription group is the group itself, except the framework's own groups, which are
+    /// one per topic on every broker (a RabbitMQ queue `<topic>.<group>`, an SQS queue
+    /// `<topic>-<group>`) but would be one cluster-wide consumer group on Kafka, where every
+    /// service's dead-letter replays and every requester would rebalance each other: the
+    /// dead-letter group ([`DEAD_LETTER_GROUP`]) and the requester's reply group
+    /// (`requester`) are scoped to their topic, `<topic>.<group>`.
+    ///
+    /// ```
+    /// use messaging_kafka::KafkaConfig;
+    ///
+    /// let config = KafkaConfig::new("127.0.0.1:9092");
+    /// assert_eq!(config.group_id("orders", "billing"), "billing");
+    /// assert_eq!(config.group_id("orders.dlq", "dead-letters"), "orders.dlq.dead-letters");
+    /// ```
+    pub fn group_id(&self, topic: &str, group: &str) -> String {
+        if TOPIC_SCOPED_GROUPS.contains(&group) {
+            format!("{topic}.{group}")
+        } else {
+            group.to_owned()
+        }
+    }
+
+    /// The cluster-wide `group.id` a topic-scoped group had before, whose committed offsets a
+    /// partition without a commit of its own continues from (dead letters already replayed
+    /// are not replayed again after the upgrade).
+    pub(crate) fn legacy_group_id(&self, group: &str) -> Option<&'static str> {
+        (group == DEAD_LETTER_GROUP).then_some(DEAD_LETTER_GROUP)
+    }
+
     /// The retry tier for a delay: the smallest tier at least `delay`, else the longest.
     pub(crate) fn tier_for(&self, delay: Duration) -> Option<Duration> {
         self.retry_tiers
@@ -204,9 +235,84 @@ pub(crate) fn tier_label(tier: Duration) -> String {
     }
 }
 
-/// The retry topic of `topic` for `group` and `tier`.
+/// Longest topic name Kafka accepts.
+pub(crate) const MAX_TOPIC_LEN: usize = 249;
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// The retry topic of `topic` for `group` and `tier`, injective over (topic, group, tier):
+///
+/// - `{topic}.{group}.retry.{tier}` — today's name — when the group has no `.`, both names
+///   hold only Kafka's name characters and the join fits 249 characters. Its last segment is
+///   the tier label, which always ends in `s`, `m` or `h`; the group is the segment before
+///   `.retry.` and the topic everything before that, so two pairs never share such a name.
+/// - otherwise `{topic}.{group}.retry.{tier}.{hash}`, the readable part sanitized and
+///   shortened to fit, `hash` the first 10 hex digits of SHA-256 over the exact topic and
+///   group ([`short_hash`]). Its last segment is hex, so it never ends like a plain name, and
+///   two pairs share it only if the hash collides on 40 bits.
+///
+/// The hash is not put into the group segment (as [`messaging_core::naming::group_resource`]
+/// does with a marker character) because every character Kafka allows besides `.` — `-`,
+/// `_`, letters, digits — is common in group names, and marking them would rename the retry
+/// topics of most existing groups.
 pub(crate) fn retry_topic(topic: &str, group: &str, tier: Duration) -> String {
+    let label = tier_label(tier);
+    let plain = format!("{topic}.{group}.retry.{label}");
+    let unambiguous = !group.contains('.') && topic.chars().chain(group.chars()).all(is_name_char);
+    if unambiguous && plain.len() <= MAX_TOPIC_LEN {
+        return plain;
+    }
+    let suffix = format!(".retry.{label}.{}", short_hash(&[topic, group]));
+    let mut readable = format!("{}.{}", sanitize(topic), sanitize(group));
+    // Sanitized names are ASCII: any byte is a char boundary.
+    readable.truncate(MAX_TOPIC_LEN.saturating_sub(suffix.len()));
+    readable + &suffix
+}
+
+/// The retry topic name used before names were made injective: `{topic}.{group}.retry.{tier}`
+/// with the group sanitized. (topic `a.b`, group `c`) and (topic `a`, group `b.c`) share one;
+/// messages on it carry their origin topic, by which each group tells its own apart.
+pub(crate) fn legacy_retry_topic(topic: &str, group: &str, tier: Duration) -> String {
     format!("{topic}.{}.retry.{}", sanitize(group), tier_label(tier))
+}
+
+/// The delay a [`tier_label`] stands for; `None` for anything [`tier_label`] never writes.
+pub(crate) fn parse_tier_label(label: &str) -> Option<Duration> {
+    let (digits, unit_ms) = if let Some(d) = label.strip_suffix("ms") {
+        (d, 1)
+    } else if let Some(d) = label.strip_suffix('s') {
+        (d, 1000)
+    } else if let Some(d) = label.strip_suffix('m') {
+        (d, 60_000)
+    } else if let Some(d) = label.strip_suffix('h') {
+        (d, 3_600_000)
+    } else {
+        return None;
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let ms = digits.parse::<u64>().ok()?.checked_mul(unit_ms)?;
+    let tier = Duration::from_millis(ms);
+    (tier_label(tier) == label).then_some(tier)
+}
+
+/// The tier of `name` if it is a retry topic of `group` on `topic`, under today's naming or
+/// the legacy one ([`legacy_retry_topic`]).
+pub(crate) fn retry_tier_of(name: &str, topic: &str, group: &str) -> Option<Duration> {
+    let mut segments = name.rsplit('.');
+    let last = segments.next()?;
+    let before_last = segments.next();
+    [Some(last), before_last]
+        .into_iter()
+        .flatten()
+        .filter_map(parse_tier_label)
+        .find(|tier| {
+            retry_topic(topic, group, *tier) == name
+                || legacy_retry_topic(topic, group, *tier) == name
+        })
 }
 
 #[cfg(test)]
@@ -250,13 +356,126 @@ mod tests {
         assert_eq!(none.tier_for(Duration::from_secs(1)), None);
     }
 
+    fn valid(name: &str) -> bool {
+        !name.is_empty() && name.len() <= MAX_TOPIC_LEN && name.chars().all(is_name_char)
+    }
+
     #[test]
     fn retry_topic_names_are_valid_kafka_names() {
+        // Today's names stay where they are unambiguous.
         assert_eq!(
-            retry_topic("orders", "billing svc/1", Duration::from_secs(60)),
+            retry_topic("orders", "billing", Duration::from_secs(60)),
+            "orders.billing.retry.1m"
+        );
+        assert_eq!(
+            retry_topic("orders.v1", "billing-svc_2", Duration::from_secs(10)),
+            "orders.v1.billing-svc_2.retry.10s"
+        );
+        let sanitized = retry_topic("orders", "billing svc/1", Duration::from_secs(60));
+        assert!(valid(&sanitized), "{sanitized}");
+        assert!(
+            sanitized.starts_with("orders.billing_svc_1.retry.1m."),
+            "{sanitized}"
+        );
+        assert_ne!(
+            sanitized,
+            retry_topic("orders", "billing_svc_1", Duration::from_secs(60)),
+            "sanitizing no longer merges groups"
+        );
+        assert_eq!(
+            legacy_retry_topic("orders", "billing svc/1", Duration::from_secs(60)),
             "orders.billing_svc_1.retry.1m"
         );
         assert_eq!(tier_label(Duration::from_millis(1500)), "1500ms");
         assert_eq!(tier_label(Duration::from_secs(7200)), "2h");
+    }
+
+    #[test]
+    fn the_review_collision_is_gone() {
+        let tier = Duration::from_secs(1);
+        let a = retry_topic("u.a.b", "c", tier);
+        let b = retry_topic("u.a", "b.c", tier);
+        assert_eq!(a, "u.a.b.c.retry.1s", "unambiguous: today's name");
+        assert_ne!(a, b);
+        assert!(valid(&b), "{b}");
+        // The old shared name is found as a legacy retry topic of both pairs.
+        assert_eq!(retry_tier_of(&a, "u.a.b", "c"), Some(tier));
+        assert_eq!(retry_tier_of(&a, "u.a", "b.c"), Some(tier), "legacy name");
+        assert_eq!(retry_tier_of(&b, "u.a", "b.c"), Some(tier));
+        assert_eq!(retry_tier_of(&b, "u.a.b", "c"), None);
+    }
+
+    #[test]
+    fn long_names_fit() {
+        let topic = "t".repeat(240);
+        let name = retry_topic(&topic, "billing", Duration::from_secs(3600));
+        assert!(valid(&name), "{name}");
+        assert_eq!(
+            retry_tier_of(&name, &topic, "billing"),
+            Some(Duration::from_secs(3600))
+        );
+        assert_ne!(
+            name,
+            retry_topic(&topic, "billinh", Duration::from_secs(3600))
+        );
+        assert_ne!(
+            name,
+            retry_topic(&topic, "billing", Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn tier_labels_parse_back() {
+        for ms in [
+            1, 999, 1000, 1500, 10_000, 60_000, 90_000, 600_000, 3_600_000, 7_200_000,
+        ] {
+            let tier = Duration::from_millis(ms);
+            assert_eq!(parse_tier_label(&tier_label(tier)), Some(tier));
+        }
+        for bad in ["", "s", "60s", "1x", "1.5s", "-1s", "0x1s", "abcdef0123"] {
+            assert_eq!(parse_tier_label(bad), None, "{bad}");
+        }
+    }
+
+    use proptest::prelude::*;
+
+    fn part() -> impl Strategy<Value = String> {
+        // Small alphabet so dots, characters Kafka refuses and shared prefixes are frequent.
+        proptest::string::string_regex("[ab._ -]{0,5}").expect("regex")
+    }
+
+    fn tier() -> impl Strategy<Value = Duration> {
+        prop::sample::select(vec![
+            Duration::from_millis(500),
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+            Duration::from_secs(3600),
+        ])
+    }
+
+    proptest! {
+        /// Different (topic, group, tier) never share a retry topic; every name is a valid
+        /// Kafka topic name; discovery finds a name for its own pair and tier, and never
+        /// claims another pair's current name unless it is that pair's legacy name too.
+        #[test]
+        fn retry_topics_are_injective(
+            t1 in part(), g1 in part(), d1 in tier(),
+            t2 in part(), g2 in part(), d2 in tier(),
+        ) {
+            let a = retry_topic(&t1, &g1, d1);
+            let b = retry_topic(&t2, &g2, d2);
+            prop_assert!(valid(&a), "{}", a);
+            prop_assert_eq!(retry_tier_of(&a, &t1, &g1), Some(d1));
+            if (&t1, &g1, d1) != (&t2, &g2, d2) {
+                prop_assert_ne!(&a, &b, "{:?} and {:?}", (&t1, &g1, d1), (&t2, &g2, d2));
+            }
+            if let Some(tier) = retry_tier_of(&b, &t1, &g1) {
+                prop_assert_eq!(tier, d2);
+                prop_assert!(
+                    (&t1, &g1) == (&t2, &g2) || b == legacy_retry_topic(&t1, &g1, d2),
+                    "{} claimed by {:?}", b, (&t1, &g1)
+                );
+            }
+        }
     }
 }

@@ -20,10 +20,21 @@
 //! in-flight deliveries, commits what is settled and is released; settling a delivery of a
 //! revoked partition fails with `Closed` (its new owner redelivers it).
 //!
-//! A new group starts at the end of each partition (or the start with
-//! [`StartFrom::Earliest`](messaging_core::StartFrom)) and commits that position at once, so a
-//! group exists from its first subscribe: messages published after `subscribe` returns are
-//! delivered even if the consumer closes and comes back later.
+//! A group with no commit on a topic is new: it starts at the end of each partition (or the
+//! start with [`StartFrom::Earliest`](messaging_core::StartFrom)) and commits that position at
+//! once for every partition of the topic, so a group exists from its first subscribe: messages
+//! published after `subscribe` returns are delivered even if the consumer closes and comes back
+//! later, and members joining in the same rebalance start at the same place. A partition
+//! without a commit in a group that has commits on the topic — a partition added to the topic —
+//! starts at its earliest offset, so messages produced to it before the group rebalanced onto
+//! it are delivered.
+//!
+//! If the committed offsets of an assignment cannot be read (a timeout, a busy coordinator),
+//! its partitions are assigned paused and nothing read from them is handed out; the fetch is
+//! retried every 100 ms to 5 s (doubling) until it succeeds, each failure logged and counted
+//! in `messaging_kafka_offset_fetch_failures_total{topic, group}`, then the partitions are
+//! sought to their start and resume. `subscribe` returns once its first assignment has its
+//! start positions (or fails with `Timeout` naming the fetch error).
 //!
 //! # Nacks
 //!
@@ -33,7 +44,29 @@
 //! tier at least the delay) with a not-before header, then settles the original. Retry topics are
 //! consumed by the same group alongside the topic: a retry partition whose head is not due yet
 //! is paused, the topic's own partitions keep flowing. Ordered subscriptions retry in place
-//! instead (the partition waits), which keeps per-key order. The attempt number counts local
+//! instead (the partition waits), which keeps per-key order.
+//!
+//! A message parked in a retry topic is already settled on the topic, so every subscription
+//! reads *every* retry topic of its group that exists on the cluster — found by name at
+//! subscribe, whatever the tiers are now, ordered subscriptions included — and lag and depth
+//! count them; a subscription whose retry topics cannot be listed fails to start.
+//!
+//! Retry topic names are injective: where the group has no `.`, both names hold only Kafka's
+//! name characters and the name fits 249 characters, it is `<topic>.<group>.retry.<tier>` as
+//! before; otherwise `<topic>.<group>.retry.<tier>.<hash>` (readable part sanitized and
+//! shortened, hash of the exact topic and group). Retry topics under the earlier naming, where
+//! topic `a.b` with group `c` and topic `a` with group `b.c` shared one, are still drained;
+//! each message there carries its origin topic, and a group skips the messages of another
+//! topic.
+//!
+//! # Group ids
+//!
+//! A subscription group is the Kafka consumer group of the same name, except the framework's
+//! own groups — the dead-letter group and the requester's `requester` — which are one per topic
+//! on every broker but would be one cluster-wide group on Kafka (every service's replays and
+//! requesters rebalancing each other): they are the consumer group `<topic>.<group>`
+//! ([`KafkaConfig::group_id`]). The dead-letter group continues from the commits of the former
+//! `dead-letters` group on partitions it has not committed yet. The attempt number counts local
 //! redeliveries and retry-topic hops; a redelivery after a crash or rebalance starts again at 1
 //! (Kafka keeps no delivery count).
 //!

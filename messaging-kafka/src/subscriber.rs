@@ -23,7 +23,7 @@ use messaging_core::{
     Subscription,
 };
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -44,6 +44,12 @@ const READ_BATCH: usize = 256;
 const HOUSEKEEPING: Duration = Duration::from_millis(10);
 /// Bound on broker requests made inside rebalance callbacks.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// First wait before fetching committed offsets again after a failure; it doubles up to
+/// [`FETCH_RETRY_MAX`] and the fetch is retried until it succeeds or the partitions are
+/// revoked.
+const FETCH_RETRY_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between two fetches of committed offsets.
+const FETCH_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Opens subscriptions on Kafka topics.
 pub struct KafkaSubscriber {
@@ -92,6 +98,9 @@ struct Read {
     attempt: u32,
     /// Retry topics: not before this Unix millisecond.
     due: Option<i64>,
+    /// Read from a retry topic that another topic's group shares under the legacy naming
+    /// (its origin header names another topic): settled without being delivered.
+    foreign: bool,
 }
 
 /// One assigned partition.
@@ -116,6 +125,10 @@ struct Part {
     delayed: VecDeque<(i64, Msg)>,
     paused: bool,
     revoking: bool,
+    /// Its start position is not known yet: the committed offsets could not be fetched when
+    /// it was assigned. It stays paused, and anything read from it is dropped (it is read
+    /// again from the start position once the fetch succeeds).
+    pending: bool,
 }
 
 #[derive(Default)]
@@ -127,6 +140,12 @@ struct State {
     epoch: u64,
     backpressure: bool,
     closed: bool,
+    /// Partitions are pending: when to fetch their committed offsets again.
+    retry_at: Option<Instant>,
+    /// The wait before the next fetch after a failure (doubling, bounded).
+    retry_delay: Duration,
+    /// The last failure to fetch committed offsets, for the subscribe timeout's message.
+    fetch_error: Option<String>,
 }
 
 impl State {
@@ -142,7 +161,50 @@ impl State {
     }
 }
 
+/// A commit of the group on one partition.
+struct Commit {
+    offset: i64,
+    /// The handed-out mark of the commit's metadata; -1 if none.
+    seen_before: i64,
+    /// Read from the group's legacy `group.id`.
+    legacy: bool,
+}
+
+/// Where an assigned partition starts.
+struct Start {
+    topic: String,
+    partition: i32,
+    position: i64,
+    seen_before: i64,
+    /// The position is committed (else the next offset store commits it).
+    committed: bool,
+}
+
 impl Part {
+    /// A partition starting at `start`; `None` while its start is not known (pending, paused).
+    fn new(epoch: u64, start: Option<&Start>) -> Self {
+        let (position, seen_before, stored) = match start {
+            Some(s) if s.committed => (s.position, s.seen_before, (s.position, s.position)),
+            // Not committed yet: the first housekeeping stores it for the next commit.
+            Some(s) => (s.position, s.seen_before, (i64::MIN, i64::MIN)),
+            None => (-1, -1, (-1, -1)),
+        };
+        Self {
+            epoch,
+            tracker: Tracker::new(position),
+            stored,
+            handed: position,
+            seen_before,
+            out: 0,
+            busy: false,
+            backlog: VecDeque::new(),
+            delayed: VecDeque::new(),
+            paused: start.is_none(),
+            revoking: false,
+            pending: start.is_none(),
+        }
+    }
+
     /// Counts `m` as handed out; a message an earlier group member already had is at least
     /// on its second delivery.
     fn hand_out(&mut self, mut m: Msg) -> Msg {
@@ -178,7 +240,16 @@ struct Sub {
     ordered: bool,
     prefetch: usize,
     start: StartFrom,
+    /// The subscription group (as the application named it; see `KafkaConfig::group_id`).
+    group: String,
+    /// The retry topics a nack with a delay publishes to, by tier.
     retry_topics: Vec<(Duration, Arc<str>)>,
+    /// Every retry topic the subscription reads: those above and every other retry topic of
+    /// the group found on the cluster (earlier tiers, legacy names), drained so that nothing
+    /// parked there is orphaned.
+    drained: Vec<Arc<str>>,
+    /// Reads the committed offsets of the group's former cluster-wide `group.id`.
+    legacy: Option<BaseConsumer>,
     state: Mutex<State>,
     settled: Condvar,
     tx: mpsc::UnboundedSender<KafkaDelivery>,
@@ -203,7 +274,7 @@ impl Sub {
     }
 
     fn is_retry_topic(&self, topic: &str) -> bool {
-        self.retry_topics.iter().any(|(_, t)| &**t == topic)
+        self.drained.iter().any(|t| &**t == topic)
     }
 
     /// The subscription's own name for a topic it reads, and whether it is a retry topic.
@@ -211,10 +282,10 @@ impl Sub {
         if *self.topic == *topic {
             return Some((self.topic.clone(), false));
         }
-        self.retry_topics
+        self.drained
             .iter()
-            .find(|(_, t)| &**t == topic)
-            .map(|(_, t)| (t.clone(), true))
+            .find(|t| &***t == topic)
+            .map(|t| (t.clone(), true))
     }
 
     /// Hands a message to the subscription; a closed channel drops it without requeueing.
@@ -265,6 +336,9 @@ impl Sub {
     /// A message the poller read.
     fn read(&self, m: &BorrowedMessage<'_>) -> Option<Read> {
         let (topic, retry) = self.known_topic(m.topic())?;
+        let foreign = retry
+            && codec::header(m, ORIGIN_HEADER)
+                .is_some_and(|origin| origin != self.topic.as_bytes());
         let payload = codec::decode(&self.broker.binding, m).map(Arc::new);
         let (attempt, due) = if retry {
             let before = codec::int_header(m, ATTEMPT_HEADER).unwrap_or(0);
@@ -282,6 +356,7 @@ impl Sub {
             offset: m.offset(),
             attempt,
             due,
+            foreign,
         })
     }
 
@@ -293,7 +368,11 @@ impl Sub {
             let Some(part) = st.part(&r.topic, r.partition) else {
                 continue;
             };
-            if part.revoking || !part.tracker.read(r.offset) {
+            if part.revoking || part.pending || !part.tracker.read(r.offset) {
+                continue;
+            }
+            if r.foreign {
+                part.tracker.settle(r.offset);
                 continue;
             }
             let msg = Msg {
@@ -327,7 +406,13 @@ impl Sub {
             for part in st.parts.values_mut().flat_map(HashMap::values_mut) {
                 while part.delayed.front().is_some_and(|(due, _)| *due <= now) {
                     if let Some((_, m)) = part.delayed.pop_front() {
-                        released.push(m);
+                        // Ordered subscriptions read retry topics only to drain what an
+                        // unordered one parked there; their messages wait in their lane.
+                        if self.ordered {
+                            part.backlog.push_back(m);
+                        } else {
+                            released.push(m);
+                        }
                     }
                 }
             }
@@ -348,7 +433,7 @@ impl Sub {
             let backpressure = st.backpressure;
             for (topic, parts) in &mut st.parts {
                 for (partition, part) in parts.iter_mut() {
-                    let want = backpressure || !part.delayed.is_empty();
+                    let want = part.pending || backpressure || !part.delayed.is_empty();
                     if want != part.paused {
                         part.paused = want;
                         let list = if want { &mut pause } else { &mut resume };
@@ -379,82 +464,71 @@ impl Sub {
         }
     }
 
-    /// A new assignment: start each partition at its committed offset; a partition the group
-    /// never committed starts at the end (a new group sees messages published from now on) or
-    /// at the start (`StartFrom::Earliest`, and retry topics), committed at once.
+    /// A new assignment: each partition starts at its committed offset. A partition without
+    /// one starts at its earliest offset when the group has committed on the topic before (a
+    /// partition added to the topic, whose messages must not be skipped) and on retry topics;
+    /// only a group with no commit on the topic at all is new and starts where
+    /// [`StartFrom`] says. A new group's start positions are committed at once, for every
+    /// partition of the topic, so the group exists from then on and members assigned the other
+    /// partitions in the same rebalance start there too.
+    ///
+    /// When the committed offsets cannot be read, the partitions are assigned paused and
+    /// pending; the poller fetches again with a growing delay (see [`Sub::retry_pending`]).
     fn on_assign(self: &Arc<Self>, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
-        let committed = match consumer.committed_offsets(tpl.clone(), REQUEST_TIMEOUT) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read committed offsets; using stored ones");
-                self.assign(consumer, tpl);
-                return;
-            }
-        };
+        let wanted: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        let resolved = self.resolve(consumer, &wanted);
         let mut assignment = TopicPartitionList::new();
-        let mut fresh = TopicPartitionList::new();
-        let mut positions = Vec::new();
-        for e in committed.elements() {
-            let position = match e.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => match consumer.fetch_watermarks(e.topic(), e.partition(), REQUEST_TIMEOUT) {
-                    Ok((low, high)) => {
-                        let from_start =
-                            self.start == StartFrom::Earliest || self.is_retry_topic(e.topic());
-                        let o = if from_start { low } else { high };
-                        let _ =
-                            fresh.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o));
-                        Some(o)
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, topic = e.topic(), "cannot read watermarks");
-                        None
-                    }
-                },
-            };
-            let offset = position.map_or(Offset::Stored, Offset::Offset);
-            let _ = assignment.add_partition_offset(e.topic(), e.partition(), offset);
-            let seen_before = e
-                .metadata()
-                .strip_prefix(HANDED)
-                .and_then(|n| n.parse::<i64>().ok())
-                .unwrap_or(-1);
-            positions.push((e.topic().to_owned(), e.partition(), position, seen_before));
-        }
-        if fresh.count() > 0 {
-            if let Err(e) = consumer.commit(&fresh, CommitMode::Sync) {
-                tracing::warn!(error = %e, "cannot commit the start positions of a new group");
-            }
-        }
+        let mut pending = TopicPartitionList::new();
         {
             let mut st = self.lock();
             st.epoch += 1;
             let epoch = st.epoch;
-            for (topic, partition, position, seen_before) in positions {
-                // Without a known position the tracker starts at the first message read.
-                let start = position.unwrap_or(-1);
-                st.parts
-                    .entry(Arc::from(topic.as_str()))
-                    .or_default()
-                    .insert(
-                        partition,
-                        Part {
-                            epoch,
-                            tracker: Tracker::new(start),
-                            stored: (start, start),
-                            handed: start,
-                            seen_before,
-                            out: 0,
-                            busy: false,
-                            backlog: VecDeque::new(),
-                            delayed: VecDeque::new(),
-                            paused: false,
-                            revoking: false,
-                        },
-                    );
+            match &resolved {
+                Ok(starts) => {
+                    for start in starts {
+                        let _ = assignment.add_partition_offset(
+                            &start.topic,
+                            start.partition,
+                            Offset::Offset(start.position),
+                        );
+                        let part = Part::new(epoch, Some(start));
+                        st.parts
+                            .entry(Arc::from(start.topic.as_str()))
+                            .or_default()
+                            .insert(start.partition, part);
+                    }
+                }
+                Err(e) => {
+                    self.fetch_failed(&mut st, e, wanted.len());
+                    for (topic, partition) in &wanted {
+                        // Fetching from the end reads least before the pause takes hold;
+                        // the start position, once known, is sought before resuming.
+                        let _ = assignment.add_partition_offset(topic, *partition, Offset::End);
+                        pending.add_partition(topic, *partition);
+                        st.parts
+                            .entry(Arc::from(topic.as_str()))
+                            .or_default()
+                            .insert(*partition, Part::new(epoch, None));
+                    }
+                }
             }
         }
         self.assign(consumer, &assignment);
+        if pending.count() > 0 {
+            if let Err(e) = consumer.pause(&pending) {
+                tracing::warn!(error = %e, "cannot pause partitions waiting for their committed offsets");
+            }
+        } else {
+            self.running();
+        }
+    }
+
+    /// The subscription is running once its first assignment has start positions.
+    fn running(&self) {
         self.status.send_if_modified(|s| {
             if matches!(s, Status::Starting) {
                 *s = Status::Running;
@@ -463,6 +537,271 @@ impl Sub {
                 false
             }
         });
+    }
+
+    /// Records a failure to fetch committed offsets: logged, counted, retried later.
+    fn fetch_failed(&self, st: &mut State, e: &KafkaError, partitions: usize) {
+        let delay = if st.retry_delay.is_zero() {
+            FETCH_RETRY_MIN
+        } else {
+            (st.retry_delay * 2).min(FETCH_RETRY_MAX)
+        };
+        st.retry_delay = delay;
+        st.retry_at = Some(Instant::now() + delay);
+        st.fetch_error = Some(e.to_string());
+        metrics::counter!(
+            "messaging_kafka_offset_fetch_failures_total",
+            "topic" => self.topic.to_string(),
+            "group" => self.group.clone(),
+        )
+        .increment(1);
+        tracing::warn!(
+            error = %e,
+            topic = %self.topic,
+            group = %self.group,
+            partitions,
+            retry_in = ?delay,
+            "cannot read the committed offsets of assigned partitions; they stay paused until the fetch succeeds"
+        );
+    }
+
+    /// Fetches the start positions of pending partitions again when due; seeks them there
+    /// and lets housekeeping resume them.
+    fn retry_pending(self: &Arc<Self>, consumer: &BaseConsumer<Ctx>) {
+        let wanted: Vec<(String, i32)> = {
+            let mut st = self.lock();
+            if st.retry_at.is_none_or(|at| Instant::now() < at) {
+                return;
+            }
+            let wanted: Vec<_> = st
+                .parts
+                .iter()
+                .flat_map(|(t, ps)| {
+                    ps.iter()
+                        .filter(|(_, p)| p.pending)
+                        .map(|(p, _)| (t.to_string(), *p))
+                })
+                .collect();
+            if wanted.is_empty() {
+                st.retry_at = None;
+                return;
+            }
+            wanted
+        };
+        let starts = match self.resolve(consumer, &wanted) {
+            Ok(starts) => starts,
+            Err(e) => {
+                self.fetch_failed(&mut self.lock(), &e, wanted.len());
+                return;
+            }
+        };
+        let mut seek = TopicPartitionList::new();
+        for start in &starts {
+            let _ = seek.add_partition_offset(
+                &start.topic,
+                start.partition,
+                Offset::Offset(start.position),
+            );
+        }
+        let sought = match consumer.seek_partitions(seek, REQUEST_TIMEOUT) {
+            Ok(sought) => sought,
+            Err(e) => {
+                self.fetch_failed(&mut self.lock(), &e, wanted.len());
+                return;
+            }
+        };
+        let failed: Vec<(String, i32)> = sought
+            .elements()
+            .iter()
+            .filter(|e| e.error().is_err())
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        let mut st = self.lock();
+        for start in &starts {
+            if failed.contains(&(start.topic.clone(), start.partition)) {
+                continue;
+            }
+            if let Some(part) = st.part(&start.topic, start.partition) {
+                if part.pending {
+                    *part = Part {
+                        paused: true,
+                        ..Part::new(part.epoch, Some(start))
+                    };
+                }
+            }
+        }
+        if failed.is_empty() {
+            tracing::info!(
+                topic = %self.topic,
+                group = %self.group,
+                partitions = starts.len(),
+                "committed offsets fetched; the partitions resume"
+            );
+            st.retry_delay = Duration::ZERO;
+            st.retry_at = None;
+            st.fetch_error = None;
+            drop(st);
+            self.running();
+        } else {
+            let e = KafkaError::Seek(format!("cannot seek {failed:?} to their start positions"));
+            self.fetch_failed(&mut st, &e, failed.len());
+        }
+    }
+
+    /// The start positions of `wanted`, committing those of partitions without a commit (see
+    /// [`Sub::on_assign`]). Fails if committed offsets, metadata or watermarks cannot be read.
+    fn resolve(
+        &self,
+        consumer: &BaseConsumer<Ctx>,
+        wanted: &[(String, i32)],
+    ) -> KafkaResult<Vec<Start>> {
+        let mut commits = self.committed(consumer, wanted)?;
+        let mut fresh = TopicPartitionList::new();
+        // Positions carried over from the group's legacy id are committed under the new one.
+        for ((topic, partition), c) in &commits {
+            if c.legacy {
+                let _ = fresh.add_partition_offset(topic, *partition, Offset::Offset(c.offset));
+            }
+        }
+        let mut topics: Vec<&str> = wanted
+            .iter()
+            .filter(|k| !commits.contains_key(*k))
+            .map(|(t, _)| t.as_str())
+            .collect();
+        topics.sort_unstable();
+        topics.dedup();
+        let mut starts: HashMap<(String, i32), i64> = HashMap::new();
+        for topic in topics {
+            let mut missing: Vec<(String, i32)> = wanted
+                .iter()
+                .filter(|k| k.0 == topic && !commits.contains_key(*k))
+                .cloned()
+                .collect();
+            let mut existing =
+                self.is_retry_topic(topic) || commits.keys().any(|(t, _)| t == topic);
+            let mut others_missing = Vec::new();
+            if !existing {
+                // Does the group have commits on the topic's other partitions?
+                let md = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
+                let others: Vec<(String, i32)> = md
+                    .topics()
+                    .iter()
+                    .filter(|t| t.name() == topic)
+                    .flat_map(|t| t.partitions().iter().map(|p| (topic.to_owned(), p.id())))
+                    .filter(|k| !wanted.contains(k))
+                    .collect();
+                if !others.is_empty() {
+                    let theirs = self.committed(consumer, &others)?;
+                    existing = !theirs.is_empty();
+                    others_missing = others;
+                    for ((t, p), c) in theirs {
+                        if c.legacy {
+                            let _ = fresh.add_partition_offset(&t, p, Offset::Offset(c.offset));
+                        }
+                        commits.insert((t, p), c);
+                    }
+                }
+            }
+            let from_start = existing || self.start == StartFrom::Earliest;
+            if !existing {
+                // A new group: the other members' partitions start here too.
+                missing.append(&mut others_missing);
+            }
+            for (t, p) in missing {
+                let (low, high) = consumer.fetch_watermarks(&t, p, REQUEST_TIMEOUT)?;
+                let position = if from_start { low } else { high };
+                let _ = fresh.add_partition_offset(&t, p, Offset::Offset(position));
+                starts.insert((t, p), position);
+            }
+        }
+        let committed_now = fresh.count() == 0
+            || match consumer.commit(&fresh, CommitMode::Sync) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot commit start positions; they are committed with the next offsets");
+                    false
+                }
+            };
+        wanted
+            .iter()
+            .map(|k| {
+                let (topic, partition) = k.clone();
+                match (commits.get(k), starts.get(k)) {
+                    (Some(c), _) => Ok(Start {
+                        topic,
+                        partition,
+                        position: c.offset,
+                        seen_before: c.seen_before,
+                        committed: committed_now || !c.legacy,
+                    }),
+                    (None, Some(&position)) => Ok(Start {
+                        topic,
+                        partition,
+                        position,
+                        seen_before: -1,
+                        committed: committed_now,
+                    }),
+                    // Every wanted partition is committed or given a start above.
+                    (None, None) => Err(KafkaError::OffsetFetch(
+                        rdkafka::types::RDKafkaErrorCode::UnknownPartition,
+                    )),
+                }
+            })
+            .collect()
+    }
+
+    /// The group's commits on `partitions`, falling back to its legacy `group.id`.
+    fn committed(
+        &self,
+        consumer: &BaseConsumer<Ctx>,
+        partitions: &[(String, i32)],
+    ) -> KafkaResult<HashMap<(String, i32), Commit>> {
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in partitions {
+            tpl.add_partition(t, *p);
+        }
+        let mut out = HashMap::new();
+        for e in consumer.committed_offsets(tpl, REQUEST_TIMEOUT)?.elements() {
+            // An error of one partition is no answer: it is not "no commit".
+            e.error()?;
+            if let Offset::Offset(offset) = e.offset() {
+                let seen_before = e
+                    .metadata()
+                    .strip_prefix(HANDED)
+                    .and_then(|n| n.parse::<i64>().ok())
+                    .unwrap_or(-1);
+                out.insert(
+                    (e.topic().to_owned(), e.partition()),
+                    Commit {
+                        offset,
+                        seen_before,
+                        legacy: false,
+                    },
+                );
+            }
+        }
+        if let Some(legacy) = &self.legacy {
+            let mut tpl = TopicPartitionList::new();
+            for k in partitions.iter().filter(|k| !out.contains_key(*k)) {
+                tpl.add_partition(&k.0, k.1);
+            }
+            if tpl.count() > 0 {
+                for e in legacy.committed_offsets(tpl, REQUEST_TIMEOUT)?.elements() {
+                    e.error()?;
+                    if let Offset::Offset(offset) = e.offset() {
+                        out.insert(
+                            (e.topic().to_owned(), e.partition()),
+                            Commit {
+                                offset,
+                                seen_before: -1,
+                                legacy: true,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn assign(&self, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
@@ -729,6 +1068,7 @@ fn poll_loop(consumer: BaseConsumer<Ctx>, sub: Arc<Sub>) {
             sub.accept(&mut reads);
         }
         if last.elapsed() >= HOUSEKEEPING {
+            sub.retry_pending(&consumer);
             sub.housekeeping(&consumer);
             last = Instant::now();
         }
@@ -770,10 +1110,10 @@ impl Subscriber for KafkaSubscriber {
                 .map(|t| (*t, Arc::from(retry_topic(topic, group, *t))))
                 .collect()
         };
-        let topics: Vec<&str> = std::iter::once(topic)
+        let created: Vec<&str> = std::iter::once(topic)
             .chain(retry_topics.iter().map(|(_, t)| &**t))
             .collect();
-        self.shared.ensure_topics(&topics).await.map_err(|e| {
+        self.shared.ensure_topics(&created).await.map_err(|e| {
             SubscribeError::new(if e.is_transient() {
                 SubscribeErrorKind::Unavailable
             } else {
@@ -782,10 +1122,45 @@ impl Subscriber for KafkaSubscriber {
             .with_detail(e.to_string())
             .with_source(e)
         })?;
+        // Every retry topic of the group on the cluster is read, whatever the tiers or the
+        // ordering are now: messages parked there were already settled on the topic.
+        let mut drained: Vec<Arc<str>> = retry_topics.iter().map(|(_, t)| t.clone()).collect();
+        let found = self
+            .shared
+            .group_retry_topics(topic, group)
+            .await
+            .map_err(|e| {
+                SubscribeError::new(SubscribeErrorKind::Unavailable)
+                    .with_detail(format!(
+                        "cannot list the retry topics of group {group:?} on {topic:?}, whose \
+                         parked messages the subscription must drain: {e}"
+                    ))
+                    .with_source(e)
+            })?;
+        for t in found {
+            if !drained.iter().any(|d| **d == *t) {
+                tracing::info!(topic, group, retry_topic = %t, "draining a retry topic of the group");
+                drained.push(Arc::from(t));
+            }
+        }
+        let topics: Vec<String> = std::iter::once(topic.to_owned())
+            .chain(drained.iter().map(|t| t.to_string()))
+            .collect();
 
+        let legacy = match config.legacy_group_id(group) {
+            None => None,
+            Some(id) => Some(
+                config
+                    .client_config()
+                    .set("group.id", id)
+                    .set("enable.auto.commit", "false")
+                    .create::<BaseConsumer>()
+                    .map_err(error::subscribe)?,
+            ),
+        };
         let mut c = config.client_config();
         let session = config.session_timeout.as_millis().max(1000);
-        c.set("group.id", group)
+        c.set("group.id", config.group_id(topic, group))
             .set("enable.auto.commit", "true")
             .set(
                 "auto.commit.interval.ms",
@@ -814,7 +1189,10 @@ impl Subscriber for KafkaSubscriber {
             ordered: options.is_ordered(),
             prefetch: options.prefetch_limit(),
             start: options.start(),
-            retry_topics: retry_topics.clone(),
+            group: group.to_owned(),
+            retry_topics,
+            drained,
+            legacy,
             state: Mutex::new(State::default()),
             settled: Condvar::new(),
             tx,
@@ -824,6 +1202,7 @@ impl Subscriber for KafkaSubscriber {
         let consumer: BaseConsumer<Ctx> = c
             .create_with_context(Ctx { sub: sub.clone() })
             .map_err(error::subscribe)?;
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(error::subscribe)?;
         let thread = std::thread::Builder::new()
             .name(format!("kafka-consumer-{group}"))
@@ -860,10 +1239,19 @@ impl Subscriber for KafkaSubscriber {
             },
             Ok(Err(_)) => Some(SubscribeError::new(SubscribeErrorKind::Closed)),
             Err(_) => Some(
-                SubscribeError::new(SubscribeErrorKind::Timeout).with_detail(format!(
-                    "group {group:?} assigned no partitions of {topic:?} within {:?}",
-                    config.subscribe_timeout
-                )),
+                SubscribeError::new(SubscribeErrorKind::Timeout).with_detail(
+                    match subscription.sub.lock().fetch_error.clone() {
+                        Some(e) => format!(
+                            "group {group:?} could not read its committed offsets on {topic:?} \
+                             within {:?}: {e}",
+                            config.subscribe_timeout
+                        ),
+                        None => format!(
+                            "group {group:?} assigned no partitions of {topic:?} within {:?}",
+                            config.subscribe_timeout
+                        ),
+                    },
+                ),
             ),
         };
         match failure {

@@ -408,3 +408,386 @@ async fn wait_for(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>, want
     .await
     .unwrap_or_else(|_| panic!("the victim did not print {want}"));
 }
+
+/// Produces event `i` in structured mode straight to `partition`, with `headers` added (what
+/// an earlier version of the adapter, or another producer, left on the topic).
+async fn produce_raw(topic: &str, partition: i32, i: usize, headers: &[(&str, &str)]) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", common::NISSHI)
+        .create()
+        .expect("raw producer");
+    let body = serde_json::json!({
+        "specversion": "1.0",
+        "id": format!("e{i}"),
+        "source": "/test",
+        "type": "kafka.test",
+        "datacontenttype": "application/json",
+        "data": i,
+    })
+    .to_string();
+    let mut h = OwnedHeaders::new().insert(Header {
+        key: "content-type",
+        value: Some("application/cloudevents+json"),
+    });
+    for (k, v) in headers {
+        h = h.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
+    }
+    let record: FutureRecord<'_, (), str> = FutureRecord::to(topic)
+        .partition(partition)
+        .payload(body.as_str())
+        .headers(h);
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .expect("raw produce");
+}
+
+/// Commits `offset` on `topic`'s `partition` for `group` without joining it (what the group
+/// committed before, or under an earlier group id).
+fn commit_raw(group: &str, topic: &str, partition: i32, offset: i64) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", common::NISSHI)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("raw consumer");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, rdkafka::Offset::Offset(offset))
+        .expect("offset");
+    consumer
+        .commit(&tpl, CommitMode::Sync)
+        .expect("commit without joining the group");
+}
+
+/// Receives `n` deliveries from `sub`, acks them, and returns their indices sorted.
+async fn drain(sub: &mut KafkaSubscription, n: usize) -> Vec<usize> {
+    let mut seen = Vec::new();
+    for _ in 0..n {
+        let d = recv(sub).await;
+        seen.push(index(&d));
+        d.ack().await.expect("ack");
+    }
+    seen.sort_unstable();
+    seen
+}
+
+/// Item 4 of issue 12. Partitions added to a topic have no commit of the group, and messages
+/// produced to them before the group rebalances onto them must be delivered: a partition
+/// without a commit starts at its earliest offset when the group has commits on the topic.
+///
+/// Neither nisshi 0.8 nor librdkafka's mock cluster implements CreatePartitions, so the state
+/// the group finds after `kafka-topics --alter --partitions 2` is laid out directly: a
+/// 2-partition topic on which the group has committed partition 0 only, and messages on
+/// partition 1 that the group never saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_added_to_an_existing_group_is_read_from_its_start() {
+    let broker = connect(KafkaConfig {
+        partitions: 2,
+        ..nisshi_config()
+    })
+    .await;
+    let topic = unique("grown");
+    let group = unique("g");
+    broker.create_topic(&topic).await.expect("topic");
+    // The group read partition 0 up to offset 3 while the topic had one partition.
+    for i in 0..3 {
+        produce_raw(&topic, 0, i, &[]).await;
+    }
+    commit_raw(&group, &topic, 0, 3);
+    // The partition added since has messages the group has not seen, and so has partition 0.
+    for i in 3..8 {
+        produce_raw(&topic, 1, i, &[]).await;
+    }
+    for i in 8..10 {
+        produce_raw(&topic, 0, i, &[]).await;
+    }
+    let mut sub = broker
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new(&group))
+        .await
+        .expect("subscribe");
+    assert_eq!(
+        drain(&mut sub, 7).await,
+        (3..10).collect::<Vec<_>>(),
+        "the new partition from its start, partition 0 from its commit"
+    );
+    assert_quiet(&mut sub, Duration::from_secs(2)).await;
+    sub.close().await.expect("close");
+}
+
+/// A brand-new group honours `StartFrom::New` on every partition, also when its members join
+/// in the same rebalance: the partitions of one member do not look "added" because another
+/// member has just committed its start positions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_of_a_new_group_joining_together_skip_the_history() {
+    let broker = connect(nisshi_config()).await;
+    let topic = unique("together");
+    let group = unique("g");
+    broker.create_topic(&topic).await.expect("topic");
+    publish_batch(&broker, &topic, 40).await;
+    let (sa, sb) = (broker.subscriber(), broker.subscriber());
+    let (a, b) = tokio::join!(
+        sa.subscribe(&topic, SubscribeOptions::new(&group)),
+        sb.subscribe(&topic, SubscribeOptions::new(&group)),
+    );
+    let (mut a, mut b) = (a.expect("subscribe a"), b.expect("subscribe b"));
+    // Let the group settle on its final assignment before publishing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fresh: Vec<_> = (100..120).map(event).collect();
+    broker
+        .publisher()
+        .publish_batch(&topic, fresh)
+        .await
+        .expect("publish");
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen.len() < 20 {
+        let d = tokio::select! {
+            d = a.recv() => d,
+            d = b.recv() => d,
+            () = tokio::time::sleep_until(deadline) => panic!("only {seen:?} arrived"),
+        }
+        .expect("recv");
+        let i = index(&d);
+        assert!(
+            i >= 100,
+            "message {i} was published before the group existed"
+        );
+        if d.ack().await.is_ok() && !seen.contains(&i) {
+            seen.push(i);
+        }
+    }
+    a.close().await.expect("close");
+    b.close().await.expect("close");
+}
+
+/// Item 6 of issue 12. Messages parked in a retry topic were already settled on the topic;
+/// a subscription whose tiers changed, or that became ordered, still drains every retry topic
+/// of its group, and depth counts what is parked there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_retries_survive_a_change_of_tiers_or_ordering() {
+    let tiers = |secs: u64| KafkaConfig {
+        retry_tiers: vec![Duration::from_secs(secs)],
+        ..single_partition()
+    };
+    let before = connect(tiers(3)).await;
+    let topic = unique("parked");
+    let group = unique("g");
+    let park = |ids: std::ops::Range<usize>| {
+        let (before, topic, group) = (&before, &topic, &group);
+        async move {
+            let mut sub = before
+                .subscriber()
+                .subscribe(topic, SubscribeOptions::new(group))
+                .await
+                .expect("subscribe");
+            publish_batch_from(before, topic, ids.clone()).await;
+            for _ in ids {
+                let d = recv(&mut sub).await;
+                d.nack(Some(Duration::from_secs(2)))
+                    .await
+                    .expect("nack to the 3 s tier");
+            }
+            // Closed before the retries are due: they stay parked in the retry topic.
+            sub.close().await.expect("close");
+        }
+    };
+    park(0..2).await;
+    settle_commits().await;
+
+    let after = connect(tiers(5)).await;
+    let depth = messaging_core::Inspect::depth(&after, &topic, &group)
+        .await
+        .expect("depth");
+    assert_eq!(depth, Some(2), "depth counts the parked retries");
+    let mut sub = after
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new(&group))
+        .await
+        .expect("subscribe with other tiers");
+    for _ in 0..2 {
+        let d = recv(&mut sub).await;
+        assert!(
+            d.kafka_topic().ends_with(".retry.3s"),
+            "{}",
+            d.kafka_topic()
+        );
+        assert_eq!(d.attempt(), 2);
+        d.ack().await.expect("ack");
+    }
+    sub.close().await.expect("close");
+    settle_commits().await;
+    let depth = messaging_core::Inspect::depth(&after, &topic, &group)
+        .await
+        .expect("depth");
+    assert_eq!(depth, Some(0));
+
+    park(2..3).await;
+    let mut ordered = before
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new(&group).ordered(true))
+        .await
+        .expect("subscribe ordered");
+    let d = recv(&mut ordered).await;
+    assert_eq!(
+        (index(&d), d.attempt()),
+        (2, 2),
+        "drained by an ordered subscription"
+    );
+    d.ack().await.expect("ack");
+    ordered.close().await.expect("close");
+}
+
+async fn publish_batch_from(broker: &KafkaBroker, topic: &str, ids: std::ops::Range<usize>) {
+    broker
+        .publisher()
+        .publish_batch(topic, ids.map(event).collect())
+        .await
+        .expect("publish batch");
+}
+
+/// Item 10 of issue 12. (topic `<u>.a.b`, group `c`) and (topic `<u>.a`, group `b.c`) shared
+/// the retry topic `<u>.a.b.c.retry.<tier>`, so each group got the other's retries. They no
+/// longer share one; messages an earlier version parked on the shared name reach only the
+/// group of their origin topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_topic_and_group_names_never_share_a_retry_topic() {
+    let broker = connect(KafkaConfig {
+        retry_tiers: vec![Duration::from_secs(1)],
+        ..single_partition()
+    })
+    .await;
+    let u = unique("n");
+    let v = uuid::Uuid::new_v4().simple().to_string();
+    let (t1, g1) = (format!("{u}.a.b"), format!("c{v}"));
+    let (t2, g2) = (format!("{u}.a"), format!("b.c{v}"));
+    // What the previous naming left behind: both pairs' retries on one topic.
+    let shared = format!("{u}.a.b.c{v}.retry.1s");
+    broker.create_topic(&shared).await.expect("topic");
+    produce_raw(
+        &shared,
+        0,
+        10,
+        &[("messaging-topic", &t1), ("messaging-attempt", "1")],
+    )
+    .await;
+    produce_raw(
+        &shared,
+        0,
+        20,
+        &[("messaging-topic", &t2), ("messaging-attempt", "1")],
+    )
+    .await;
+
+    let mut s1 = broker
+        .subscriber()
+        .subscribe(&t1, SubscribeOptions::new(&g1))
+        .await
+        .expect("subscribe 1");
+    let mut s2 = broker
+        .subscriber()
+        .subscribe(&t2, SubscribeOptions::new(&g2))
+        .await
+        .expect("subscribe 2");
+    broker
+        .publisher()
+        .publish(&t1, event(11))
+        .await
+        .expect("publish");
+    broker
+        .publisher()
+        .publish(&t2, event(21))
+        .await
+        .expect("publish");
+    let mut retry_topics = Vec::new();
+    for (sub, parked, fresh) in [(&mut s1, 10, 11), (&mut s2, 20, 21)] {
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let d = recv(sub).await;
+            let i = index(&d);
+            if i == fresh && d.attempt() == 1 {
+                d.nack(Some(Duration::from_millis(500)))
+                    .await
+                    .expect("nack with delay");
+                continue;
+            }
+            if i == fresh {
+                retry_topics.push(d.kafka_topic().to_owned());
+            }
+            got.push(i);
+            d.ack().await.expect("ack");
+        }
+        got.sort_unstable();
+        assert_eq!(
+            got,
+            vec![parked, fresh],
+            "each group gets its own parked retry and its own messages, nothing of the other's"
+        );
+    }
+    assert_ne!(retry_topics[0], retry_topics[1], "{retry_topics:?}");
+    assert_quiet(&mut s1, Duration::from_secs(2)).await;
+    assert_quiet(&mut s2, Duration::from_millis(100)).await;
+    s1.close().await.expect("close");
+    s2.close().await.expect("close");
+}
+
+/// The framework's own groups — the dead-letter group, the requester's — are one Kafka
+/// consumer group per topic: two services' dead-letter consumers no longer rebalance each
+/// other (a delivery held by one is not revoked when the other subscribes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_groups_of_different_topics_do_not_rebalance_each_other() {
+    use messaging_core::middleware::dead_letter::DEAD_LETTER_GROUP;
+    let broker = connect(single_partition()).await;
+    let (dlq1, dlq2) = (unique("svc1") + ".dlq", unique("svc2") + ".dlq");
+    let mut s1 = broker
+        .subscriber()
+        .subscribe(&dlq1, SubscribeOptions::new(DEAD_LETTER_GROUP))
+        .await
+        .expect("subscribe 1");
+    broker
+        .publisher()
+        .publish(&dlq1, event(1))
+        .await
+        .expect("publish");
+    let held = recv(&mut s1).await;
+    let mut s2 = broker
+        .subscriber()
+        .subscribe(&dlq2, SubscribeOptions::new(DEAD_LETTER_GROUP))
+        .await
+        .expect("subscribe 2");
+    held.ack()
+        .await
+        .expect("the first service's delivery was not revoked by the second's subscribe");
+    s1.close().await.expect("close");
+    s2.close().await.expect("close");
+}
+
+/// The dead-letter group's commits under its former cluster-wide id carry over: dead letters
+/// replayed before the upgrade are not handed out again, and depth counts from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dead_letter_group_continues_from_its_legacy_commits() {
+    use messaging_core::middleware::dead_letter::DEAD_LETTER_GROUP;
+    let broker = connect(single_partition()).await;
+    let dlq = unique("legacy") + ".dlq";
+    broker.create_topic(&dlq).await.expect("topic");
+    publish_batch(&broker, &dlq, 5).await;
+    commit_raw(DEAD_LETTER_GROUP, &dlq, 0, 3);
+    let depth = messaging_core::Inspect::depth(&broker, &dlq, DEAD_LETTER_GROUP)
+        .await
+        .expect("depth");
+    assert_eq!(depth, Some(2));
+    let mut sub = broker
+        .subscriber()
+        .subscribe(&dlq, SubscribeOptions::new(DEAD_LETTER_GROUP))
+        .await
+        .expect("subscribe");
+    assert_eq!(drain(&mut sub, 2).await, vec![3, 4]);
+    assert_quiet(&mut sub, Duration::from_secs(2)).await;
+    sub.close().await.expect("close");
+}

@@ -16,6 +16,7 @@ use messaging_kafka::{
 use messaging_testkit::conformance::{Harness, Settings};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 /// The test broker's address.
 pub const NISSHI: &str = "127.0.0.1:9092";
@@ -61,6 +62,8 @@ pub struct MockGuard {
 
 enum MockRequest {
     Create(String, mpsc::Sender<()>),
+    /// Makes the next requests of an API fail with these errors, in order.
+    Errors(RDKafkaApiKey, Vec<RDKafkaRespErr>, mpsc::Sender<()>),
     Stop,
 }
 
@@ -71,10 +74,19 @@ impl MockGuard {
         std::thread::spawn(move || {
             let cluster = rdkafka::mocking::MockCluster::new(3).expect("mock cluster");
             servers_tx.send(cluster.bootstrap_servers()).expect("send");
-            while let Ok(MockRequest::Create(topic, done)) = rx.recv() {
-                // Creating an existing topic fails; either way it exists afterwards.
-                let _ = cluster.create_topic(&topic, 4, 1);
-                let _ = done.send(());
+            loop {
+                match rx.recv() {
+                    Ok(MockRequest::Create(topic, done)) => {
+                        // Creating an existing topic fails; either way it exists afterwards.
+                        let _ = cluster.create_topic(&topic, 4, 1);
+                        let _ = done.send(());
+                    }
+                    Ok(MockRequest::Errors(api, errors, done)) => {
+                        cluster.request_errors(api, &errors);
+                        let _ = done.send(());
+                    }
+                    Ok(MockRequest::Stop) | Err(_) => break,
+                }
             }
             drop(cluster);
         });
@@ -96,6 +108,20 @@ impl MockGuard {
             if matches!(sent, Ok(true)) {
                 let _ = wait.recv();
             }
+        }
+    }
+}
+
+impl MockGuard {
+    /// Makes the cluster answer the next `errors.len()` requests of `api` with these errors.
+    pub fn request_errors(&self, api: RDKafkaApiKey, errors: &[RDKafkaRespErr]) {
+        let (done, wait) = mpsc::channel();
+        let sent = self.requests.lock().map(|r| {
+            r.send(MockRequest::Errors(api, errors.to_vec(), done))
+                .is_ok()
+        });
+        if matches!(sent, Ok(true)) {
+            let _ = wait.recv();
         }
     }
 }

@@ -1,0 +1,179 @@
+//! Kafka-specific behaviour that nisshi cannot show, on librdkafka's in-process mock cluster:
+//! committed offsets that cannot be fetched when partitions are assigned (the mock cluster
+//! injects request errors by API key).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{MockGuard, connect, test_config, unique};
+use messaging_core::{
+    Delivery, EventBuilder, EventExt as _, Publisher, StartFrom, SubscribeOptions, Subscriber,
+    Subscription,
+};
+use messaging_kafka::{KafkaConfig, KafkaSubscription};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn event(i: usize) -> messaging_core::Event {
+    EventBuilder::new("/test", "kafka.mock")
+        .id(format!("e{i}"))
+        .json(&i)
+        .build()
+        .expect("event")
+}
+
+async fn recv_index(sub: &mut KafkaSubscription) -> usize {
+    let d = tokio::time::timeout(WAIT, sub.recv())
+        .await
+        .expect("a delivery in time: partitions whose committed offsets could not be fetched must not stall")
+        .expect("recv");
+    let i = d.event().expect("event").data_json().expect("json");
+    d.ack().await.expect("ack");
+    i
+}
+
+/// How often `messaging_kafka_offset_fetch_failures_total` was incremented since the last call
+/// (through a process-wide recorder).
+fn failures_counted() -> u64 {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+    static SNAPSHOTTER: std::sync::OnceLock<Snapshotter> = std::sync::OnceLock::new();
+    let snapshotter = SNAPSHOTTER.get_or_init(|| {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder.install().expect("install the metrics recorder");
+        snapshotter
+    });
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "messaging_kafka_offset_fetch_failures_total")
+        .map(|(.., value)| match value {
+            DebugValue::Counter(n) => n,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Item 5 of issue 12: the committed offsets of a new assignment cannot be fetched (the
+/// coordinator answers OffsetFetch with errors). The partitions must not be assigned untracked
+/// (every message read from them discarded, nothing committed): the fetch is retried with the
+/// partitions paused, the failure is counted, and every message is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_that_cannot_be_fetched_are_retried_not_discarded() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    failures_counted();
+    let mock = MockGuard::start();
+    let config = KafkaConfig {
+        create_topics: false,
+        retry_tiers: Vec::new(),
+        ..test_config(&mock.servers)
+    };
+    let broker = connect(config).await;
+    let topic = unique("fetchfail");
+    let group = unique("g");
+    mock.create(std::slice::from_ref(&topic));
+    // Messages already on the topic: a new group starting at the earliest offset must get them.
+    broker
+        .publisher()
+        .publish_batch(&topic, (0..10).map(event).collect())
+        .await
+        .expect("publish");
+    mock.request_errors(
+        RDKafkaApiKey::OffsetFetch,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED; 4],
+    );
+    let mut sub = broker
+        .subscriber()
+        .subscribe(
+            &topic,
+            SubscribeOptions::new(&group).start_from(StartFrom::Earliest),
+        )
+        .await
+        .expect("subscribe");
+    broker
+        .publisher()
+        .publish_batch(&topic, (10..20).map(event).collect())
+        .await
+        .expect("publish");
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        seen.push(recv_index(&mut sub).await);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..20).collect::<Vec<_>>(), "every message delivered");
+
+    assert!(
+        failures_counted() > 0,
+        "the failed fetch of the first assignment is counted"
+    );
+
+    // A rebalance whose fetch fails too: a second member joins while OffsetFetch errors.
+    mock.request_errors(
+        RDKafkaApiKey::OffsetFetch,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED; 4],
+    );
+    let mut second = broker
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new(&group))
+        .await
+        .expect("second member");
+    broker
+        .publisher()
+        .publish_batch(&topic, (20..40).map(event).collect())
+        .await
+        .expect("publish");
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while (20..40).any(|i| !seen.contains(&i)) {
+        let d = tokio::select! {
+            d = sub.recv() => d,
+            d = second.recv() => d,
+            () = tokio::time::sleep_until(deadline) => panic!(
+                "only {} of 20 messages delivered after a rebalance whose fetch failed: {seen:?}",
+                seen.len()
+            ),
+        }
+        .expect("recv");
+        let i: usize = d.event().expect("event").data_json().expect("json");
+        // A delivery of a partition revoked meanwhile comes back to its new owner, and
+        // messages of the first phase whose ack was not committed before the rebalance come
+        // again (at least once).
+        if d.ack().await.is_ok() && i >= 20 && !seen.contains(&i) {
+            seen.push(i);
+        }
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (20..40).collect::<Vec<_>>());
+    // Redeliveries still on their way are settled too.
+    loop {
+        let d = tokio::select! {
+            d = sub.recv() => d,
+            d = second.recv() => d,
+            () = tokio::time::sleep(Duration::from_secs(2)) => break,
+        }
+        .expect("recv");
+        let _ = d.ack().await;
+    }
+    // Committed by the periodic commit (commits while the group rebalances on close can be
+    // refused by the mock cluster, which makes the close's own commit best effort).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let lag = broker
+        .lag(&topic, &group)
+        .await
+        .expect("lag")
+        .expect("the group committed");
+    assert_eq!(
+        lag.iter().map(|l| l.lag).sum::<u64>(),
+        0,
+        "everything settled is committed: {lag:?}"
+    );
+    assert!(
+        failures_counted() > 0,
+        "the failed fetch of the rebalance is counted"
+    );
+    second.close().await.expect("close");
+    sub.close().await.expect("close");
+}
