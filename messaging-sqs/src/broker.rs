@@ -373,6 +373,8 @@ impl Shared {
             Destination::Topic { arn, .. } => {
                 let name = names::group_queue_name(topic, options.group(), fifo);
                 let url = self.create_queue(&name, fifo).await?;
+                self.warn_about_legacy_queue(topic, options.group(), fifo, arn, &name)
+                    .await;
                 (url, Some(arn.clone()))
             }
         };
@@ -396,7 +398,15 @@ impl Shared {
         if let Some(max) = options.delivery_limit() {
             let dlq_topic = options.dead_letter_topic_for(topic);
             let dlq_options = SubscribeOptions::new(DEAD_LETTER_GROUP).ordered(fifo);
-            let dlq = Box::pin(self.declare_group(&dlq_topic, &dlq_options)).await?;
+            let dlq = Box::pin(self.declare_group(&dlq_topic, &dlq_options))
+                .await
+                .map_err(|e| {
+                    if fifo && e.kind() == SubscribeErrorKind::Unsupported {
+                        standard_dead_letter_topic(topic, options.group(), &dlq_topic, &e)
+                    } else {
+                        e
+                    }
+                })?;
             let dlq_arn = self.queue_arn(&dlq.url).await?;
             // The adapter forwards a message at delivery max + 1 (see the crate docs); SQS
             // moves it natively one receive later if that forward never happens.
@@ -434,6 +444,86 @@ impl Shared {
         })
     }
 
+    /// Says so when the queue this group had under the earlier naming (a topic with `-` or
+    /// `_`: see the crate docs) still exists and is subscribed to the topic: it receives a copy
+    /// of every message, which nobody reads. Best effort, a log line only.
+    async fn warn_about_legacy_queue(
+        &self,
+        topic: &str,
+        group: &str,
+        fifo: bool,
+        topic_arn: &str,
+        name: &str,
+    ) {
+        let legacy = names::legacy_group_queue_name(topic, group, fifo);
+        if legacy == name {
+            return;
+        }
+        let Ok(Some(url)) = self
+            .sqs
+            .get_queue_url()
+            .queue_name(&legacy)
+            .send()
+            .await
+            .map(|out| out.queue_url)
+        else {
+            return;
+        };
+        let Ok(attrs) = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await
+        else {
+            return;
+        };
+        let attrs = attrs.attributes.unwrap_or_default();
+        let Some(arn) = attrs.get(&QueueAttributeName::QueueArn) else {
+            return;
+        };
+        let waiting = attrs
+            .get(&QueueAttributeName::ApproximateNumberOfMessages)
+            .cloned()
+            .unwrap_or_default();
+        let mut next = None;
+        loop {
+            let Ok(out) = self
+                .sns
+                .list_subscriptions_by_topic()
+                .topic_arn(topic_arn)
+                .set_next_token(next)
+                .send()
+                .await
+            else {
+                return;
+            };
+            if out
+                .subscriptions()
+                .iter()
+                .any(|s| s.endpoint() == Some(arn.as_str()))
+            {
+                tracing::warn!(
+                    topic,
+                    group,
+                    queue = name,
+                    legacy_queue = legacy,
+                    waiting = %waiting,
+                    "the group's queue before queue names became injective is still subscribed \
+                     to the topic: it gets a copy of every message and nobody reads it; drain it, \
+                     then unsubscribe and delete it (messaging-sqs README, \"Queue names\")"
+                );
+                return;
+            }
+            next = out.next_token;
+            if next.is_none() {
+                return;
+            }
+        }
+    }
+
     /// The URL of an existing queue of `group` on `topic`, standard or FIFO.
     pub(crate) async fn find_queue(
         &self,
@@ -453,6 +543,23 @@ impl Shared {
         }
         Ok(None)
     }
+}
+
+/// An ordered group's delivery limit needs a FIFO dead-letter queue (SQS: the redrive target
+/// of a FIFO queue is a FIFO queue), hence a FIFO dead-letter topic.
+fn standard_dead_letter_topic(
+    topic: &str,
+    group: &str,
+    dlq_topic: &str,
+    cause: &SubscribeError,
+) -> SubscribeError {
+    SubscribeError::new(SubscribeErrorKind::Unsupported).with_detail(format!(
+        "sqs: ordered group {group:?} on {topic:?} has a delivery limit, so its dead-letter \
+         topic {dlq_topic:?} must be an SNS FIFO topic (a FIFO queue's redrive target is a FIFO \
+         queue), but it exists as a standard one — created by an unordered group or an earlier \
+         start. Replay what its dead-letters queue holds, delete the standard topic and its \
+         queues, or give this group another dead-letter topic ({cause})"
+    ))
 }
 
 fn standard_topic(topic: &str) -> SubscribeError {

@@ -16,6 +16,8 @@ use base64::Engine as _;
 use messaging_core::codec::{Binding, ContentMode, STRUCTURED_CONTENT_TYPE};
 use messaging_core::{DecodeError, Event, EventExt, PublishError, PublishErrorKind, RawMessage};
 
+use messaging_core::naming::full_hash;
+
 use crate::names::fifo_id;
 
 /// Message attribute with the transport content type (structured mode, raw producers).
@@ -39,7 +41,8 @@ pub(crate) struct Outgoing {
     pub(crate) attributes: Vec<(String, String)>,
     /// FIFO message group id: the ordering key, or the event id for events without one.
     pub(crate) group_id: String,
-    /// FIFO deduplication id: the event id (plus the replay count of a replayed event).
+    /// FIFO deduplication id: SHA-256 (hex) of the event's `source` and `id` (plus the replay
+    /// count of a replayed event).
     pub(crate) dedup_id: String,
     /// Bytes SQS/SNS count against their limit: body plus attribute names, types and values.
     pub(crate) size: usize,
@@ -51,6 +54,18 @@ fn is_sqs_text(s: &str) -> bool {
         matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}')
             || c >= '\u{10000}'
     })
+}
+
+/// The FIFO `MessageDeduplicationId` of `event`: CloudEvents identifies an event by `source`
+/// and `id`, so both go in — 64 hex digits of SHA-256, within SQS's 128 characters whatever
+/// they hold. A replayed dead letter (`dlqreplays` = n) adds n, so it is not dropped as a
+/// duplicate of the original within the 5-minute window.
+pub(crate) fn dedup_id(event: &Event) -> String {
+    let source = event.source().to_string();
+    match event.extension("dlqreplays") {
+        Some(n) => full_hash(&[&source, event.id(), &n.to_string()]),
+        None => full_hash(&[&source, event.id()]),
+    }
 }
 
 /// Encodes `event` for SQS/SNS, checking the attribute count and the size against `max`.
@@ -111,10 +126,7 @@ pub(crate) fn encode(
             .with_detail(format!("{size} bytes with attributes, limit {max}")));
     }
     let group_id = fifo_id(event.ordering_key().unwrap_or_else(|| event.id()));
-    let dedup_id = match event.extension("dlqreplays") {
-        Some(n) => fifo_id(&format!("{}#replay{n}", event.id())),
-        None => fifo_id(event.id()),
-    };
+    let dedup_id = dedup_id(event);
     Ok(Outgoing {
         body,
         attributes,
@@ -246,7 +258,25 @@ mod tests {
             .build()
             .unwrap();
         let out = encode(&binding(), &e, ContentMode::Structured, usize::MAX).unwrap();
-        assert_eq!((out.group_id.as_str(), out.dedup_id.as_str()), ("k", "e1"));
+        assert_eq!(out.group_id, "k");
+        assert_eq!(out.dedup_id, full_hash(&["s", "e1"]));
+        // Same id from another source: another event, another deduplication id.
+        let other = EventBuilder::new("s2", "t").id("e1").build().unwrap();
+        assert_ne!(dedup_id(&other), out.dedup_id);
+        // A replayed copy is not a duplicate of the original.
+        let replayed = EventBuilder::new("s", "t")
+            .id("e1")
+            .extension("dlqreplays", 1)
+            .build()
+            .unwrap();
+        assert_ne!(dedup_id(&replayed), out.dedup_id);
+        // Any id and source fit SQS's 128 printable ASCII characters.
+        let wild = EventBuilder::new("urn:ü ber", "t")
+            .id("x".repeat(500))
+            .build()
+            .unwrap();
+        let id = dedup_id(&wild);
+        assert!(id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()));
     }
 
     #[test]

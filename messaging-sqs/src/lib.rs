@@ -22,8 +22,8 @@
 //! | core word | SQS/SNS ([`Topology::SnsFanout`], default) |
 //! |---|---|
 //! | topic | SNS topic named after the topic, created on first use |
-//! | subscription group | SQS queue `<topic>-<group>` subscribed to the topic with raw message delivery, with a queue policy allowing the topic to send to it; every group gets every message, the consumers of one queue compete |
-//! | ordering key | FIFO: an ordered group makes the topic an SNS FIFO topic and its queues FIFO queues; the ordering key is the `MessageGroupId`, the CloudEvents `id` the `MessageDeduplicationId` |
+//! | subscription group | SQS queue `<topic>-<group>` (see *Names*) subscribed to the topic with raw message delivery, with a queue policy allowing the topic to send to it; every group gets every message, the consumers of one queue compete |
+//! | ordering key | FIFO: an ordered group makes the topic an SNS FIFO topic and its queues FIFO queues; the ordering key is the `MessageGroupId`; the `MessageDeduplicationId` is a SHA-256 of the CloudEvents `source` and `id` |
 //!
 //! With [`Topology::PointToPoint`] a topic is one SQS queue, sent to and received from directly,
 //! without SNS: every consumer competes and the group name is not used
@@ -32,6 +32,14 @@
 //! Names: SNS and SQS allow letters, digits, `-` and `_` and limit queue names to 80
 //! characters; a name that does not fit keeps its valid prefix plus a stable hash of the full
 //! name (`orders.dlq` becomes `orders_dlq-<hash>`), so distinct names never share a queue.
+//! A group's queue is `<topic>-<group>` when the topic has neither `-` nor `_` — the group may
+//! hold either (`orders-billing-service`). A topic with `-` or `_` would make the join
+//! ambiguous (topic `a-b` with group `c`, topic `a` with group `b-c`), so its groups' queues
+//! are `<topic with - as _>_<hash>-<group>` (`order_events_<10 hex>-billing`), by
+//! [`group_resource_topic_first`](messaging_core::naming::group_resource_topic_first). Before
+//! this rule such queues were plain `<topic>-<group>`: a group created then keeps receiving
+//! into its old queue next to the new one until that is drained, unsubscribed and deleted
+//! (the subscription logs a warning while it is still subscribed; see the README).
 //!
 //! Declarations are idempotent: `CreateTopic`, `CreateQueue` (only the FIFO flag and the
 //! retention are set at creation), `SetQueueAttributes` (policy, redrive policy) and
@@ -81,10 +89,20 @@
 //!
 //! Each subscription runs a poller task that, from the first `recv`, long-polls its queue
 //! (`ReceiveMessage` with [`SqsConfig::wait_time`], up to 20 s, and up to 10 messages) while
-//! the subscription holds fewer unsettled deliveries than its prefetch, so a cancelled `recv`
-//! loses nothing; a subscription opened only to declare its group never polls. Each
-//! receive sets the visibility timeout to the subscription's ack deadline (whole seconds,
-//! rounded up). The attempt number is `ApproximateReceiveCount`.
+//! the subscription holds fewer unsettled deliveries than its prefetch *and* fewer than 20
+//! received messages not yet handed out by `recv`, so a cancelled `recv` loses nothing and a
+//! slow consumer with a large prefetch is not read far ahead of; a subscription opened only
+//! to declare its group never polls. Each receive sets the visibility timeout to the
+//! subscription's ack deadline (whole seconds, rounded up). The attempt number is
+//! `ApproximateReceiveCount`.
+//!
+//! A message waiting in that buffer is kept invisible: every eighth of the ack deadline, the
+//! subscription extends to the full deadline (`ChangeMessageVisibilityBatch`) each waiting
+//! message with less than five eighths of it left, so `recv` hands out every delivery with
+//! at least about half its ack deadline ahead, however long it waited, and a buffered message
+//! is never received a second time while its first copy waits. One whose extension the
+//! service refuses (or whose timeout ran out anyway) is dropped at hand-out, not handed out
+//! twice; SQS delivers it again.
 //!
 //! - **ack**: `DeleteMessageBatch`. An ack queues its receipt handle for the subscription's
 //!   settler task and waits for the answer; the settler takes every ack queued at that moment
@@ -101,9 +119,9 @@
 //!   has counted that receive: such a message's next attempt number is one higher).
 //! - A stale receipt handle (the message was received again meanwhile) fails with `Expired`.
 //!
-//! The ack deadline starts when the poller receives a message, so time spent in the prefetch
-//! buffer counts: with a long queue of slow handlers, keep `prefetch` small or the deadline
-//! long.
+//! Once handed out, a delivery's deadline is the consumer's: a handler that runs longer than
+//! what is left of it (at least about half the ack deadline) extends it or loses it to a
+//! redelivery.
 //!
 //! Ordered groups receive one message per call: SQS FIFO hands out a message group's next
 //! message only once the previous one is deleted or visible again, so every key has at most
@@ -124,9 +142,16 @@
 //! dead-letters queue on the next receive: the native backstop. Natively moved messages carry
 //! no metadata; replay them with `ReplayOptions::target`.
 //!
+//! An ordered group's queue is a FIFO queue, whose redrive target must be a FIFO queue: with a
+//! delivery limit, its dead-letter topic is created as an SNS FIFO topic. If that topic
+//! already exists as a standard topic (an unordered group, or an earlier start, created it)
+//! the subscription is refused with `Unsupported`, naming the dead-letter topic.
+//!
 //! Replay does not need `StartMessageMoveTask` (which moto lacks): the core's
 //! [`replay`](messaging_core::middleware::dead_letter::replay) receives from the dead-letters
-//! queue, publishes, and acks (deletes) only after the publish succeeded. [`SqsBroker`]
+//! queue, publishes, and acks (deletes) only after the publish succeeded; its large prefetch
+//! (it holds the messages it skips) does not make it read ahead (see *Receiving*), and the
+//! messages it skips it keeps invisible until it ends. [`SqsBroker`]
 //! implements [`Inspect`](messaging_core::Inspect): the depth of a group is its queue's
 //! `ApproximateNumberOfMessages` + `NotVisible` + `Delayed`.
 //!
@@ -155,7 +180,9 @@
 //! `StartMessageMoveTask` (replay does not use it), deduplicates FIFO messages only against
 //! messages still queued (AWS: a 5-minute window, so replays of a FIFO event within 5 minutes
 //! get a deduplication id with the replay count), and ignores content-based deduplication on
-//! SNS FIFO topics (this adapter always sends a deduplication id).
+//! SNS FIFO topics (this adapter always sends a deduplication id: SHA-256 over the event's
+//! `source`, `id` and, for a replayed dead letter, its replay count — 64 hex digits, so two
+//! producers' events with the same `id` are both delivered).
 
 mod broker;
 mod codec;

@@ -4,6 +4,15 @@
 //! most 80 characters, topic names 256. A name that fits is used as is; otherwise characters
 //! outside that set become `_`, the name is cut to fit, and a stable 64-bit FNV-1a hash of the
 //! original is appended, so different core names never share a queue.
+//!
+//! A group's queue joins topic and group with `-`, which groups often contain
+//! (`billing-service`): the join is kept only when the *topic* has neither `-` nor `_`, so the
+//! topic ends at the first `-`. A topic with `-` or `_` gets
+//! `{topic with - as _}_{hash}-{group}` instead
+//! ([`group_resource_topic_first`](messaging_core::naming::group_resource_topic_first)), so
+//! (topic `a-b`, group `c`) and (topic `a`, group `b-c`) no longer share `a-b-c`.
+
+use messaging_core::naming::{Naming, group_resource_topic_first};
 
 const QUEUE_MAX: usize = 80;
 const TOPIC_MAX: usize = 256;
@@ -61,8 +70,40 @@ pub(crate) fn topic_name(topic: &str, fifo: bool) -> String {
     fit(stem(topic), &[topic], TOPIC_MAX, fifo)
 }
 
-/// The SQS queue name of `group` on `topic` (`<topic>-<group>`).
+/// The SQS queue name of `group` on `topic`: `<topic>-<group>` when the topic has neither `-`
+/// nor `_` (see the module docs).
+///
+/// Three forms, which cannot meet (short of a hash collision): the plain join (first segment
+/// without `_`), the topic-first hashed form of a valid join whose topic has `-` or `_` (first
+/// segment ending in `_` and 10 hex digits), and — for joins with characters SQS does not
+/// allow, or longer than 80 — the earlier sanitized form with a 64-bit hash of the pair, kept
+/// unchanged so those queues keep their names.
 pub(crate) fn group_queue_name(topic: &str, group: &str, fifo: bool) -> String {
+    let stem = stem(topic);
+    let base = format!("{stem}-{group}");
+    let max = if fifo {
+        QUEUE_MAX - FIFO.len()
+    } else {
+        QUEUE_MAX
+    };
+    if base.len() > max || !base.chars().all(valid) {
+        return fit(&base, &[topic, group], QUEUE_MAX, fifo);
+    }
+    let naming = Naming {
+        separator: '-',
+        marker: '_',
+        max_len: max,
+    };
+    let mut name = group_resource_topic_first(&naming, stem, group);
+    if fifo {
+        name.push_str(FIFO);
+    }
+    name
+}
+
+/// The name `group_queue_name` gave before topic-first hashing: the plain join where it was
+/// valid and fit. Differs from today's name only for topics with `-` or `_`.
+pub(crate) fn legacy_group_queue_name(topic: &str, group: &str, fifo: bool) -> String {
     let base = format!("{}-{group}", stem(topic));
     fit(&base, &[topic, group], QUEUE_MAX, fifo)
 }
@@ -111,6 +152,86 @@ mod tests {
         assert_ne!(q, group_queue_name(&long, "h", true));
         // Stable: the same input gives the same name in every process.
         assert_eq!(fnv1a(&["a"]), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn group_queue_names_are_injective() {
+        // Every topic and group over a small alphabet with the separator, the marker, a
+        // character SQS does not allow and a `.fifo` suffix, standard and FIFO.
+        let alphabet = ['a', 'b', '-', '_', '.'];
+        let mut words = vec![String::new()];
+        for len in 1..=3 {
+            let mut next = Vec::new();
+            for w in words.iter().filter(|w| w.len() == len - 1) {
+                for c in alphabet {
+                    next.push(format!("{w}{c}"));
+                }
+            }
+            words.extend(next);
+        }
+        words.push("a.fifo".into());
+        words.push("a-b.fifo".into());
+        let mut seen: std::collections::HashMap<String, (String, String)> = Default::default();
+        for fifo in [false, true] {
+            for t in &words {
+                for g in &words {
+                    let name = group_queue_name(t, g, fifo);
+                    assert!(name.len() <= QUEUE_MAX, "{name}");
+                    assert!(
+                        name.strip_suffix(FIFO).unwrap_or(&name).chars().all(valid),
+                        "{name}"
+                    );
+                    // `x` and `x.fifo` are one topic (the `.fifo` name is the FIFO topic).
+                    let key = (stem(t).to_owned(), g.clone());
+                    if let Some(prev) = seen.insert(name.clone(), key.clone()) {
+                        assert_eq!(prev, key, "{prev:?} and {key:?} share {name}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unambiguous_queue_names_are_kept() {
+        // Plain topics keep `<topic>-<group>`, whatever the group.
+        for (t, g) in [
+            ("orders", "billing"),
+            ("orders", "billing-service"),
+            ("orders", "billing_service"),
+            ("Orders2", "a-b-c"),
+        ] {
+            assert_eq!(
+                group_queue_name(t, g, false),
+                legacy_group_queue_name(t, g, false)
+            );
+            assert_eq!(group_queue_name(t, g, true), format!("{t}-{g}.fifo"));
+        }
+        // Names with characters SQS does not allow, or too long, keep their earlier form.
+        for (t, g) in [
+            ("orders.v1", "billing"),
+            ("orders.dlq", "dead-letters"),
+            ("order-events.dlq", "dead-letters"),
+            (&"x".repeat(100)[..], "g"),
+        ] {
+            for fifo in [false, true] {
+                assert_eq!(
+                    group_queue_name(t, g, fifo),
+                    legacy_group_queue_name(t, g, fifo)
+                );
+            }
+        }
+        // Only a valid join whose topic has `-` or `_` changes.
+        assert_eq!(legacy_group_queue_name("a-b", "c", false), "a-b-c");
+        assert_eq!(group_queue_name("a", "b-c", false), "a-b-c");
+        let moved = group_queue_name("a-b", "c", false);
+        assert!(
+            moved.starts_with("a_b_") && moved.ends_with("-c"),
+            "{moved}"
+        );
+        let moved = group_queue_name("order_events", "billing", true);
+        assert!(moved.starts_with("order_events_"), "{moved}");
+        assert!(moved.ends_with("-billing.fifo"), "{moved}");
+        assert!(moved.len() <= QUEUE_MAX);
     }
 
     #[test]

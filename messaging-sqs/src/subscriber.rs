@@ -28,6 +28,12 @@ use crate::publisher::MAX_BATCH;
 /// Longest visibility timeout SQS accepts, in seconds (12 hours).
 const MAX_VISIBILITY: u64 = 43_200;
 
+/// Most messages received ahead of the consumer (received, not yet handed out by `recv`),
+/// whatever the prefetch: two receives' worth. The poller receives only while the buffer has
+/// room, so a slow consumer with a large prefetch does not hold hundreds of messages it will
+/// not reach within their visibility timeout.
+const READ_AHEAD: usize = 2 * MAX_BATCH;
+
 /// Whole seconds for SQS, rounded up so a delay or deadline is never shortened.
 fn secs(d: Duration) -> i32 {
     let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
@@ -53,10 +59,13 @@ struct SettleOp {
     reply: oneshot::Sender<Result<(), AckError>>,
 }
 
-/// A delivery handed out and not settled yet.
+/// A message received and not settled yet: waiting in the buffer, or handed out.
 struct Held {
     receipt: String,
+    /// When its visibility timeout runs out, as far as this subscription knows.
     deadline: Instant,
+    /// Received and not handed out yet: the keeper extends its visibility timeout.
+    waiting: bool,
 }
 
 /// What a subscription's deliveries share.
@@ -68,6 +77,26 @@ struct SubShared {
     settle: mpsc::UnboundedSender<SettleOp>,
     held: Mutex<HashMap<u64, Held>>,
     next: AtomicU64,
+}
+
+impl SubShared {
+    /// Marks the buffered delivery `key` as handed out, if it is still this subscription's to
+    /// hand out: not past its visibility timeout (SQS may have handed it to someone else) and
+    /// not given up by the keeper.
+    fn hand_out(&self, key: u64) -> bool {
+        let mut held = lock(&self.held);
+        match held.get_mut(&key) {
+            Some(h) if h.deadline > Instant::now() => {
+                h.waiting = false;
+                true
+            }
+            Some(_) => {
+                held.remove(&key);
+                false
+            }
+            None => false,
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -102,12 +131,14 @@ impl Subscriber for SqsSubscriber {
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let permits = Arc::new(Semaphore::new(options.prefetch_limit()));
+        let ahead = Arc::new(Semaphore::new(READ_AHEAD));
         let (start_tx, start_rx) = oneshot::channel();
         let poller = Poller {
             sub: sub.clone(),
             start: Some(start_rx),
             tx,
             permits: permits.clone(),
+            ahead: ahead.clone(),
             // A FIFO queue hands out a message group's next message only once the previous one
             // is deleted or visible again; receiving one message per call keeps every key to
             // one unsettled delivery, so a nacked message comes back before the rest of its key.
@@ -127,6 +158,7 @@ impl Subscriber for SqsSubscriber {
             rx,
             buffer: VecDeque::new(),
             permits,
+            ahead,
             start: Some(start_tx),
             closed: false,
             fifo: group.fifo,
@@ -145,7 +177,10 @@ struct Poller {
     /// closed right away) never polls, so it never takes a message from its group.
     start: Option<oneshot::Receiver<()>>,
     tx: mpsc::UnboundedSender<Result<Vec<SqsDelivery>, ReceiveError>>,
+    /// Unsettled deliveries: the prefetch.
     permits: Arc<Semaphore>,
+    /// Deliveries received and not handed out yet: [`READ_AHEAD`].
+    ahead: Arc<Semaphore>,
     batch: usize,
     prefetch: usize,
     deadline: Duration,
@@ -162,20 +197,29 @@ impl Poller {
                 return;
             }
         }
+        if !self.deadline.is_zero() {
+            tokio::spawn(keeper(self.sub.clone(), self.deadline));
+        }
         let shared = &self.sub.shared;
         loop {
             let Ok(first) = self.permits.clone().acquire_owned().await else {
                 return;
             };
+            let Ok(first_ahead) = self.ahead.clone().acquire_owned().await else {
+                return;
+            };
             if self.sub.closed.load(Ordering::Acquire) {
                 return;
             }
-            let mut permits = vec![first];
+            let mut permits = vec![(first, first_ahead)];
             while permits.len() < self.batch {
-                match self.permits.clone().try_acquire_owned() {
-                    Ok(p) => permits.push(p),
-                    Err(_) => break,
-                }
+                let Ok(p) = self.permits.clone().try_acquire_owned() else {
+                    break;
+                };
+                let Ok(a) = self.ahead.clone().try_acquire_owned() else {
+                    break;
+                };
+                permits.push((p, a));
             }
             let result = shared
                 .sqs
@@ -204,7 +248,7 @@ impl Poller {
             };
             let mut batch = Vec::with_capacity(messages.len());
             for m in messages {
-                let Some(permit) = permits.pop() else {
+                let Some((permit, ahead)) = permits.pop() else {
                     // The service sent more than asked for: take them anyway, they are
                     // received and would otherwise wait out their deadline.
                     tracing::warn!("ReceiveMessage returned more messages than requested");
@@ -257,6 +301,7 @@ impl Poller {
                         Held {
                             receipt: receipt.clone(),
                             deadline: received_at + self.deadline,
+                            waiting: true,
                         },
                     );
                 }
@@ -267,6 +312,7 @@ impl Poller {
                     receipt,
                     key,
                     _permit: permit,
+                    ahead: Some(ahead),
                 });
             }
             if batch.is_empty() {
@@ -346,6 +392,72 @@ impl Poller {
             }
             Err(e) => {
                 tracing::warn!(error = %e, topic = dlq_topic, "forwarding to the dead-letter topic failed; the queue's redrive policy will move it");
+            }
+        }
+    }
+}
+
+/// Keeps the messages waiting in the buffer invisible. Every eighth of the ack deadline it
+/// extends, to the full deadline, the visibility timeout of each waiting message with less
+/// than five eighths of it left (`ChangeMessageVisibilityBatch`, 10 per call), so `recv`
+/// hands out every delivery with at least about half its deadline ahead, however long it
+/// waited. A message whose extension the service refuses (its receipt is no longer valid,
+/// or the 12 hours since its receive are used up) is dropped at hand-out instead of being
+/// handed out twice. Ends when the subscription closes.
+async fn keeper(sub: Arc<SubShared>, deadline: Duration) {
+    let tick = (deadline / 8).max(Duration::from_millis(50));
+    let visibility = secs(deadline);
+    loop {
+        tokio::time::sleep(tick).await;
+        if sub.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let due_by = Instant::now() + deadline * 5 / 8;
+        let due: Vec<(u64, String)> = lock(&sub.held)
+            .iter()
+            .filter(|(_, h)| h.waiting && h.deadline < due_by)
+            .map(|(k, h)| (*k, h.receipt.clone()))
+            .collect();
+        for chunk in due.chunks(MAX_BATCH) {
+            let mut req = sub
+                .shared
+                .sqs
+                .change_message_visibility_batch()
+                .queue_url(&sub.url);
+            for (i, (_, receipt)) in chunk.iter().enumerate() {
+                if let Ok(e) = ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(receipt)
+                    .visibility_timeout(visibility)
+                    .build()
+                {
+                    req = req.entries(e);
+                }
+            }
+            let sent_at = Instant::now();
+            let out = match req.send().await {
+                Ok(out) => out,
+                Err(e) => {
+                    // The entries keep their deadline; the next tick tries again, and one
+                    // that runs out meanwhile is dropped at hand-out.
+                    tracing::debug!(error = %error::ack(e), queue = %sub.url, "extending buffered messages failed");
+                    continue;
+                }
+            };
+            let key_of = |id: &str| id.parse::<usize>().ok().and_then(|i| chunk.get(i));
+            let mut held = lock(&sub.held);
+            for ok in out.successful() {
+                if let Some(h) = key_of(ok.id()).and_then(|(k, _)| held.get_mut(k)) {
+                    h.deadline = h.deadline.max(sent_at + deadline);
+                }
+            }
+            for failed in out.failed() {
+                if let Some((k, _)) = key_of(&failed.id) {
+                    if held.get(k).is_some_and(|h| h.waiting) {
+                        tracing::debug!(code = %failed.code, queue = %sub.url, "a buffered message could not be kept invisible; it will be delivered again");
+                        held.remove(k);
+                    }
+                }
             }
         }
     }
@@ -485,6 +597,7 @@ pub struct SqsSubscription {
     rx: mpsc::UnboundedReceiver<Result<Vec<SqsDelivery>, ReceiveError>>,
     buffer: VecDeque<SqsDelivery>,
     permits: Arc<Semaphore>,
+    ahead: Arc<Semaphore>,
     start: Option<oneshot::Sender<()>>,
     closed: bool,
     fifo: bool,
@@ -509,6 +622,19 @@ impl SqsSubscription {
         &self.sub.url
     }
 
+    /// The next buffered delivery that is still this subscription's to hand out; those past
+    /// their visibility timeout are dropped (SQS hands them out again).
+    fn next_buffered(&mut self) -> Option<SqsDelivery> {
+        while let Some(mut d) = self.buffer.pop_front() {
+            if self.sub.hand_out(d.key) {
+                d.ahead = None;
+                return Some(d);
+            }
+            tracing::debug!(queue = %self.sub.url, "a buffered message's visibility timeout ran out before it was handed out; it will be delivered again");
+        }
+        None
+    }
+
     /// Stops the poller and returns what it holds: receipts to make visible again. A receive
     /// in flight finishes in the background and gives back what it got.
     fn stop(&mut self) -> Vec<String> {
@@ -516,6 +642,7 @@ impl SqsSubscription {
         self.sub.closed.store(true, Ordering::Release);
         self.start = None;
         self.permits.close();
+        self.ahead.close();
         self.rx.close();
         while self.rx.try_recv().is_ok() {}
         self.buffer.clear();
@@ -560,7 +687,7 @@ impl Subscription for SqsSubscription {
             let _ = start.send(());
         }
         loop {
-            if let Some(d) = self.buffer.pop_front() {
+            if let Some(d) = self.next_buffered() {
                 return Ok(d);
             }
             match self.rx.recv().await {
@@ -578,7 +705,7 @@ impl Subscription for SqsSubscription {
         let first = self.recv().await?;
         let mut out = vec![first];
         while out.len() < max {
-            if let Some(d) = self.buffer.pop_front() {
+            if let Some(d) = self.next_buffered() {
                 out.push(d);
                 continue;
             }
@@ -634,6 +761,8 @@ pub struct SqsDelivery {
     receipt: String,
     key: u64,
     _permit: OwnedSemaphorePermit,
+    /// Held while the delivery waits in the subscription's buffer ([`READ_AHEAD`]).
+    ahead: Option<OwnedSemaphorePermit>,
 }
 
 impl std::fmt::Debug for SqsDelivery {

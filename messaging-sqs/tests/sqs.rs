@@ -575,3 +575,248 @@ fn close_waits_for_the_receive_in_flight_and_gives_its_messages_back() {
         );
     }
 }
+
+/// Receives until `idle` passes without a delivery, acking everything; returns how often each
+/// event id arrived.
+async fn drain_counting(
+    sub: &mut SqsSubscription,
+    idle: Duration,
+    bound: Duration,
+) -> std::collections::HashMap<String, usize> {
+    let mut seen = std::collections::HashMap::new();
+    let end = tokio::time::Instant::now() + bound;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "still receiving after {bound:?}: {} distinct so far",
+            seen.len()
+        );
+        match tokio::time::timeout(idle, sub.recv_batch(10)).await {
+            Err(_) => return seen,
+            Ok(r) => {
+                for d in r.expect("receive") {
+                    *seen.entry(d.event().unwrap().id().to_owned()).or_insert(0) += 1;
+                    d.ack().await.expect("ack");
+                }
+            }
+        }
+    }
+}
+
+/// A slow consumer with a large prefetch: messages the poller received ahead must not sit in
+/// the buffer past their visibility timeout, or SQS hands them out again (a second copy in
+/// the same buffer, attempt 2). Each message is handed out once, at attempt 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_waiting_in_the_prefetch_buffer_stay_invisible() {
+    let b = broker(config()).await;
+    let topic = unique("slow");
+    let mut sub = b
+        .subscriber()
+        .subscribe(
+            &topic,
+            SubscribeOptions::new("g")
+                .prefetch(1000)
+                .ack_deadline(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap();
+    let events: Vec<Event> = (0..40).map(|n| event(&format!("s{n}"))).collect();
+    b.publisher().publish_batch(&topic, events).await.unwrap();
+    let mut seen: std::collections::HashMap<String, Vec<u32>> = Default::default();
+    // 40 × 150 ms: three times the visibility timeout.
+    while seen.len() < 40 {
+        let d = recv(&mut sub).await;
+        seen.entry(d.event().unwrap().id().to_owned())
+            .or_default()
+            .push(d.attempt());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        d.ack().await.unwrap();
+    }
+    expect_nothing(&mut sub, Duration::from_secs(3)).await;
+    let again: Vec<_> = seen.iter().filter(|(_, a)| a != &&vec![1]).collect();
+    assert!(again.is_empty(), "handed out more than once: {again:?}");
+    assert_eq!(b.depth(&topic, "g").await.unwrap(), Some(0));
+}
+
+/// Replay reads the dead-letter topic with a large prefetch (it holds skipped messages) and
+/// publishes + deletes one message at a time: far slower than the poller receives. With a
+/// 2 s visibility timeout, 300 dead letters (plus 20 the filter skips) arrive at the target
+/// exactly once each, the report counts each once, and only the skipped ones stay behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_of_300_dead_letters_delivers_each_exactly_once() {
+    let b = broker(config()).await;
+    let source = unique("origin");
+    let dlq = format!("{source}.dlq");
+    let target = unique("target");
+    b.subscriber()
+        .declare(&dlq, SubscribeOptions::new(DEAD_LETTER_GROUP))
+        .await
+        .unwrap();
+    let mut at_target = b
+        .subscriber()
+        .subscribe(&target, SubscribeOptions::new("g"))
+        .await
+        .unwrap();
+    let dead: Vec<Event> = (0..300)
+        .map(|n| event(&format!("r{n}")))
+        .chain((0..20).map(|n| event(&format!("skip{n}"))))
+        .collect();
+    b.publisher().publish_batch(&dlq, dead).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while dead_letter::depth(&b, &dlq).await.unwrap() < 320 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dead letters not in place"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let report = tokio::time::timeout(
+        Duration::from_secs(300),
+        dead_letter::replay(
+            &b.subscriber(),
+            &b.publisher(),
+            &dlq,
+            ReplayOptions::new()
+                .target(target.clone())
+                .filter(|e| !e.id().starts_with("skip"))
+                .ack_deadline(Duration::from_secs(2))
+                .idle(Duration::from_secs(3)),
+        ),
+    )
+    .await
+    .expect("replay ends")
+    .unwrap();
+    let seen = drain_counting(
+        &mut at_target,
+        Duration::from_secs(3),
+        Duration::from_secs(120),
+    )
+    .await;
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "replayed more than once: {twice:?}");
+    assert_eq!(seen.len(), 300, "every dead letter arrives at the target");
+    assert!(seen.keys().all(|id| id.starts_with('r')));
+    assert_eq!(
+        report,
+        dead_letter::ReplayReport {
+            replayed: 300,
+            skipped: 20
+        }
+    );
+    assert_eq!(dead_letter::depth(&b, &dlq).await.unwrap(), 20);
+}
+
+/// CloudEvents identifies an event by `source` + `id`: two producers' events with the same
+/// id are different events, and a FIFO topic or queue must deliver both; a true duplicate
+/// (same source, same id) is still dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifo_deduplication_tells_sources_apart() {
+    let sourced = |source: &str| {
+        EventBuilder::new(source, "test.event")
+            .id("same-id")
+            .json(&serde_json::json!({"from": source}))
+            .build()
+            .unwrap()
+    };
+    let fanout = broker(config()).await;
+    let p2p = broker(SqsConfig {
+        topology: Topology::PointToPoint,
+        ..config()
+    })
+    .await;
+    for (b, topic) in [
+        (&fanout, unique("dedup")),
+        (&p2p, format!("{}.fifo", unique("dedup"))),
+    ] {
+        let mut sub = b
+            .subscriber()
+            .subscribe(&topic, SubscribeOptions::new("g").ordered(true))
+            .await
+            .unwrap();
+        let publisher = b.publisher();
+        publisher.publish(&topic, sourced("urn:a")).await.unwrap();
+        publisher.publish(&topic, sourced("urn:b")).await.unwrap();
+        // The same event again (same source and id): deduplicated.
+        publisher.publish(&topic, sourced("urn:a")).await.unwrap();
+        let mut sources = Vec::new();
+        for _ in 0..2 {
+            let d = recv(&mut sub).await;
+            sources.push(d.event().unwrap().source().to_string());
+            d.ack().await.unwrap();
+        }
+        sources.sort();
+        assert_eq!(sources, ["urn:a", "urn:b"], "{topic}");
+        expect_nothing(&mut sub, Duration::from_secs(2)).await;
+    }
+}
+
+/// `{topic}-{group}` is not injective: (topic `<u>-a-b`, group `c`) and (topic `<u>-a`, group
+/// `b-c`) both joined to `<u>-a-b-c`, one queue subscribed to both topics. Each pair must get
+/// its own queue, and each group only its own topic's messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_names_keep_topic_and_group_apart() {
+    let b = broker(config()).await;
+    let u = unique("names");
+    let (t1, g1) = (format!("{u}-a-b"), "c");
+    let (t2, g2) = (format!("{u}-a"), "b-c");
+    let mut s1 = b
+        .subscriber()
+        .subscribe(&t1, SubscribeOptions::new(g1))
+        .await
+        .unwrap();
+    let mut s2 = b
+        .subscriber()
+        .subscribe(&t2, SubscribeOptions::new(g2))
+        .await
+        .unwrap();
+    assert_ne!(s1.queue_url(), s2.queue_url(), "one queue for two groups");
+    let publisher = b.publisher();
+    let ones: Vec<Event> = (0..5).map(|n| event(&format!("one{n}"))).collect();
+    let twos: Vec<Event> = (0..5).map(|n| event(&format!("two{n}"))).collect();
+    publisher.publish_batch(&t1, ones).await.unwrap();
+    publisher.publish_batch(&t2, twos).await.unwrap();
+    let idle = Duration::from_secs(2);
+    let got1 = drain_counting(&mut s1, idle, WAIT * 2).await;
+    let got2 = drain_counting(&mut s2, idle, WAIT * 2).await;
+    let expect = |prefix: &str| {
+        (0..5)
+            .map(|n| (format!("{prefix}{n}"), 1))
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+    assert_eq!(got1, expect("one"), "group {g1} of {t1}");
+    assert_eq!(got2, expect("two"), "group {g2} of {t2}");
+}
+
+/// An ordered group's queue is FIFO, and so must be its redrive target: a delivery limit on
+/// an ordered group whose dead-letter topic already exists as a standard topic is refused,
+/// naming the dead-letter topic and what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_group_with_a_standard_dead_letter_topic_is_refused_clearly() {
+    let b = broker(config()).await;
+    let topic = unique("ordered-std-dlq");
+    let dlq = format!("{topic}.dlq");
+    b.subscriber()
+        .declare(&dlq, SubscribeOptions::new(DEAD_LETTER_GROUP))
+        .await
+        .unwrap();
+    let err = b
+        .subscriber()
+        .subscribe(
+            &topic,
+            SubscribeOptions::new("g").ordered(true).max_deliveries(2),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), SubscribeErrorKind::Unsupported, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("dead-letter topic {dlq:?}")),
+        "{text}"
+    );
+    assert!(text.contains("must be an SNS FIFO topic"), "{text}");
+    // Without a delivery limit the ordered group needs no FIFO dead-letter topic.
+    b.subscriber()
+        .declare(&topic, SubscribeOptions::new("h").ordered(true))
+        .await
+        .unwrap();
+}

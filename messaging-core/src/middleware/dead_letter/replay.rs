@@ -5,15 +5,103 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloudevents::{AttributesReader, Event};
+use tokio::time::Instant;
 
 use super::{DEAD_LETTER_GROUP, DeadLetterMetadata, replayed_event};
 use crate::delivery::Delivery;
 use crate::error::{PublishError, ReceiveError, SubscribeError};
 use crate::publisher::Publisher;
-use crate::subscriber::{SubscribeOptions, Subscriber, Subscription};
+use crate::subscriber::{DEFAULT_ACK_DEADLINE, SubscribeOptions, Subscriber, Subscription};
 
 /// Most skipped messages held back during one replay; past it, the replay stops.
 const HOLD_MAX: usize = 10_000;
+
+/// A held message's reservation, in ack deadlines: renewed at half of it while the replay runs.
+const HOLD_DEADLINES: u32 = 10;
+
+/// Longest reservation of a held message (SQS's longest visibility timeout).
+const HOLD_LONGEST: Duration = Duration::from_secs(12 * 3600);
+
+/// `d` from now, or a year from now if that overflows.
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or(now + Duration::from_secs(365 * 86_400))
+}
+
+/// Messages this replay leaves in the dead-letter topic (skipped, or counted by a dry run),
+/// held unsettled until the replay ends so that the broker does not hand them out again
+/// meanwhile — which would count them twice and could keep the replay from ever going idle.
+/// On brokers whose ack deadline can be extended (SQS: the visibility timeout), each is
+/// reserved for [`HOLD_DEADLINES`] ack deadlines when held, and the reservation renewed at half
+/// of that while the replay runs; a replay that dies leaves them invisible that long at most.
+struct Holding<D> {
+    held: Vec<(D, Instant)>,
+    /// The reservation, on brokers with extendable deadlines.
+    period: Option<Duration>,
+    /// When the earliest reservation is due for renewal.
+    next: Option<Instant>,
+}
+
+impl<D: Delivery> Holding<D> {
+    fn new(period: Option<Duration>) -> Self {
+        Self {
+            held: Vec::new(),
+            period,
+            next: None,
+        }
+    }
+
+    async fn reserve(d: &mut D, period: Duration) -> Instant {
+        if let Err(e) = d.extend_deadline(period).await {
+            tracing::debug!(error = %e, "could not extend a held dead letter's deadline; the broker may hand it out again during the replay");
+        }
+        after(period)
+    }
+
+    async fn hold(&mut self, mut d: D) {
+        let until = match self.period {
+            Some(period) => {
+                let until = Self::reserve(&mut d, period).await;
+                let due = until - period / 2;
+                self.next = Some(self.next.map_or(due, |n| n.min(due)));
+                until
+            }
+            None => Instant::now(),
+        };
+        self.held.push((d, until));
+    }
+
+    /// Holds `d` without a reservation: it is given back right away.
+    fn keep_briefly(&mut self, d: D) {
+        self.held.push((d, Instant::now()));
+    }
+
+    /// Renews every reservation that is due.
+    async fn renew(&mut self) {
+        let Some(period) = self.period else {
+            return;
+        };
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        for (d, until) in &mut self.held {
+            if *until - period / 2 <= now {
+                *until = Self::reserve(d, period).await;
+            }
+            let due = *until - period / 2;
+            next = Some(next.map_or(due, |n| n.min(due)));
+        }
+        self.next = next;
+    }
+
+    /// Gives every held message back to the dead-letter topic for a later replay; a failed
+    /// nack leaves it to the broker's redelivery, which also keeps it.
+    async fn release(self) {
+        for (d, _) in self.held {
+            let _ = d.nack(None).await;
+        }
+    }
+}
 
 type Filter = Arc<dyn Fn(&Event) -> bool + Send + Sync>;
 type Progress = Arc<dyn Fn(&ReplayReport) + Send + Sync>;
@@ -27,6 +115,7 @@ pub struct ReplayOptions {
     idle: Duration,
     dry_run: bool,
     progress: Option<Progress>,
+    ack_deadline: Duration,
 }
 
 impl fmt::Debug for ReplayOptions {
@@ -38,6 +127,7 @@ impl fmt::Debug for ReplayOptions {
             .field("idle", &self.idle)
             .field("dry_run", &self.dry_run)
             .field("progress", &self.progress.is_some())
+            .field("ack_deadline", &self.ack_deadline)
             .finish()
     }
 }
@@ -51,6 +141,7 @@ impl Default for ReplayOptions {
             idle: Duration::from_secs(2),
             dry_run: false,
             progress: None,
+            ack_deadline: DEFAULT_ACK_DEADLINE,
         }
     }
 }
@@ -93,6 +184,16 @@ impl ReplayOptions {
     #[must_use]
     pub fn on_progress(mut self, progress: impl Fn(&ReplayReport) + Send + Sync + 'static) -> Self {
         self.progress = Some(Arc::new(progress));
+        self
+    }
+
+    /// The ack deadline of the replay's subscription to the dead-letter topic (default 30 s): how
+    /// long a received dead letter stays reserved for this replay before the broker may hand it
+    /// out again (SQS: the visibility timeout), on brokers with
+    /// [ack deadlines](crate::Features::ack_deadline).
+    #[must_use]
+    pub fn ack_deadline(mut self, deadline: Duration) -> Self {
+        self.ack_deadline = deadline;
         self
     }
 
@@ -158,7 +259,9 @@ impl std::error::Error for ReplayError {
 /// message is acked in the dead-letter topic only after its publish succeeded. Stops at the
 /// limit, or when the topic stays idle.
 ///
-/// Messages the filter skips stay in the dead-letter topic. On brokers without
+/// Messages the filter skips stay in the dead-letter topic, held by the replay until it ends
+/// (reserved for ten ack deadlines at a time on brokers with extendable deadlines, such as
+/// SQS, so they are not received and counted again). On brokers without
 /// [individual acks](crate::Features::individual_acks) (Kafka), where a skipped message would
 /// hold back the group's offset and with it every replayed message behind it, a skipped
 /// message is published again to the end of the dead-letter topic and then acked, so the
@@ -173,15 +276,25 @@ where
     S: Subscriber,
     P: Publisher,
 {
-    let group = SubscribeOptions::new(DEAD_LETTER_GROUP).prefetch(HOLD_MAX);
+    let group = SubscribeOptions::new(DEAD_LETTER_GROUP)
+        .prefetch(HOLD_MAX)
+        .ack_deadline(options.ack_deadline);
+    let features = subscriber.features();
     // On log brokers a skipped message goes to the end of the topic instead of blocking it.
-    let move_skipped = !subscriber.features().individual_acks && !options.dry_run;
+    let move_skipped = !features.individual_acks && !options.dry_run;
     let mut moved = std::collections::HashSet::new();
     let mut sub = subscriber
         .subscribe(dlq_topic, group)
         .await
         .map_err(ReplayError::Subscribe)?;
-    let mut held = Vec::new();
+    let mut held = Holding::new(
+        (features.ack_deadline && features.extend_deadline).then(|| {
+            options
+                .ack_deadline
+                .saturating_mul(HOLD_DEADLINES)
+                .min(HOLD_LONGEST)
+        }),
+    );
     let mut report = ReplayReport::default();
     let tick = |report: &ReplayReport| {
         if let Some(progress) = &options.progress {
@@ -192,15 +305,27 @@ where
         if options.limit.is_some_and(|l| report.replayed >= l) {
             break Ok(());
         }
-        let d = match tokio::time::timeout(options.idle, sub.recv()).await {
-            Err(_) => break Ok(()),
-            Ok(Err(e)) => break Err(ReplayError::Receive(e)),
-            Ok(Ok(d)) => d,
+        let idle_until = after(options.idle);
+        let received = loop {
+            if held.next.is_some_and(|due| due <= Instant::now()) {
+                held.renew().await;
+            }
+            let wake = held.next.map_or(idle_until, |due| due.min(idle_until));
+            match tokio::time::timeout_at(wake, sub.recv()).await {
+                Ok(r) => break Some(r),
+                Err(_) if Instant::now() >= idle_until => break None,
+                Err(_) => {}
+            }
+        };
+        let d = match received {
+            None => break Ok(()),
+            Some(Err(e)) => break Err(ReplayError::Receive(e)),
+            Some(Ok(d)) => d,
         };
         let Ok(event) = d.payload() else {
             report.skipped += 1;
             tick(&report);
-            held.push(d);
+            held.hold(d).await;
             continue;
         };
         let wanted = options.filter.as_ref().is_none_or(|f| f(event));
@@ -212,7 +337,7 @@ where
         let (true, Some(target)) = (wanted, target) else {
             if moved.contains(event.id()) {
                 // A copy this replay moved to the end: it was counted when first skipped.
-                held.push(d);
+                held.hold(d).await;
                 continue;
             }
             report.skipped += 1;
@@ -224,13 +349,13 @@ where
                 }
                 continue;
             }
-            held.push(d);
+            held.hold(d).await;
             continue;
         };
         if options.dry_run {
             report.replayed += 1;
             tick(&report);
-            held.push(d);
+            held.hold(d).await;
             continue;
         }
         match publisher.publish(&target, replayed_event(event)).await {
@@ -244,7 +369,7 @@ where
                 }
             }
             Err(error) => {
-                held.push(d);
+                held.keep_briefly(d);
                 break Err(ReplayError::Publish {
                     error,
                     report: report.clone(),
@@ -252,11 +377,7 @@ where
             }
         }
     };
-    for d in held {
-        // Back to the dead-letter topic for a later replay; a failed nack leaves it to the
-        // broker's redelivery, which also keeps it.
-        let _ = d.nack(None).await;
-    }
+    held.release().await;
     let _ = sub.close().await;
     result.map(|()| report)
 }
