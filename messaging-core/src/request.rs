@@ -53,6 +53,10 @@ use crate::subscriber::{SubscribeOptions, Subscriber, Subscription};
 /// Extension naming the topic a reply goes to.
 pub const REPLY_TO: &str = "replyto";
 
+/// The group a [`Requester`] subscribes its private reply topic with. Adapters that share
+/// group state across topics (Kafka) scope it to the reply topic.
+pub const REQUESTER_GROUP: &str = "requester";
+
 /// Waiters by request id; several concurrent requests may share an id (each gets one reply,
 /// first come first served), each known by its own token.
 type Pending = Arc<Mutex<HashMap<String, Vec<(u64, oneshot::Sender<Event>)>>>>;
@@ -210,7 +214,7 @@ impl Requester {
         S: Subscriber + Clone + Send + Sync + 'static,
         S::Subscription: 'static,
     {
-        let options = SubscribeOptions::new("requester");
+        let options = SubscribeOptions::new(REQUESTER_GROUP);
         let sub = subscriber.subscribe(&reply_topic, options.clone()).await?;
         let pending: Pending = Arc::default();
         let listener = tokio::spawn(listen(

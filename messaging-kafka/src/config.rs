@@ -6,10 +6,9 @@ use std::time::Duration;
 use messaging_core::ContentMode;
 use messaging_core::middleware::dead_letter::DEAD_LETTER_GROUP;
 use messaging_core::naming::short_hash;
+use messaging_core::request::REQUESTER_GROUP;
 use rdkafka::ClientConfig;
 
-/// The group `messaging_core::request::Requester` subscribes its reply topic with.
-const REQUESTER_GROUP: &str = "requester";
 /// Groups whose Kafka `group.id` is scoped to the topic (see [`KafkaConfig::group_id`]).
 const TOPIC_SCOPED_GROUPS: [&str; 2] = [DEAD_LETTER_GROUP, REQUESTER_GROUP];
 

@@ -229,17 +229,24 @@ where
                 )),
             ));
         }
-        // Declare the dead-letter topic's group first, so dead letters are kept from the start
-        // (declared, not subscribed: dead letters already waiting are not handed out).
-        self.subscriber
-            .declare(&dlq_topic, SubscribeOptions::new(DEAD_LETTER_GROUP))
-            .await
-            .map_err(RunError::Subscribe)?;
         let mut sub = self
             .subscriber
             .subscribe(&self.topic, options.clone())
             .await
             .map_err(RunError::Subscribe)?;
+        // Then the dead-letter topic's group, before the first delivery is handled, so dead
+        // letters are kept from the start (declared, not subscribed: dead letters already
+        // waiting are not handed out). Subscribing first lets the adapter lay out the
+        // dead-letter topic for the subscription (SQS: a FIFO one for an ordered group whose
+        // queue redrives into it).
+        if let Err(e) = self
+            .subscriber
+            .declare(&dlq_topic, SubscribeOptions::new(DEAD_LETTER_GROUP))
+            .await
+        {
+            let _ = tokio::time::timeout(HARD_STOP_GRACE, sub.close()).await;
+            return Err(RunError::Subscribe(e));
+        }
 
         let shared = Arc::new(Shared {
             service: self.service,
