@@ -18,7 +18,9 @@ use messaging_core::{AttributesReader, EventBuilder, EventExt, Publisher, Subscr
 use messaging_testkit::MemoryBroker;
 
 mod common;
-use common::{dead_letters, event, policy, publisher, until};
+use common::{
+    dead_letters, event, failing_permanently, policy, publisher, until, until_dead_lettered,
+};
 
 /// Runs per event id.
 type Runs = Arc<Mutex<HashMap<String, usize>>>;
@@ -146,14 +148,7 @@ async fn a_dead_letter_too_large_for_the_broker_is_shrunk_not_looped() {
     // The original fits; its dead letter (the original plus metadata) does not.
     let broker = MemoryBroker::builder().max_payload(2_000).build();
     let runs = Arc::new(AtomicUsize::new(0));
-    let r = runs.clone();
-    let handler = handler_fn(move |_msg: Incoming| {
-        let r = r.clone();
-        async move {
-            r.fetch_add(1, Ordering::SeqCst);
-            Err::<(), _>(HandlerError::permanent("rejected by a business rule"))
-        }
-    });
+    let handler = failing_permanently(runs.clone(), "rejected by a business rule");
     let consumer = Consumer::builder(
         broker.subscriber(),
         publisher(&broker),
@@ -161,14 +156,7 @@ async fn a_dead_letter_too_large_for_the_broker_is_shrunk_not_looped() {
         SubscribeOptions::new("g"),
     )
     .build(handler);
-    let b = broker.clone();
-    let run = tokio::spawn(consumer.run(async move {
-        until(|| {
-            b.group_stats("orders.dlq", dead_letter::DEAD_LETTER_GROUP)
-                .is_some_and(|s| s.total() == 1)
-        })
-        .await;
-    }));
+    let run = tokio::spawn(consumer.run(until_dead_lettered(broker.clone(), "orders.dlq", 1)));
     tokio::time::sleep(Duration::from_millis(1)).await;
     let mut big = None;
     for filler in (1_000..2_000).rev().step_by(10) {
@@ -227,14 +215,7 @@ async fn a_dead_letter_too_large_for_the_broker_is_shrunk_not_looped() {
 async fn transient_dead_letter_failures_are_retried_without_running_the_handler_again() {
     let broker = MemoryBroker::new();
     let runs = Arc::new(AtomicUsize::new(0));
-    let r = runs.clone();
-    let handler = handler_fn(move |_msg: Incoming| {
-        let r = r.clone();
-        async move {
-            r.fetch_add(1, Ordering::SeqCst);
-            Err::<(), _>(HandlerError::permanent("bad order"))
-        }
-    });
+    let handler = failing_permanently(runs.clone(), "bad order");
     let consumer = Consumer::builder(
         broker.subscriber(),
         publisher(&broker),
@@ -242,14 +223,7 @@ async fn transient_dead_letter_failures_are_retried_without_running_the_handler_
         SubscribeOptions::new("g"),
     )
     .build(handler);
-    let b = broker.clone();
-    let run = tokio::spawn(consumer.run(async move {
-        until(|| {
-            b.group_stats("orders.dlq", dead_letter::DEAD_LETTER_GROUP)
-                .is_some_and(|s| s.total() == 1)
-        })
-        .await;
-    }));
+    let run = tokio::spawn(consumer.run(until_dead_lettered(broker.clone(), "orders.dlq", 1)));
     tokio::time::sleep(Duration::from_millis(1)).await;
     broker
         .publisher()

@@ -18,7 +18,7 @@ use messaging_testkit::MemoryBroker;
 use tokio::time::Instant;
 
 mod common;
-use common::{dead_letters, event, policy, publisher, until};
+use common::{dead_letters, event, policy, publisher, until, until_dead_lettered};
 
 #[tokio::test(start_paused = true)]
 async fn at_least_once_acks_every_success() {
@@ -284,14 +284,7 @@ async fn undecodable_input_is_dead_lettered_with_its_bytes() {
         SubscribeOptions::new("g"),
     )
     .build(failing_handler(calls.clone(), 0, false));
-    let b = broker.clone();
-    let run = tokio::spawn(consumer.run(async move {
-        until(|| {
-            b.group_stats("orders.dlq", dead_letter::DEAD_LETTER_GROUP)
-                .is_some_and(|s| s.total() == 1)
-        })
-        .await;
-    }));
+    let run = tokio::spawn(consumer.run(until_dead_lettered(broker.clone(), "orders.dlq", 1)));
     tokio::time::sleep(Duration::from_millis(1)).await;
     broker.publish_raw(
         "orders",
@@ -324,14 +317,7 @@ async fn a_failed_dead_letter_publish_is_retried_before_the_original_is_acked() 
     )
     .retry(RetryPolicy::no_retries())
     .build(failing_handler(calls.clone(), usize::MAX, false));
-    let b = broker.clone();
-    let run = tokio::spawn(consumer.run(async move {
-        until(|| {
-            b.group_stats("orders.dlq", dead_letter::DEAD_LETTER_GROUP)
-                .is_some_and(|s| s.total() == 1)
-        })
-        .await;
-    }));
+    let run = tokio::spawn(consumer.run(until_dead_lettered(broker.clone(), "orders.dlq", 1)));
     tokio::time::sleep(Duration::from_millis(1)).await;
     broker
         .publisher()

@@ -56,3 +56,34 @@ pub async fn dead_letters(broker: &MemoryBroker, dlq: &str, n: usize) -> Vec<Eve
     }
     out
 }
+
+/// Completes once the dead-letter topic `dlq` holds `n` messages.
+pub async fn until_dead_lettered(broker: MemoryBroker, dlq: &'static str, n: usize) {
+    until(move || {
+        broker
+            .group_stats(dlq, dead_letter::DEAD_LETTER_GROUP)
+            .is_some_and(|s| s.total() == n)
+    })
+    .await;
+}
+
+/// A handler that counts its runs in `runs` and fails permanently with `error`.
+pub fn failing_permanently(
+    runs: Arc<std::sync::atomic::AtomicUsize>,
+    error: &'static str,
+) -> impl tower_service::Service<
+    messaging_core::Incoming,
+    Response = (),
+    Error = messaging_core::HandlerError,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    messaging_core::handler_fn(move |_msg: messaging_core::Incoming| {
+        let runs = runs.clone();
+        async move {
+            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err::<(), _>(messaging_core::HandlerError::permanent(error))
+        }
+    })
+}
