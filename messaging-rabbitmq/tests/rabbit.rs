@@ -10,24 +10,11 @@ use messaging_core::{
 };
 use messaging_rabbitmq::{RabbitBroker, RabbitConfig};
 
-const URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+mod common;
+use common::{config, connect};
 
 fn unique(what: &str) -> String {
-    format!("rt-{what}-{}", uuid::Uuid::new_v4().simple())
-}
-
-/// Test queues delete themselves two minutes after their last use.
-fn config() -> RabbitConfig {
-    RabbitConfig {
-        queue_expires: Some(Duration::from_secs(120)),
-        ..RabbitConfig::new(URI)
-    }
-}
-
-async fn connect(config: RabbitConfig) -> RabbitBroker {
-    RabbitBroker::connect(config).await.unwrap_or_else(|e| {
-        panic!("RabbitMQ is not reachable (run scripts/brokers/rabbitmq.sh): {e}")
-    })
+    common::unique("rt", what)
 }
 
 #[tokio::test]

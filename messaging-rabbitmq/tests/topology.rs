@@ -15,28 +15,16 @@ use messaging_core::{
     Subscriber, Subscription,
 };
 use messaging_rabbitmq::{RabbitBroker, RabbitConfig};
+
+mod common;
+use common::{config, connect};
 use serde_json::Value;
 
-const URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// Every wait for a message is bounded by this.
 const WAIT: Duration = Duration::from_secs(10);
 
 fn unique(what: &str) -> String {
-    format!("tp-{what}-{}", uuid::Uuid::new_v4().simple())
-}
-
-/// Test queues delete themselves two minutes after their last use.
-fn config() -> RabbitConfig {
-    RabbitConfig {
-        queue_expires: Some(Duration::from_secs(120)),
-        ..RabbitConfig::new(URI)
-    }
-}
-
-async fn connect(config: RabbitConfig) -> RabbitBroker {
-    RabbitBroker::connect(config).await.unwrap_or_else(|e| {
-        panic!("RabbitMQ is not reachable (run scripts/brokers/rabbitmq.sh): {e}")
-    })
+    common::unique("tp", what)
 }
 
 /// The arguments of `queue` as `rabbitmqctl list_queues` shows them (name → value), or `None`

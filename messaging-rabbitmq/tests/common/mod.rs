@@ -1,0 +1,29 @@
+//! Helpers shared by the RabbitMQ test files.
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::Duration;
+
+use messaging_rabbitmq::{RabbitBroker, RabbitConfig};
+
+/// The local broker the tests run against.
+pub const URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// A fresh name: `<prefix>-<what>-<uuid>`.
+pub fn unique(prefix: &str, what: &str) -> String {
+    format!("{prefix}-{what}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Test queues delete themselves two minutes after their last use.
+pub fn config() -> RabbitConfig {
+    RabbitConfig {
+        queue_expires: Some(Duration::from_secs(120)),
+        ..RabbitConfig::new(URI)
+    }
+}
+
+/// Connects, or fails saying how to start the broker.
+pub async fn connect(config: RabbitConfig) -> RabbitBroker {
+    RabbitBroker::connect(config).await.unwrap_or_else(|e| {
+        panic!("RabbitMQ is not reachable (run scripts/brokers/rabbitmq.sh): {e}")
+    })
+}
