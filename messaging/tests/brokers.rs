@@ -256,8 +256,9 @@ async fn adapter_secret_options_never_show() {
     for url in [
         format!("kafka://127.0.0.1:1?connect_timeout=2s&{query}"),
         format!("kafka://127.0.0.1:9092?partitions=many&{query}"),
-        format!("amqp://guest:guest@127.0.0.1:1/%2f?x-api-key=PEMKEY1&token=KSPW2"),
-        format!("sqs://us-east-1?endpoint=http://127.0.0.1:1&call_timeout=2s&session_token=OAUTH3"),
+        "amqp://guest:guest@127.0.0.1:1/%2f?x-api-key=PEMKEY1&token=KSPW2".to_owned(),
+        "sqs://us-east-1?endpoint=http://127.0.0.1:1&call_timeout=2s&session_token=OAUTH3"
+            .to_owned(),
     ] {
         let parsed: messaging::BrokerUrl = url.parse().unwrap();
         let mut shown = format!("{parsed} {parsed:?}");
