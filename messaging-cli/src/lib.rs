@@ -203,6 +203,10 @@ pub struct ReplayArgs {
     /// Count what would be replayed; move nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also replay dead letters marked `dlqtruncated` (their data was dropped because the
+    /// broker refused the full dead letter); they are left alone otherwise.
+    #[arg(long)]
+    pub include_truncated: bool,
     /// Stop when no dead letter arrives for this long.
     #[arg(long, value_parser = duration, default_value = "5s")]
     pub idle: Duration,
@@ -735,6 +739,7 @@ async fn replay(
     let mut options = dead_letter::ReplayOptions::new()
         .idle(r.idle)
         .dry_run(r.dry_run)
+        .include_truncated(r.include_truncated)
         .filter(move |e| {
             let m = DeadLetterMetadata::from_event(e);
             (types.is_empty() || types.iter().any(|t| t == e.ty()))
@@ -762,7 +767,7 @@ async fn replay(
     let report = result.map_err(failed)?;
     writeln!(
         out,
-        "{} {}, {} skipped (left in {})",
+        "{} {}, {} skipped (left in {}){}",
         if r.dry_run {
             "would replay"
         } else {
@@ -770,7 +775,15 @@ async fn replay(
         },
         report.replayed,
         report.skipped,
-        r.topic
+        r.topic,
+        if report.truncated > 0 {
+            format!(
+                "; {} of them truncated dead letters without their data (--include-truncated replays them)",
+                report.truncated
+            )
+        } else {
+            String::new()
+        }
     )
     .map_err(failed)?;
     let _ = err.flush();

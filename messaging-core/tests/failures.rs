@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use messaging_core::handler::{HandlerError, Incoming, handler_fn};
-use messaging_core::middleware::dead_letter::{self, DeadLetterMetadata};
+use messaging_core::middleware::dead_letter::{self, DeadLetterMetadata, ReplayOptions};
 use messaging_core::middleware::idempotency::{
     Claim, IdempotencyLayer, IdempotencyStore, MemoryStore,
 };
@@ -209,6 +209,30 @@ async fn a_dead_letter_too_large_for_the_broker_is_shrunk_not_looped() {
         0,
         "acked"
     );
+    // Replaying it would hand the handler an event without its data: replay leaves it alone
+    // unless asked.
+    let options = || ReplayOptions::new().idle(Duration::from_secs(1));
+    let report = dead_letter::replay(
+        &broker.subscriber(),
+        &broker.publisher(),
+        "orders.dlq",
+        options(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (report.replayed, report.skipped, report.truncated),
+        (0, 1, 1)
+    );
+    let report = dead_letter::replay(
+        &broker.subscriber(),
+        &broker.publisher(),
+        "orders.dlq",
+        options().include_truncated(true),
+    )
+    .await
+    .unwrap();
+    assert_eq!((report.replayed, report.truncated), (1, 0));
 }
 
 #[tokio::test(start_paused = true)]

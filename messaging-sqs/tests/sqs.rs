@@ -700,7 +700,8 @@ async fn replay_of_300_dead_letters_delivers_each_exactly_once() {
         report,
         dead_letter::ReplayReport {
             replayed: 300,
-            skipped: 20
+            skipped: 20,
+            truncated: 0,
         }
     );
     assert_eq!(dead_letter::depth(&b, &dlq).await.unwrap(), 20);

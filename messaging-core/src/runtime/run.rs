@@ -143,6 +143,11 @@ struct Shared<Svc> {
     counters: Counters,
     metrics: Metrics,
     pending: PendingDeadLetters,
+    /// The subscription's ack deadline: a held delivery's deadline is never extended by less.
+    ack_deadline: Duration,
+    /// Park an undeliverable dead letter's original by immediate requeues (the broker's delivery
+    /// limit then dead-letters it) rather than a delayed nack, which would reset the count.
+    park_by_requeue: bool,
 }
 
 const SETTLE_TRIES: u32 = 3;
@@ -261,6 +266,10 @@ where
             counters: Counters::default(),
             metrics: Metrics::new(&self.topic, options.group()),
             pending: PendingDeadLetters::default(),
+            ack_deadline: options.deadline(),
+            park_by_requeue: features.native_dead_letter
+                && features.delayed_redelivery == DelaySupport::Emulated
+                && !options.is_ordered(),
         });
         // A permit per delivery in the runtime; all of them back means nothing is in flight.
         let permits = Arc::new(Semaphore::new(self.concurrency));
@@ -433,9 +442,10 @@ where
             return;
         }
     };
-    if let Some(dead) = shared.pending.take(&event) {
+    if let Some(failure) = shared.pending.take(&event) {
         // Decided before; only the dead-letter publish failed.
-        Box::pin(publish_dead_letter(shared, delivery, dead)).await;
+        let dead = dead_letter::dead_letter_event(&event, &failure, &shared.origin);
+        Box::pin(publish_dead_letter(shared, delivery, dead, Some(failure))).await;
         shared.metrics.in_flight.decrement(1.0);
         return;
     }
@@ -478,7 +488,7 @@ where
         }
         Some(Outcome::DeadLetter(failure)) => {
             let event = dead_letter::dead_letter_event(msg.event(), &failure, &shared.origin);
-            Box::pin(publish_dead_letter(shared, delivery, event)).await;
+            Box::pin(publish_dead_letter(shared, delivery, event, Some(failure))).await;
         }
     }
     shared.metrics.in_flight.decrement(1.0);
@@ -505,6 +515,7 @@ where
     };
     if let Outcome::DeadLetter(failure) = outcome {
         let mut event = dead_letter::dead_letter_event(msg.event(), &failure, &shared.origin);
+        let (mut tries, mut pause) = (0u32, Duration::from_millis(100));
         loop {
             match shared
                 .publisher
@@ -521,13 +532,28 @@ where
                     }
                 },
                 Err(e) => {
+                    tries += 1;
+                    if tries < DEAD_LETTER_TRIES && !shared.hard_stop.is_cancelled() {
+                        tracing::warn!(error = %e, tries, "at-most-once: dead-letter publish failed; retrying");
+                        pause = backoff(shared, pause).await;
+                        continue;
+                    }
                     shared.metrics.dead_letter_failures.increment(1);
-                    tracing::error!(error = %e, "at-most-once: dead-letter publish failed; the message is lost");
+                    tracing::error!(error = %e, tries, "at-most-once: dead-letter publish failed; the message is lost");
                     return;
                 }
             }
         }
     }
+}
+
+/// Sleeps `pause` (cut short by the hard stop) and returns the next pause: doubled, at most 5 s.
+async fn backoff<Svc>(shared: &Shared<Svc>, pause: Duration) -> Duration {
+    tokio::select! {
+        () = tokio::time::sleep(pause) => {}
+        () = shared.hard_stop.cancelled() => {}
+    }
+    (pause * 2).min(Duration::from_secs(5))
 }
 
 fn count_dead_letter<Svc>(shared: &Shared<Svc>) {
@@ -581,26 +607,32 @@ async fn dead_letter_undecodable<D: Delivery, Svc>(
 ) {
     tracing::warn!(topic = %shared.origin.topic, error = %err, "undecodable message goes to the dead-letter queue");
     let event = dead_letter::undecodable_event(err, &shared.origin, Utc::now());
-    publish_dead_letter(shared, delivery, event).await;
+    // Not remembered as pending: its redelivery takes this path again without a handler run.
+    publish_dead_letter(shared, delivery, event, None).await;
 }
 
 /// Publishes to the dead-letter topic, then acks; never acks a message whose dead letter was
-/// not published, and never runs the handler again for one whose was decided:
+/// not published, and does not run the handler again (in this process) for one whose was
+/// decided (`failure`, kept pending by event identity):
 ///
 /// - a transient failure is retried with backoff while the delivery is held (its deadline
-///   extended), [`DEAD_LETTER_TRIES`] times; then the delivery is nacked with a delay and the
-///   dead letter kept pending, so the redelivery publishes it without running the handler;
+///   extended, never shortened), [`DEAD_LETTER_TRIES`] times; then the delivery is nacked with
+///   a delay and the decision kept pending, so the redelivery publishes the dead letter
+///   without running the handler;
 /// - a permanent failure (too large, unencodable, rejected) publishes a smaller dead letter
 ///   instead: first without the data, then with only the identity, the correlation and the
 ///   dead-letter metadata, each marked with `dlqtruncated` (the data's size in bytes); if even
 ///   that is refused, the error is logged and counted
-///   (`messaging_dead_letter_failures_total`) and the delivery is nacked for
-///   [`PARKED_RETRY`], pending — where the broker limits deliveries (RabbitMQ's delivery
-///   limit, SQS's redrive policy), it parks the message in its own dead-letter queue.
+///   (`messaging_dead_letter_failures_total`) and the message is parked: where the broker
+///   dead-letters by delivery count and a delayed nack would reset that count (RabbitMQ), it is
+///   requeued after a pause, so the queue's delivery limit moves it to the broker's
+///   dead-letter exchange; elsewhere it is nacked for [`PARKED_RETRY`] (SQS counts that
+///   delivery towards its redrive policy).
 async fn publish_dead_letter<D: Delivery, Svc>(
     shared: &Shared<Svc>,
     mut delivery: D,
     mut event: cloudevents::Event,
+    failure: Option<Failure>,
 ) {
     let mut tries = 0u32;
     let mut pause = Duration::from_millis(100);
@@ -611,7 +643,9 @@ async fn publish_dead_letter<D: Delivery, Svc>(
             .await
         {
             Ok(_) => {
-                shared.pending.forget(&event);
+                if failure.is_some() {
+                    shared.pending.forget(&event);
+                }
                 if settle(shared, delivery, Settle::Ack).await.is_ok() {
                     count_dead_letter(shared);
                 }
@@ -623,18 +657,15 @@ async fn publish_dead_letter<D: Delivery, Svc>(
             tries += 1;
             if tries < DEAD_LETTER_TRIES && !shared.hard_stop.is_cancelled() {
                 tracing::warn!(dlq = %shared.dlq_topic, error = %err, tries, "dead-letter publish failed; retrying");
-                let _ = delivery
-                    .extend_deadline(pause * 2 + Duration::from_secs(5))
-                    .await;
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => {}
-                    () = shared.hard_stop.cancelled() => {}
-                }
-                pause = (pause * 2).min(Duration::from_secs(5));
+                let hold = shared.ack_deadline.max(pause * 2 + Duration::from_secs(5));
+                let _ = delivery.extend_deadline(hold).await;
+                pause = backoff(shared, pause).await;
                 continue;
             }
             tracing::error!(dlq = %shared.dlq_topic, error = %err, tries, "dead-letter publish keeps failing; the message is nacked and its dead letter published when it comes back");
-            shared.pending.remember(event);
+            if let Some(failure) = failure {
+                shared.pending.remember(&event, failure);
+            }
             let _ = settle(shared, delivery, Settle::Nack(Some(Duration::from_secs(5)))).await;
             return;
         }
@@ -644,23 +675,32 @@ async fn publish_dead_letter<D: Delivery, Svc>(
                 event = smaller;
             }
             None => {
-                tracing::error!(dlq = %shared.dlq_topic, error = %err, "even the smallest dead letter was refused; the message is held (nacked) and retried every {PARKED_RETRY:?} without running the handler");
                 shared.metrics.dead_letter_failures.increment(1);
-                shared.pending.remember(event);
-                let _ = settle(shared, delivery, Settle::Nack(Some(PARKED_RETRY))).await;
+                if let Some(failure) = failure {
+                    shared.pending.remember(&event, failure);
+                }
+                if shared.park_by_requeue {
+                    tracing::error!(dlq = %shared.dlq_topic, error = %err, "even the smallest dead letter was refused; requeueing the message so the broker's delivery limit parks it in its own dead-letter queue");
+                    let _ = backoff(shared, Duration::from_secs(1)).await;
+                    let _ = settle(shared, delivery, Settle::Nack(None)).await;
+                } else {
+                    tracing::error!(dlq = %shared.dlq_topic, error = %err, "even the smallest dead letter was refused; the message is held (nacked) and retried every {PARKED_RETRY:?} without running the handler");
+                    let _ = settle(shared, delivery, Settle::Nack(Some(PARKED_RETRY))).await;
+                }
                 return;
             }
         }
     }
 }
 
-/// Dead letters decided but not yet published, by event identity, so that a redelivery
-/// publishes the dead letter instead of running the handler again. Bounded; touched only
-/// when not empty.
+/// Dead-letter decisions whose publish failed, by event identity, so that a redelivery to this
+/// process publishes the dead letter instead of running the handler again. Holds the failure,
+/// not the event, so its size does not grow with payloads; bounded, evicting an arbitrary entry
+/// when full; touched only when not empty.
 #[derive(Default)]
 struct PendingDeadLetters {
     len: AtomicUsize,
-    map: Mutex<HashMap<String, cloudevents::Event>>,
+    map: Mutex<HashMap<String, Failure>>,
 }
 
 const PENDING_MAX: usize = 10_000;
@@ -670,27 +710,30 @@ impl PendingDeadLetters {
         format!("{}\u{0}{}", e.source(), e.id())
     }
 
-    fn remember(&self, dead: cloudevents::Event) {
+    fn remember(&self, event: &cloudevents::Event, failure: Failure) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= PENDING_MAX {
-            map.clear();
+            let evict = map.keys().next().cloned();
+            if let Some(k) = evict {
+                map.remove(&k);
+            }
         }
-        map.insert(Self::key(&dead), dead);
+        map.insert(Self::key(event), failure);
         self.len.store(map.len(), Ordering::Relaxed);
     }
 
-    fn take(&self, original: &cloudevents::Event) -> Option<cloudevents::Event> {
+    fn take(&self, original: &cloudevents::Event) -> Option<Failure> {
         if self.len.load(Ordering::Relaxed) == 0 {
             return None;
         }
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let dead = map.remove(&Self::key(original));
+        let failure = map.remove(&Self::key(original));
         self.len.store(map.len(), Ordering::Relaxed);
-        dead
+        failure
     }
 
-    fn forget(&self, dead: &cloudevents::Event) {
-        let _ = self.take(dead);
+    fn forget(&self, event: &cloudevents::Event) {
+        let _ = self.take(event);
     }
 }
 

@@ -116,6 +116,7 @@ pub struct ReplayOptions {
     dry_run: bool,
     progress: Option<Progress>,
     ack_deadline: Duration,
+    truncated: bool,
 }
 
 impl fmt::Debug for ReplayOptions {
@@ -128,6 +129,7 @@ impl fmt::Debug for ReplayOptions {
             .field("dry_run", &self.dry_run)
             .field("progress", &self.progress.is_some())
             .field("ack_deadline", &self.ack_deadline)
+            .field("truncated", &self.truncated)
             .finish()
     }
 }
@@ -142,6 +144,7 @@ impl Default for ReplayOptions {
             dry_run: false,
             progress: None,
             ack_deadline: DEFAULT_ACK_DEADLINE,
+            truncated: false,
         }
     }
 }
@@ -197,6 +200,16 @@ impl ReplayOptions {
         self
     }
 
+    /// Also replays dead letters marked [`dlqtruncated`](super::TRUNCATED) (default: no). The
+    /// broker refused their full form, so they lack their data (and perhaps extensions):
+    /// replayed, a handler would get an event that is not the original. They are skipped and
+    /// counted in [`ReplayReport::truncated`] unless this is set.
+    #[must_use]
+    pub fn include_truncated(mut self, include: bool) -> Self {
+        self.truncated = include;
+        self
+    }
+
     /// Counts what would be replayed and leaves every message where it is.
     #[must_use]
     pub fn dry_run(mut self, dry_run: bool) -> Self {
@@ -210,8 +223,12 @@ impl ReplayOptions {
 pub struct ReplayReport {
     /// Published to their target and removed from the dead-letter topic (in a dry run: would be).
     pub replayed: usize,
-    /// Left in the dead-letter topic (filtered out, no known origin, or not decodable).
+    /// Left in the dead-letter topic (filtered out, no known origin, not decodable, or
+    /// truncated).
     pub skipped: usize,
+    /// Of the skipped, dead letters marked `dlqtruncated` (their data was dropped to fit the
+    /// broker), left alone unless [`ReplayOptions::include_truncated`].
+    pub truncated: usize,
 }
 
 /// Why a replay stopped early. Messages not yet replayed stay in the dead-letter topic.
@@ -328,7 +345,8 @@ where
             held.hold(d).await;
             continue;
         };
-        let wanted = options.filter.as_ref().is_none_or(|f| f(event));
+        let whole = options.truncated || event.extension(super::TRUNCATED).is_none();
+        let wanted = whole && options.filter.as_ref().is_none_or(|f| f(event));
         let target = options
             .target
             .clone()
@@ -341,6 +359,9 @@ where
                 continue;
             }
             report.skipped += 1;
+            if !whole {
+                report.truncated += 1;
+            }
             tick(&report);
             if move_skipped && publisher.publish(dlq_topic, event.clone()).await.is_ok() {
                 moved.insert(event.id().to_owned());
