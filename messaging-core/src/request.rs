@@ -2,7 +2,11 @@
 //!
 //! A [`Requester`] owns a private reply topic, which it subscribes to before the first
 //! request. [`Requester::request`] stamps the request with a `replyto` extension (the reply
-//! topic) and waits for the event whose `causationid` is the request's `id`, up to a timeout.
+//! topic) and a `replytoken` unique to the request, and waits for the event whose
+//! `causationid` is the request's `id` — and whose `replytoken` is the request's, where the
+//! responder copies it (as [`reply`] does): concurrent requests that share an `id` each get
+//! their own reply. A reply without a token goes to the oldest waiting request of its
+//! `causationid`.
 //! A responder replies with [`reply`] (or the [`Incoming::follow_up`](crate::handler::Incoming::follow_up) builder plus
 //! [`reply_to`]). Replies that arrive after their request timed out are acked and dropped.
 //!
@@ -53,6 +57,9 @@ use crate::subscriber::{SubscribeOptions, Subscriber, Subscription};
 /// Extension naming the topic a reply goes to.
 pub const REPLY_TO: &str = "replyto";
 
+/// Extension carrying a token unique to one request, copied into the reply by [`reply`].
+pub const REPLY_TOKEN: &str = "replytoken";
+
 /// The group a [`Requester`] subscribes its private reply topic with. Adapters that share
 /// group state across topics (Kafka) scope it to the reply topic.
 pub const REQUESTER_GROUP: &str = "requester";
@@ -84,10 +91,17 @@ async fn listen<S>(
             Ok(d) => {
                 backoff = MIN;
                 if let Ok(event) = d.payload() {
+                    let token = event
+                        .extension_str(REPLY_TOKEN)
+                        .and_then(|t| t.parse::<u64>().ok());
                     let waiter = event.causation_id().and_then(|id| {
                         let mut map = pending.lock().unwrap_or_else(|e| e.into_inner());
                         let waiters = map.get_mut(id)?;
-                        let (_, tx) = waiters.remove(0);
+                        let at = match token {
+                            Some(token) => waiters.iter().position(|(t, _)| *t == token)?,
+                            None => 0,
+                        };
+                        let (_, tx) = waiters.remove(at);
                         if waiters.is_empty() {
                             map.remove(id);
                         }
@@ -248,6 +262,7 @@ impl Requester {
         let id = request.id().to_owned();
         let (tx, rx) = oneshot::channel();
         let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
+        request.set_extension(REPLY_TOKEN, token.to_string());
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -306,14 +321,18 @@ impl fmt::Display for ReplyError {
 
 impl std::error::Error for ReplyError {}
 
-/// Sends `reply` for `request`: to its `replyto` topic, with causation ID = the request's `id`
-/// and the request's correlation ID.
+/// Sends `reply` for `request`: to its `replyto` topic, with causation ID = the request's `id`,
+/// the request's correlation ID and its `replytoken`.
 pub async fn reply<P: DynPublisher + ?Sized>(
     publisher: &P,
     request: &Event,
     reply: EventBuilder,
 ) -> Result<(), ReplyError> {
     let topic = reply_to(request).ok_or(ReplyError::NoReplyTo)?;
+    let mut reply = reply;
+    if let Some(token) = request.extension_str(REPLY_TOKEN) {
+        reply = reply.extension(REPLY_TOKEN, token);
+    }
     let reply = reply
         .causation_id(request.id())
         .correlation_id(request.correlation_id().unwrap_or(request.id()))

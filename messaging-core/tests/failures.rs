@@ -452,3 +452,66 @@ async fn concurrent_requests_with_the_same_id_each_get_a_reply() {
     assert_eq!(a.expect("first answered").data_json::<u32>().unwrap(), 7);
     assert_eq!(b.expect("second answered").data_json::<u32>().unwrap(), 7);
 }
+
+/// Answers every request on `topic` with `answer`, after `delay`, until aborted.
+fn slow_responder(
+    broker: &MemoryBroker,
+    topic: &'static str,
+    answer: &'static str,
+    delay: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let broker = broker.clone();
+    tokio::spawn(async move {
+        use messaging_core::{Delivery, Subscriber, Subscription};
+        let publisher = broker.publisher();
+        let mut sub = broker
+            .subscriber()
+            .subscribe(topic, SubscribeOptions::new("server"))
+            .await
+            .unwrap();
+        while let Ok(d) = sub.recv().await {
+            tokio::time::sleep(delay).await;
+            let e = d.event().unwrap().clone();
+            let reply = EventBuilder::new(topic, "answer").json(&answer);
+            messaging_core::request::reply(&publisher, &e, reply)
+                .await
+                .unwrap();
+            d.ack().await.unwrap();
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_sharing_an_id_get_their_own_replies_not_the_first_to_arrive() {
+    use messaging_core::request::Requester;
+    let broker = MemoryBroker::new();
+    let _slow = slow_responder(&broker, "slow-service", "from slow", Duration::from_secs(2));
+    let _fast = slow_responder(
+        &broker,
+        "fast-service",
+        "from fast",
+        Duration::from_millis(10),
+    );
+    let requester = Requester::start(&broker.subscriber(), publisher(&broker))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let ask = || {
+        EventBuilder::new("shop", "question")
+            .id("shared-id")
+            .build()
+            .unwrap()
+    };
+    // The slow service's request is sent first; the fast service's reply arrives first.
+    let (slow, fast) = tokio::join!(
+        requester.request("slow-service", ask(), Duration::from_secs(10)),
+        async {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            requester
+                .request("fast-service", ask(), Duration::from_secs(10))
+                .await
+        },
+    );
+    assert_eq!(slow.unwrap().data_json::<String>().unwrap(), "from slow");
+    assert_eq!(fast.unwrap().data_json::<String>().unwrap(), "from fast");
+}
