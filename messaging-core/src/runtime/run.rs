@@ -414,6 +414,8 @@ where
     Svc::Future: Send,
 {
     if let Err(p) = catch_panic(process(shared, delivery)).await {
+        // Every path of `process` decrements last, so a panic skipped it.
+        shared.metrics.in_flight.decrement(1.0);
         tracing::error!(topic = %shared.origin.topic, group = %shared.origin.group, panic = %p.message(), "processing a delivery panicked outside the handler; the broker redelivers it");
     }
 }
