@@ -14,7 +14,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::config::{KafkaConfig, retry_tier_of, retry_topic};
+use crate::config::{KafkaConfig, plain_retry_owner, retry_tier_of, retry_topic};
 use crate::error;
 use crate::publisher::{KafkaPublisher, Producer};
 use crate::subscriber::KafkaSubscriber;
@@ -224,36 +224,112 @@ impl Shared {
     }
 
     /// The retry topics of `group` on `topic` that exist on the cluster, under today's
-    /// naming or the legacy one, whatever their tier.
+    /// naming or the legacy one, whatever their tier, each with whether copies on it without
+    /// a group header are the group's (see [`Shared::owns_headerless`]).
     pub(crate) async fn group_retry_topics(
         self: &Arc<Self>,
         topic: &str,
         group: &str,
-    ) -> Result<Vec<String>, KafkaError> {
+    ) -> Result<Vec<(String, bool)>, KafkaError> {
         let shared = self.clone();
         let (topic, group) = (topic.to_owned(), group.to_owned());
-        tokio::task::spawn_blocking(move || shared.group_retry_topics_blocking(&topic, &group))
-            .await
-            .map_err(|_| KafkaError::Canceled)?
+        tokio::task::spawn_blocking(move || {
+            let found = shared.group_retry_topics_blocking(&topic, &group)?;
+            found
+                .into_iter()
+                .map(|(name, partitions)| {
+                    let own = shared.owns_headerless(&name, &partitions, &topic, &group)?;
+                    Ok((name, own))
+                })
+                .collect()
+        })
+        .await
+        .map_err(|_| KafkaError::Canceled)?
     }
 
+    /// The retry topics of `group` on `topic` on the cluster, with their partition ids.
     fn group_retry_topics_blocking(
         &self,
         topic: &str,
         group: &str,
-    ) -> Result<Vec<String>, KafkaError> {
+    ) -> Result<Vec<(String, Vec<i32>)>, KafkaError> {
         let md = self
             .admin
             .inner()
             .fetch_metadata(None, self.config.subscribe_timeout)?;
-        let mut found: Vec<String> = md
+        let mut found: Vec<(String, Vec<i32>)> = md
             .topics()
             .iter()
             .filter(|t| t.error().is_none() && retry_tier_of(t.name(), topic, group).is_some())
-            .map(|t| t.name().to_owned())
+            .map(|t| {
+                (
+                    t.name().to_owned(),
+                    t.partitions().iter().map(|p| p.id()).collect(),
+                )
+            })
             .collect();
         found.sort_unstable();
         Ok(found)
+    }
+
+    /// Whether copies on the retry topic `name` of `group` on `topic` that carry no group
+    /// header (written by versions before the header) are the group's.
+    ///
+    /// Such a copy names its origin topic but not its group. It is the group's when `name` is
+    /// the group's current retry topic. On a legacy name (the group sanitized, e.g.
+    /// `orders.billing_v1.retry.1m` for `billing/v1`) it is the group's unless the name is
+    /// the current retry topic of another group *of the same topic* (`billing_v1`) that uses
+    /// it (has commits on it): that group reads it as its own, and a copy without the header
+    /// cannot be told apart — it goes to the group whose current name it is, never to both.
+    /// (Another topic's group writes another origin, which tells its copies apart.) A legacy
+    /// name no other group uses stays the group's, so an upgrade does not orphan its parked
+    /// copies.
+    fn owns_headerless(
+        &self,
+        name: &str,
+        partitions: &[i32],
+        topic: &str,
+        group: &str,
+    ) -> Result<bool, KafkaError> {
+        let Some(tier) = retry_tier_of(name, topic, group) else {
+            return Ok(false);
+        };
+        if retry_topic(topic, group, tier) == name {
+            return Ok(true);
+        }
+        let Some((owner_topic, owner_group, _)) = plain_retry_owner(name) else {
+            return Ok(true);
+        };
+        if owner_topic != topic || owner_group == group || partitions.is_empty() {
+            return Ok(true);
+        }
+        let reader: BaseConsumer = self
+            .config
+            .client_config()
+            .set("group.id", self.config.group_id(topic, &owner_group))
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition(name, *p);
+        }
+        let committed = reader.committed_offsets(tpl, self.config.subscribe_timeout)?;
+        let mut used = false;
+        for e in committed.elements() {
+            e.error()?;
+            used |= matches!(e.offset(), Offset::Offset(_));
+        }
+        if used {
+            tracing::warn!(
+                topic,
+                group,
+                retry_topic = name,
+                other_group = %owner_group,
+                "a legacy retry topic of the group is another group's current one: copies \
+                 parked there by earlier versions (without a group header) are left to it"
+            );
+        }
+        Ok(!used)
     }
 
     /// A consumer for reading the commits of `group_id` (it never joins the group).
@@ -280,7 +356,7 @@ impl Shared {
                 .iter()
                 .map(|t| retry_topic(topic, group, *t)),
         );
-        for t in self
+        for (t, _) in self
             .group_retry_topics_blocking(topic, group)
             .map_err(error::inspect)?
         {

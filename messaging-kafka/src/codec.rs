@@ -15,6 +15,10 @@ pub(crate) const ATTEMPT_HEADER: &str = "messaging-attempt";
 pub(crate) const NOT_BEFORE_HEADER: &str = "messaging-not-before";
 /// The topic a retried message was first published to.
 pub(crate) const ORIGIN_HEADER: &str = "messaging-topic";
+/// The subscription group that parked a message on a retry topic: a retry topic can be read
+/// by more than one group (a group's legacy name can be another group's current one), and
+/// each handles only its own copies.
+pub(crate) const GROUP_HEADER: &str = "messaging-group";
 
 /// An event laid out for Kafka: key, headers, body.
 pub(crate) struct Record<'a> {

@@ -298,6 +298,18 @@ pub(crate) fn parse_tier_label(label: &str) -> Option<Duration> {
     (tier_label(tier) == label).then_some(tier)
 }
 
+/// The (topic, group, tier) whose current retry topic ([`retry_topic`]) is `name`, if `name`
+/// is a plain one (`{topic}.{group}.retry.{tier}`: the tier is the last segment, the group the
+/// segment before `.retry.`, the topic the rest). Hashed names cannot be traced back; they are
+/// never anyone's legacy name either (their last segment is hex, never a tier label).
+pub(crate) fn plain_retry_owner(name: &str) -> Option<(String, String, Duration)> {
+    let (rest, label) = name.rsplit_once('.')?;
+    let tier = parse_tier_label(label)?;
+    let rest = rest.strip_suffix(".retry")?;
+    let (topic, group) = rest.rsplit_once('.')?;
+    (retry_topic(topic, group, tier) == name).then(|| (topic.to_owned(), group.to_owned(), tier))
+}
+
 /// The tier of `name` if it is a retry topic of `group` on `topic`, under today's naming or
 /// the legacy one ([`legacy_retry_topic`]).
 pub(crate) fn retry_tier_of(name: &str, topic: &str, group: &str) -> Option<Duration> {
@@ -405,6 +417,28 @@ mod tests {
     }
 
     #[test]
+    fn plain_names_trace_back_to_their_owner() {
+        let tier = Duration::from_secs(60);
+        let legacy = legacy_retry_topic("orders", "billing/v1", tier);
+        assert_eq!(
+            plain_retry_owner(&legacy),
+            Some(("orders".to_owned(), "billing_v1".to_owned(), tier)),
+            "the legacy name of billing/v1 is billing_v1's current name"
+        );
+        assert_eq!(
+            plain_retry_owner("a.retry.1s.b.retry.1s"),
+            Some((
+                "a.retry.1s".to_owned(),
+                "b".to_owned(),
+                Duration::from_secs(1)
+            ))
+        );
+        let hashed = retry_topic("orders", "billing/v1", tier);
+        assert_eq!(plain_retry_owner(&hashed), None);
+        assert_eq!(plain_retry_owner("orders.billing.1m"), None);
+    }
+
+    #[test]
     fn long_names_fit() {
         let topic = "t".repeat(240);
         let name = retry_topic(&topic, "billing", Duration::from_secs(3600));
@@ -465,6 +499,9 @@ mod tests {
             let b = retry_topic(&t2, &g2, d2);
             prop_assert!(valid(&a), "{}", a);
             prop_assert_eq!(retry_tier_of(&a, &t1, &g1), Some(d1));
+            if let Some(owner) = plain_retry_owner(&a) {
+                prop_assert_eq!(owner, (t1.clone(), g1.clone(), d1));
+            }
             if (&t1, &g1, d1) != (&t2, &g2, d2) {
                 prop_assert_ne!(&a, &b, "{:?} and {:?}", (&t1, &g1, d1), (&t2, &g2, d2));
             }

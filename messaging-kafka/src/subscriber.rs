@@ -30,7 +30,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
 use crate::broker::Shared;
-use crate::codec::{self, ATTEMPT_HEADER, NOT_BEFORE_HEADER, ORIGIN_HEADER};
+use crate::codec::{self, ATTEMPT_HEADER, GROUP_HEADER, NOT_BEFORE_HEADER, ORIGIN_HEADER};
 use crate::config::retry_topic;
 use crate::error;
 use crate::offsets::Tracker;
@@ -42,8 +42,15 @@ const POLL: Duration = Duration::from_millis(20);
 const READ_BATCH: usize = 256;
 /// How often the poller stores offsets, releases due retries and applies pauses.
 const HOUSEKEEPING: Duration = Duration::from_millis(10);
-/// Bound on broker requests made inside rebalance callbacks.
+/// Bound on the close's wait for the consumer to leave its group, besides the session.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on one broker request made on the poller thread to find start positions
+/// (committed offsets, metadata, watermarks): the thread also polls the healthy partitions.
+const CALL_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bound on all requests of one attempt to find start positions: a retry for pending
+/// partitions holds up the healthy ones' polling and offset storing at most this long (far
+/// below `max.poll.interval.ms`).
+const ATTEMPT_BUDGET: Duration = Duration::from_secs(3);
 /// First wait before fetching committed offsets again after a failure; it doubles up to
 /// [`FETCH_RETRY_MAX`] and the fetch is retried until it succeeds or the partitions are
 /// revoked.
@@ -98,8 +105,9 @@ struct Read {
     attempt: u32,
     /// Retry topics: not before this Unix millisecond.
     due: Option<i64>,
-    /// Read from a retry topic that another topic's group shares under the legacy naming
-    /// (its origin header names another topic): settled without being delivered.
+    /// Read from a retry topic that another group shares (its group header names another
+    /// group, or its origin header another topic, or it has no group header on a topic where
+    /// such copies are another group's): settled without being delivered.
     foreign: bool,
 }
 
@@ -217,6 +225,27 @@ impl Part {
     }
 }
 
+/// What is left of an attempt's [`ATTEMPT_BUDGET`].
+struct Budget(Instant);
+
+impl Budget {
+    fn new() -> Self {
+        Self(Instant::now() + ATTEMPT_BUDGET)
+    }
+
+    /// The timeout of the next request: at most [`CALL_TIMEOUT`], at most what is left; an
+    /// error once the budget is spent.
+    fn next(&self) -> KafkaResult<Duration> {
+        let left = self.0.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(KafkaError::OffsetFetch(
+                rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+            ));
+        }
+        Ok(left.min(CALL_TIMEOUT))
+    }
+}
+
 /// Commit metadata prefix: the offset after the last message handed out.
 const HANDED: &str = "messaging:handed=";
 
@@ -248,6 +277,9 @@ struct Sub {
     /// the group found on the cluster (earlier tiers, legacy names), drained so that nothing
     /// parked there is orphaned.
     drained: Vec<Arc<str>>,
+    /// The retry topics among `drained` where a copy without a group header (parked by an
+    /// earlier version) is the group's (see `Shared::owns_headerless`).
+    headerless: Vec<Arc<str>>,
     /// Reads the committed offsets of the group's former cluster-wide `group.id`.
     legacy: Option<BaseConsumer>,
     state: Mutex<State>,
@@ -337,8 +369,12 @@ impl Sub {
     fn read(&self, m: &BorrowedMessage<'_>) -> Option<Read> {
         let (topic, retry) = self.known_topic(m.topic())?;
         let foreign = retry
-            && codec::header(m, ORIGIN_HEADER)
-                .is_some_and(|origin| origin != self.topic.as_bytes());
+            && (codec::header(m, ORIGIN_HEADER)
+                .is_some_and(|origin| origin != self.topic.as_bytes())
+                || match codec::header(m, GROUP_HEADER) {
+                    Some(group) => group != self.group.as_bytes(),
+                    None => !self.headerless.contains(&topic),
+                });
         let payload = codec::decode(&self.broker.binding, m).map(Arc::new);
         let (attempt, due) = if retry {
             let before = codec::int_header(m, ATTEMPT_HEADER).unwrap_or(0);
@@ -480,7 +516,7 @@ impl Sub {
             .iter()
             .map(|e| (e.topic().to_owned(), e.partition()))
             .collect();
-        let resolved = self.resolve(consumer, &wanted);
+        let resolved = self.resolve(consumer, &wanted, CommitMode::Sync);
         let mut assignment = TopicPartitionList::new();
         let mut pending = TopicPartitionList::new();
         {
@@ -588,7 +624,9 @@ impl Sub {
             }
             wanted
         };
-        let starts = match self.resolve(consumer, &wanted) {
+        // Committed without waiting: the poller thread keeps polling the healthy partitions
+        // (until it lands, the next offset store commits the positions too).
+        let starts = match self.resolve(consumer, &wanted, CommitMode::Async) {
             Ok(starts) => starts,
             Err(e) => {
                 self.fetch_failed(&mut self.lock(), &e, wanted.len());
@@ -603,7 +641,7 @@ impl Sub {
                 Offset::Offset(start.position),
             );
         }
-        let sought = match consumer.seek_partitions(seek, REQUEST_TIMEOUT) {
+        let sought = match consumer.seek_partitions(seek, CALL_TIMEOUT) {
             Ok(sought) => sought,
             Err(e) => {
                 self.fetch_failed(&mut self.lock(), &e, wanted.len());
@@ -649,13 +687,16 @@ impl Sub {
     }
 
     /// The start positions of `wanted`, committing those of partitions without a commit (see
-    /// [`Sub::on_assign`]). Fails if committed offsets, metadata or watermarks cannot be read.
+    /// [`Sub::on_assign`]). Fails if committed offsets, metadata or watermarks cannot be read
+    /// within one [`Budget`] (each request bounded by [`CALL_TIMEOUT`]).
     fn resolve(
         &self,
         consumer: &BaseConsumer<Ctx>,
         wanted: &[(String, i32)],
+        mode: CommitMode,
     ) -> KafkaResult<Vec<Start>> {
-        let mut commits = self.committed(consumer, wanted)?;
+        let budget = Budget::new();
+        let mut commits = self.committed(consumer, wanted, &budget)?;
         let mut fresh = TopicPartitionList::new();
         // Positions carried over from the group's legacy id are committed under the new one.
         for ((topic, partition), c) in &commits {
@@ -682,7 +723,7 @@ impl Sub {
             let mut others_missing = Vec::new();
             if !existing {
                 // Does the group have commits on the topic's other partitions?
-                let md = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
+                let md = consumer.fetch_metadata(Some(topic), budget.next()?)?;
                 let others: Vec<(String, i32)> = md
                     .topics()
                     .iter()
@@ -691,7 +732,7 @@ impl Sub {
                     .filter(|k| !wanted.contains(k))
                     .collect();
                 if !others.is_empty() {
-                    let theirs = self.committed(consumer, &others)?;
+                    let theirs = self.committed(consumer, &others, &budget)?;
                     existing = !theirs.is_empty();
                     others_missing = others;
                     for ((t, p), c) in theirs {
@@ -707,16 +748,15 @@ impl Sub {
                 // A new group: the other members' partitions start here too.
                 missing.append(&mut others_missing);
             }
-            for (t, p) in missing {
-                let (low, high) = consumer.fetch_watermarks(&t, p, REQUEST_TIMEOUT)?;
-                let position = if from_start { low } else { high };
+            for ((t, p), position) in watermarks(consumer, &missing, from_start, &budget)? {
                 let _ = fresh.add_partition_offset(&t, p, Offset::Offset(position));
                 starts.insert((t, p), position);
             }
         }
         let committed_now = fresh.count() == 0
-            || match consumer.commit(&fresh, CommitMode::Sync) {
-                Ok(()) => true,
+            || match consumer.commit(&fresh, mode) {
+                // An asynchronous commit is not known to have landed: stored again.
+                Ok(()) => matches!(mode, CommitMode::Sync),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot commit start positions; they are committed with the next offsets");
                     false
@@ -755,13 +795,14 @@ impl Sub {
         &self,
         consumer: &BaseConsumer<Ctx>,
         partitions: &[(String, i32)],
+        budget: &Budget,
     ) -> KafkaResult<HashMap<(String, i32), Commit>> {
         let mut tpl = TopicPartitionList::new();
         for (t, p) in partitions {
             tpl.add_partition(t, *p);
         }
         let mut out = HashMap::new();
-        for e in consumer.committed_offsets(tpl, REQUEST_TIMEOUT)?.elements() {
+        for e in consumer.committed_offsets(tpl, budget.next()?)?.elements() {
             // An error of one partition is no answer: it is not "no commit".
             e.error()?;
             if let Offset::Offset(offset) = e.offset() {
@@ -786,7 +827,7 @@ impl Sub {
                 tpl.add_partition(&k.0, k.1);
             }
             if tpl.count() > 0 {
-                for e in legacy.committed_offsets(tpl, REQUEST_TIMEOUT)?.elements() {
+                for e in legacy.committed_offsets(tpl, budget.next()?)?.elements() {
                     e.error()?;
                     if let Offset::Offset(offset) = e.offset() {
                         out.insert(
@@ -969,10 +1010,11 @@ impl Sub {
         let due = now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
         let attempt = m.attempt.to_string();
         let due = due.to_string();
-        let extra: [(&str, &[u8]); 3] = [
+        let extra: [(&str, &[u8]); 4] = [
             (ATTEMPT_HEADER, attempt.as_bytes()),
             (NOT_BEFORE_HEADER, due.as_bytes()),
             (ORIGIN_HEADER, self.topic.as_bytes()),
+            (GROUP_HEADER, self.group.as_bytes()),
         ];
         let producer = &self.broker.producer;
         let sent = match &m.payload {
@@ -1008,6 +1050,49 @@ impl Sub {
         let _ = self.ack(m);
         Ok(())
     }
+}
+
+/// The low (`from_start`) or high watermark of every partition of `partitions`, in one
+/// ListOffsets round (`offsets_for_times` with the special timestamps -2, earliest, and -1,
+/// latest) instead of one request per partition.
+fn watermarks(
+    consumer: &BaseConsumer<Ctx>,
+    partitions: &[(String, i32)],
+    from_start: bool,
+    budget: &Budget,
+) -> KafkaResult<Vec<((String, i32), i64)>> {
+    if partitions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let query = if from_start {
+        Offset::Beginning
+    } else {
+        Offset::End
+    };
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in partitions {
+        tpl.add_partition_offset(t, *p, query)?;
+    }
+    let found = consumer.offsets_for_times(tpl, budget.next()?)?;
+    let mut out = Vec::with_capacity(partitions.len());
+    for e in found.elements() {
+        e.error()?;
+        match e.offset() {
+            Offset::Offset(o) if o >= 0 => out.push(((e.topic().to_owned(), e.partition()), o)),
+            other => {
+                tracing::debug!(offset = ?other, topic = e.topic(), partition = e.partition(), "no watermark");
+                return Err(KafkaError::OffsetFetch(
+                    rdkafka::types::RDKafkaErrorCode::OffsetOutOfRange,
+                ));
+            }
+        }
+    }
+    if out.len() != partitions.len() {
+        return Err(KafkaError::OffsetFetch(
+            rdkafka::types::RDKafkaErrorCode::UnknownPartition,
+        ));
+    }
+    Ok(out)
 }
 
 /// The consumer's context: rebalances go to the subscription's state.
@@ -1125,6 +1210,7 @@ impl Subscriber for KafkaSubscriber {
         // Every retry topic of the group on the cluster is read, whatever the tiers or the
         // ordering are now: messages parked there were already settled on the topic.
         let mut drained: Vec<Arc<str>> = retry_topics.iter().map(|(_, t)| t.clone()).collect();
+        let mut headerless = drained.clone();
         let found = self
             .shared
             .group_retry_topics(topic, group)
@@ -1137,10 +1223,14 @@ impl Subscriber for KafkaSubscriber {
                     ))
                     .with_source(e)
             })?;
-        for t in found {
+        for (t, own) in found {
             if !drained.iter().any(|d| **d == *t) {
                 tracing::info!(topic, group, retry_topic = %t, "draining a retry topic of the group");
-                drained.push(Arc::from(t));
+                let t: Arc<str> = Arc::from(t);
+                if own {
+                    headerless.push(t.clone());
+                }
+                drained.push(t);
             }
         }
         let topics: Vec<String> = std::iter::once(topic.to_owned())
@@ -1192,6 +1282,7 @@ impl Subscriber for KafkaSubscriber {
             group: group.to_owned(),
             retry_topics,
             drained,
+            headerless,
             legacy,
             state: Mutex::new(State::default()),
             settled: Condvar::new(),

@@ -791,3 +791,70 @@ async fn the_dead_letter_group_continues_from_its_legacy_commits() {
     assert_quiet(&mut sub, Duration::from_secs(2)).await;
     sub.close().await.expect("close");
 }
+
+/// Review of issue 12 item 6: groups `<u>g/v1` and `<u>g_v1` on one topic. The legacy retry
+/// topic of `<u>g/v1` (its group sanitized) is `<topic>.<u>g_v1.retry.1s`, the current retry
+/// topic of `<u>g_v1`; `<u>g/v1` drains it, and must not handle what `<u>g_v1` parks there.
+/// Each group parks one retry and gets back only its own. A copy an older version parked there
+/// (no group header) goes to `<u>g_v1`, whose current name it is and which is using it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_never_handles_another_groups_retries_on_its_legacy_retry_topic() {
+    let broker = connect(KafkaConfig {
+        retry_tiers: vec![Duration::from_secs(1)],
+        ..single_partition()
+    })
+    .await;
+    let topic = unique("foreign");
+    let u = uuid::Uuid::new_v4().simple().to_string();
+    let (slash, underscore) = (format!("{u}g/v1"), format!("{u}g_v1"));
+    let shared = format!("{topic}.{underscore}.retry.1s");
+    broker.create_topic(&topic).await.expect("topic");
+    // `<u>g_v1` subscribes first: its retry topic exists when `<u>g/v1` looks for legacy ones.
+    let mut b = broker
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new(&underscore))
+        .await
+        .expect("subscribe g_v1");
+    // What an older version parked on the shared name: no group header.
+    produce_raw(
+        &shared,
+        0,
+        30,
+        &[("messaging-topic", &topic), ("messaging-attempt", "1")],
+    )
+    .await;
+    let mut a = broker
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new(&slash))
+        .await
+        .expect("subscribe g/v1");
+    publish_batch_from(&broker, &topic, 0..2).await;
+    // Group g/v1 parks message 0, group g_v1 parks message 1; each acks the other one.
+    for (sub, mine, legacy) in [(&mut a, 0, None), (&mut b, 1, Some(30))] {
+        let mut got = Vec::new();
+        let mut want = vec![0, 1, mine];
+        want.extend(legacy);
+        want.sort_unstable();
+        while got.len() < want.len() {
+            let d = recv(sub).await;
+            let i = index(&d);
+            if i == mine && d.attempt() == 1 {
+                d.nack(Some(Duration::from_millis(500)))
+                    .await
+                    .expect("nack with delay");
+            } else {
+                d.ack().await.expect("ack");
+            }
+            got.push(i);
+        }
+        got.sort_unstable();
+        assert_eq!(
+            got, want,
+            "a group gets its own retry and the older version's copy only where it is the owner"
+        );
+    }
+    assert_quiet(&mut a, Duration::from_secs(3)).await;
+    assert_quiet(&mut b, Duration::from_millis(200)).await;
+    a.close().await.expect("close");
+    b.close().await.expect("close");
+}

@@ -177,3 +177,143 @@ async fn committed_offsets_that_cannot_be_fetched_are_retried_not_discarded() {
     second.close().await.expect("close");
     sub.close().await.expect("close");
 }
+
+/// Review of issue 12 item 5: pending partitions are retried on the poller thread, which also
+/// polls the healthy partitions and stores their offsets. While the coordinator cannot answer
+/// OffsetFetch, a retry must not hold up the healthy partitions for long (each request of an
+/// attempt is bounded by 1 s, an attempt by 3 s): their messages keep arriving within a few
+/// seconds, and the pending partitions' messages arrive once the fetch succeeds.
+///
+/// Two members of a cooperative-sticky group share a 4-partition topic; the second leaves
+/// while OffsetFetch answers with retriable errors, so the first keeps its own partitions
+/// (healthy) and gets the second's incrementally (pending).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_partitions_keep_flowing_while_others_are_pending() {
+    use std::collections::{HashMap, HashSet};
+    use tokio::time::Instant;
+
+    let _ = env_logger::builder().is_test(true).try_init();
+    let mock = MockGuard::start();
+    let config = KafkaConfig {
+        create_topics: false,
+        retry_tiers: Vec::new(),
+        ..test_config(&mock.servers)
+    }
+    .property("partition.assignment.strategy", "cooperative-sticky");
+    let broker = connect(config).await;
+    let topic = unique("healthy");
+    let group = unique("g");
+    mock.create(std::slice::from_ref(&topic));
+    let mut first = broker
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new(&group))
+        .await
+        .expect("subscribe");
+    let mut second = broker
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new(&group))
+        .await
+        .expect("second member");
+    // Learn which partitions each member has (the second's assignment took some of the
+    // first's, cooperatively).
+    let mut mine = HashSet::new();
+    let mut theirs = HashSet::new();
+    let deadline = Instant::now() + WAIT;
+    let mut next = 0;
+    while mine.is_empty() || theirs.is_empty() {
+        assert!(Instant::now() < deadline, "both members get partitions");
+        broker
+            .publisher()
+            .publish_batch(&topic, (next..next + 8).map(event).collect())
+            .await
+            .expect("publish");
+        next += 8;
+        let quiet = tokio::time::sleep(Duration::from_millis(1500));
+        tokio::pin!(quiet);
+        loop {
+            tokio::select! {
+                d = first.recv() => {
+                    let d = d.expect("recv");
+                    mine.insert(d.partition());
+                    d.ack().await.expect("ack");
+                }
+                d = second.recv() => {
+                    let d = d.expect("recv");
+                    theirs.insert(d.partition());
+                    let _ = d.ack().await;
+                }
+                () = &mut quiet => break,
+            }
+        }
+    }
+    assert!(mine.is_disjoint(&theirs), "{mine:?} {theirs:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The coordinator answers OffsetFetch with retriable errors for a while; the second
+    // member leaves, its partitions go to the first, whose fetch for them fails.
+    mock.request_errors(
+        RDKafkaApiKey::OffsetFetch,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS; 300],
+    );
+    second.close().await.expect("close");
+    // Wait for the rebalance to hand the first member the second's partitions.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Publish one message every 100 ms for 8 s; messages of the healthy partitions must keep
+    // arriving promptly.
+    let publisher = broker.publisher();
+    let start = Instant::now();
+    let sent: HashMap<usize, Instant> = HashMap::new();
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(sent));
+    let producer = {
+        let sent = sent.clone();
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            for i in 1000..1080 {
+                sent.lock().unwrap().insert(i, Instant::now());
+                publisher.publish(&topic, event(i)).await.expect("publish");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let mut got = HashSet::new();
+    let mut worst = Duration::ZERO;
+    let mut healthy = 0;
+    let mut cleared = false;
+    let deadline = start + Duration::from_secs(60);
+    while got.len() < 80 {
+        let d = tokio::select! {
+            d = first.recv() => d.expect("recv"),
+            () = tokio::time::sleep_until(start + Duration::from_secs(10)), if !cleared => {
+                // Let the pending partitions through in the end.
+                mock.clear_request_errors(RDKafkaApiKey::OffsetFetch);
+                cleared = true;
+                continue;
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                panic!("only {} of 80 delivered: {got:?}", got.len())
+            }
+        };
+        let i: usize = d.event().expect("event").data_json().expect("json");
+        if i >= 1000 {
+            let latency = sent.lock().unwrap()[&i].elapsed();
+            if mine.contains(&d.partition()) {
+                healthy += 1;
+                worst = worst.max(latency);
+            }
+            got.insert(i);
+        }
+        d.ack().await.expect("ack");
+    }
+    producer.await.expect("producer");
+    eprintln!("healthy deliveries: {healthy}, worst latency {worst:?}");
+    assert!(
+        healthy > 0,
+        "messages went to the healthy partitions {mine:?}"
+    );
+    assert!(
+        worst < Duration::from_millis(3500),
+        "a healthy partition's message waited {worst:?} while other partitions were pending"
+    );
+    first.close().await.expect("close");
+}

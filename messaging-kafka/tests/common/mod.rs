@@ -64,6 +64,8 @@ enum MockRequest {
     Create(String, mpsc::Sender<()>),
     /// Makes the next requests of an API fail with these errors, in order.
     Errors(RDKafkaApiKey, Vec<RDKafkaRespErr>, mpsc::Sender<()>),
+    /// Drops the errors still queued for an API.
+    Clear(RDKafkaApiKey, mpsc::Sender<()>),
     Stop,
 }
 
@@ -83,6 +85,10 @@ impl MockGuard {
                     }
                     Ok(MockRequest::Errors(api, errors, done)) => {
                         cluster.request_errors(api, &errors);
+                        let _ = done.send(());
+                    }
+                    Ok(MockRequest::Clear(api, done)) => {
+                        cluster.clear_request_errors(api);
                         let _ = done.send(());
                     }
                     Ok(MockRequest::Stop) | Err(_) => break,
@@ -120,6 +126,20 @@ impl MockGuard {
             r.send(MockRequest::Errors(api, errors.to_vec(), done))
                 .is_ok()
         });
+        if matches!(sent, Ok(true)) {
+            let _ = wait.recv();
+        }
+    }
+}
+
+impl MockGuard {
+    /// Drops the errors still queued for `api`.
+    pub fn clear_request_errors(&self, api: RDKafkaApiKey) {
+        let (done, wait) = mpsc::channel();
+        let sent = self
+            .requests
+            .lock()
+            .map(|r| r.send(MockRequest::Clear(api, done)).is_ok());
         if matches!(sent, Ok(true)) {
             let _ = wait.recv();
         }
