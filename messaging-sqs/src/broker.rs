@@ -7,8 +7,8 @@ use std::time::Duration;
 use aws_sdk_sqs::types::QueueAttributeName;
 use messaging_core::middleware::dead_letter::DEAD_LETTER_GROUP;
 use messaging_core::{
-    Binding, DelaySupport, Features, Inspect, InspectError, SubscribeError, SubscribeErrorKind,
-    SubscribeOptions,
+    Binding, DelaySupport, Features, Inspect, InspectError, InspectErrorKind, SubscribeError,
+    SubscribeErrorKind, SubscribeOptions,
 };
 
 use crate::config::{SqsConfig, Topology};
@@ -371,10 +371,10 @@ impl Shared {
         let (url, arn) = match &dest {
             Destination::Queue { url, .. } => (url.clone(), None),
             Destination::Topic { arn, .. } => {
-                let name = names::group_queue_name(topic, options.group(), fifo);
+                let name = self
+                    .group_queue_name(topic, options.group(), fifo, arn, true)
+                    .await?;
                 let url = self.create_queue(&name, fifo).await?;
-                self.warn_about_legacy_queue(topic, options.group(), fifo, arn, &name)
-                    .await;
                 (url, Some(arn.clone()))
             }
         };
@@ -444,32 +444,126 @@ impl Shared {
         })
     }
 
-    /// Says so when the queue this group had under the earlier naming (a topic with `-` or
-    /// `_`: see the crate docs) still exists and is subscribed to the topic: it receives a copy
-    /// of every message, which nobody reads. Best effort, a log line only.
-    async fn warn_about_legacy_queue(
+    /// The queue of `group` on `topic` (SNS fan-out, `topic_arn`), keeping an earlier
+    /// version's queue so that upgrading strands nothing and processes nothing twice.
+    ///
+    /// Before queue names became injective the queue was always the plain join
+    /// `<topic>-<group>` (see the crate docs, "Queue names"). For a topic with `-` or `_`
+    /// that *legacy* name is kept while the queue exists and is subscribed to this topic and
+    /// to no other topic that could have joined to the same name (the old collision: then it
+    /// gets the new name and a warning names the shared queue). For a plain topic whose
+    /// group has `-`, the name is its plain join unless that queue is kept, as its legacy
+    /// queue, by another pair (subscribed to that pair's topic and not to this one): then it
+    /// takes the displaced name `<topic>_<hash>-<group>`. `log` says whether to log what was
+    /// decided (declare) or stay quiet (inspect).
+    async fn group_queue_name(
         &self,
         topic: &str,
         group: &str,
         fifo: bool,
         topic_arn: &str,
-        name: &str,
-    ) {
+        log: bool,
+    ) -> SubResult<String> {
+        let name = names::group_queue_name(topic, group, fifo);
         let legacy = names::legacy_group_queue_name(topic, group, fifo);
-        if legacy == name {
-            return;
+        if legacy != name {
+            let others = names::other_owners(topic, &legacy);
+            let Some(subs) = self
+                .subscriptions(&legacy, topic_arn, &others, fifo)
+                .await?
+            else {
+                return Ok(name);
+            };
+            if !subs.own {
+                return Ok(name);
+            }
+            if let Some(other) = subs.other {
+                if log {
+                    tracing::warn!(
+                        topic,
+                        group,
+                        queue = name,
+                        legacy_queue = legacy,
+                        also_subscribed_to = other,
+                        waiting = %subs.waiting,
+                        "the group's queue under the earlier naming is also subscribed to \
+                         another topic, so the group moves to its own queue; the old queue \
+                         gets copies of both topics' messages: drain it, then unsubscribe and \
+                         delete it (messaging-sqs README, \"Queue names\")"
+                    );
+                }
+                return Ok(name);
+            }
+            if log {
+                tracing::info!(
+                    topic,
+                    group,
+                    queue = legacy,
+                    "keeping the group's queue from before queue names became injective"
+                );
+            }
+            return Ok(legacy);
         }
-        let Ok(Some(url)) = self
-            .sqs
-            .get_queue_url()
-            .queue_name(&legacy)
-            .send()
-            .await
-            .map(|out| out.queue_url)
-        else {
-            return;
+        let others = names::other_owners(topic, &name);
+        if others.is_empty() {
+            return Ok(name);
+        }
+        let Some(subs) = self.subscriptions(&name, topic_arn, &others, fifo).await? else {
+            return Ok(name);
         };
-        let Ok(attrs) = self
+        match (subs.own, subs.other) {
+            (false, Some(other)) => {
+                let displaced = names::displaced_group_queue_name(topic, group, fifo);
+                if log {
+                    tracing::warn!(
+                        topic,
+                        group,
+                        queue = displaced,
+                        kept_by_topic = other,
+                        plain_queue = name,
+                        "the group's plain queue name is an earlier version's queue of a group \
+                         of another topic, which keeps it; this group uses its own queue"
+                    );
+                }
+                Ok(displaced)
+            }
+            (true, Some(other)) => {
+                if log {
+                    tracing::warn!(
+                        topic,
+                        group,
+                        queue = name,
+                        also_subscribed_to = other,
+                        "the group's queue is also subscribed to another topic (an earlier \
+                         version gave both the same queue): this group receives that topic's \
+                         messages too; unsubscribe the queue from it (messaging-sqs README, \
+                         \"Queue names\")"
+                    );
+                }
+                Ok(name)
+            }
+            _ => Ok(name),
+        }
+    }
+
+    /// Which topics the queue `queue` is subscribed to: `own_arn`, and the first of the
+    /// topics `others` (core names). `None` if the queue does not exist.
+    async fn subscriptions(
+        &self,
+        queue: &str,
+        own_arn: &str,
+        others: &[String],
+        fifo: bool,
+    ) -> SubResult<Option<Subscriptions>> {
+        let url = match self.sqs.get_queue_url().queue_name(queue).send().await {
+            Ok(out) => match out.queue_url {
+                Some(url) => url,
+                None => return Ok(None),
+            },
+            Err(e) if error::is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(error::subscribe(e)),
+        };
+        let out = match self
             .sqs
             .get_queue_attributes()
             .queue_url(&url)
@@ -477,49 +571,64 @@ impl Shared {
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
             .send()
             .await
-        else {
-            return;
+        {
+            Ok(out) => out,
+            Err(e) if error::is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(error::subscribe(e)),
         };
-        let attrs = attrs.attributes.unwrap_or_default();
+        let attrs = out.attributes.unwrap_or_default();
         let Some(arn) = attrs.get(&QueueAttributeName::QueueArn) else {
-            return;
+            return Ok(None);
         };
         let waiting = attrs
             .get(&QueueAttributeName::ApproximateNumberOfMessages)
             .cloned()
             .unwrap_or_default();
+        let own = self.is_subscribed(own_arn, arn).await?;
+        let mut other = None;
+        if let Some(prefix) = self.arn_prefix().await? {
+            for t in others {
+                let other_arn = format!("{prefix}{}", names::topic_name(t, fifo));
+                if self.is_subscribed(&other_arn, arn).await? {
+                    other = Some(t.clone());
+                    break;
+                }
+            }
+        }
+        Ok(Some(Subscriptions {
+            own,
+            other,
+            waiting,
+        }))
+    }
+
+    /// Whether the queue `queue_arn` is subscribed to the topic `topic_arn` (false if the
+    /// topic does not exist).
+    async fn is_subscribed(&self, topic_arn: &str, queue_arn: &str) -> SubResult<bool> {
         let mut next = None;
         loop {
-            let Ok(out) = self
+            let out = match self
                 .sns
                 .list_subscriptions_by_topic()
                 .topic_arn(topic_arn)
                 .set_next_token(next)
                 .send()
                 .await
-            else {
-                return;
+            {
+                Ok(out) => out,
+                Err(e) if error::is_not_found(&e) => return Ok(false),
+                Err(e) => return Err(error::subscribe(e)),
             };
             if out
                 .subscriptions()
                 .iter()
-                .any(|s| s.endpoint() == Some(arn.as_str()))
+                .any(|s| s.protocol() == Some("sqs") && s.endpoint() == Some(queue_arn))
             {
-                tracing::warn!(
-                    topic,
-                    group,
-                    queue = name,
-                    legacy_queue = legacy,
-                    waiting = %waiting,
-                    "the group's queue before queue names became injective is still subscribed \
-                     to the topic: it gets a copy of every message and nobody reads it; drain it, \
-                     then unsubscribe and delete it (messaging-sqs README, \"Queue names\")"
-                );
-                return;
+                return Ok(true);
             }
             next = out.next_token;
             if next.is_none() {
-                return;
+                return Ok(false);
             }
         }
     }
@@ -532,7 +641,18 @@ impl Shared {
     ) -> Result<Option<String>, InspectError> {
         for fifo in [false, true] {
             let name = match self.config.topology {
-                Topology::SnsFanout => names::group_queue_name(topic, group, fifo),
+                Topology::SnsFanout => {
+                    let prefix = self.arn_prefix().await.map_err(inspect_error)?;
+                    match prefix {
+                        Some(p) => {
+                            let arn = format!("{p}{}", names::topic_name(topic, fifo));
+                            self.group_queue_name(topic, group, fifo, &arn, false)
+                                .await
+                                .map_err(inspect_error)?
+                        }
+                        None => names::group_queue_name(topic, group, fifo),
+                    }
+                }
                 Topology::PointToPoint => names::queue_name(topic, fifo),
             };
             match self.sqs.get_queue_url().queue_name(&name).send().await {
@@ -543,6 +663,25 @@ impl Shared {
         }
         Ok(None)
     }
+}
+
+/// Which topics a queue is subscribed to (see `Shared::subscriptions`).
+struct Subscriptions {
+    /// To the group's own topic.
+    own: bool,
+    /// To this other topic that could have joined to the queue's name.
+    other: Option<String>,
+    /// Messages waiting in it, as SQS counts them.
+    waiting: String,
+}
+
+fn inspect_error(e: SubscribeError) -> InspectError {
+    let kind = if e.is_transient() {
+        InspectErrorKind::Unavailable
+    } else {
+        InspectErrorKind::Rejected
+    };
+    InspectError::new(kind).with_detail(e.to_string())
 }
 
 /// An ordered group's delivery limit needs a FIFO dead-letter queue (SQS: the redrive target

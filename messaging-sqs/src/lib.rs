@@ -37,9 +37,11 @@
 //! ambiguous (topic `a-b` with group `c`, topic `a` with group `b-c`), so its groups' queues
 //! are `<topic with - as _>_<hash>-<group>` (`order_events_<10 hex>-billing`), by
 //! [`group_resource_topic_first`](messaging_core::naming::group_resource_topic_first). Before
-//! this rule such queues were plain `<topic>-<group>`: a group created then keeps receiving
-//! into its old queue next to the new one until that is drained, unsubscribed and deleted
-//! (the subscription logs a warning while it is still subscribed; see the README).
+//! this rule such queues were plain `<topic>-<group>`: a group that already has that queue,
+//! subscribed to its topic and to no other topic joining to the same name, keeps it (nothing
+//! stranded, nothing read twice during a rolling upgrade); a shared one is left with a
+//! warning, and a plain name kept that way by another pair is not taken (see the README,
+//! "Queue names").
 //!
 //! Declarations are idempotent: `CreateTopic`, `CreateQueue` (only the FIFO flag and the
 //! retention are set at creation), `SetQueueAttributes` (policy, redrive policy) and

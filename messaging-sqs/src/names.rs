@@ -12,7 +12,7 @@
 //! ([`group_resource_topic_first`](messaging_core::naming::group_resource_topic_first)), so
 //! (topic `a-b`, group `c`) and (topic `a`, group `b-c`) no longer share `a-b-c`.
 
-use messaging_core::naming::{Naming, group_resource_topic_first};
+use messaging_core::naming::{Naming, group_resource_topic_first, short_hash};
 
 const QUEUE_MAX: usize = 80;
 const TOPIC_MAX: usize = 256;
@@ -106,6 +106,50 @@ pub(crate) fn group_queue_name(topic: &str, group: &str, fifo: bool) -> String {
 pub(crate) fn legacy_group_queue_name(topic: &str, group: &str, fifo: bool) -> String {
     let base = format!("{}-{group}", stem(topic));
     fit(&base, &[topic, group], QUEUE_MAX, fifo)
+}
+
+/// The core topics other than `topic` whose group an earlier version could have given the
+/// queue `name` — the plain join `<other>-<group>` — i.e. every prefix of `name` (without
+/// `.fifo`) that ends before a `-`, other than `topic` itself. Only candidates: whether one
+/// of them really holds the queue is for its subscriptions to say.
+pub(crate) fn other_owners(topic: &str, name: &str) -> Vec<String> {
+    let stem = stem(name);
+    if stem.is_empty() || !stem.chars().all(valid) {
+        return Vec::new();
+    }
+    let own = self::stem(topic);
+    stem.match_indices('-')
+        .map(|(i, _)| &stem[..i])
+        .filter(|t| !t.is_empty() && *t != own && stem.len() > t.len() + 1)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The queue of `group` on a topic without `-` or `_` when its plain name `<topic>-<group>`
+/// is still an earlier version's queue of another pair (see `other_owners`): the topic-first
+/// hashed form, `{topic}_{hash}-{group}`, which no other pair takes (its first segment is
+/// `topic`, the marker and the hash of this pair).
+pub(crate) fn displaced_group_queue_name(topic: &str, group: &str, fifo: bool) -> String {
+    let stem = stem(topic);
+    let max = if fifo {
+        QUEUE_MAX - FIFO.len()
+    } else {
+        QUEUE_MAX
+    };
+    let head = format!("{stem}_{}-", short_hash(&[stem, group]));
+    let mut end = max.saturating_sub(head.len()).min(group.len());
+    while !group.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut name = format!("{head}{}", &group[..end]);
+    if name.len() > max {
+        // Only for topics near the limit, which take the sanitized form anyway.
+        return fit(&format!("{stem}-{group}"), &[topic, group], QUEUE_MAX, fifo);
+    }
+    if fifo {
+        name.push_str(FIFO);
+    }
+    name
 }
 
 /// The SQS queue name of a point-to-point `topic`.
@@ -232,6 +276,36 @@ mod tests {
         assert!(moved.starts_with("order_events_"), "{moved}");
         assert!(moved.ends_with("-billing.fifo"), "{moved}");
         assert!(moved.len() <= QUEUE_MAX);
+    }
+
+    #[test]
+    fn earlier_owners_of_a_plain_name() {
+        assert_eq!(other_owners("a-b", "a-b-c"), vec!["a".to_owned()]);
+        assert_eq!(other_owners("a", "a-b-c"), vec!["a-b".to_owned()]);
+        assert_eq!(
+            other_owners("a", "a-b-c-d.fifo"),
+            vec!["a-b".to_owned(), "a-b-c".to_owned()]
+        );
+        assert!(other_owners("orders", "orders-billing").is_empty());
+        // Every other owner's earlier name is this name.
+        for (t, g) in [("a-b", "c"), ("a", "b-c"), ("x_y", "p-q-r")] {
+            let legacy = legacy_group_queue_name(t, g, false);
+            for o in other_owners(t, &legacy) {
+                let rest = &legacy[o.len() + 1..];
+                assert_eq!(legacy_group_queue_name(&o, rest, false), legacy);
+            }
+        }
+    }
+
+    #[test]
+    fn displaced_names_are_distinct_from_every_other_form() {
+        let d = displaced_group_queue_name("a", "b-c", false);
+        assert!(d.starts_with("a_") && d.ends_with("-b-c"), "{d}");
+        assert_ne!(d, group_queue_name("a-b", "c", false));
+        assert_ne!(d, group_queue_name("a", "b-c", false));
+        assert_ne!(d, group_queue_name("a_", "b-c", false));
+        let f = displaced_group_queue_name("a", &"g-".repeat(60), true);
+        assert!(f.len() <= QUEUE_MAX && f.ends_with(FIFO), "{f}");
     }
 
     #[test]

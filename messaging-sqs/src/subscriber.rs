@@ -66,6 +66,9 @@ struct Held {
     deadline: Instant,
     /// Received and not handed out yet: the keeper extends its visibility timeout.
     waiting: bool,
+    /// The keeper has an extension of it in flight; settling and extending wait for it, so
+    /// that a stale extension never lands after (and undoes) a nack or a longer extension.
+    extending: bool,
 }
 
 /// What a subscription's deliveries share.
@@ -77,6 +80,8 @@ struct SubShared {
     settle: mpsc::UnboundedSender<SettleOp>,
     held: Mutex<HashMap<u64, Held>>,
     next: AtomicU64,
+    /// Signalled when the keeper's extensions in flight have been answered.
+    extended: tokio::sync::Notify,
 }
 
 impl SubShared {
@@ -95,6 +100,20 @@ impl SubShared {
                 false
             }
             None => false,
+        }
+    }
+
+    /// Waits until the keeper has no extension of `key` in flight (bounded by the SDK's own
+    /// timeouts: the keeper clears the mark when its call returns, whatever the outcome).
+    async fn no_extension_in_flight(&self, key: u64) {
+        loop {
+            let notified = self.extended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !lock(&self.held).get(&key).is_some_and(|h| h.extending) {
+                return;
+            }
+            notified.await;
         }
     }
 }
@@ -128,6 +147,7 @@ impl Subscriber for SqsSubscriber {
             settle: settle_tx,
             held: Mutex::default(),
             next: AtomicU64::new(0),
+            extended: tokio::sync::Notify::new(),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let permits = Arc::new(Semaphore::new(options.prefetch_limit()));
@@ -302,6 +322,7 @@ impl Poller {
                             receipt: receipt.clone(),
                             deadline: received_at + self.deadline,
                             waiting: true,
+                            extending: false,
                         },
                     );
                 }
@@ -413,51 +434,87 @@ async fn keeper(sub: Arc<SubShared>, deadline: Duration) {
             return;
         }
         let due_by = Instant::now() + deadline * 5 / 8;
-        let due: Vec<(u64, String)> = lock(&sub.held)
+        let due: Vec<u64> = lock(&sub.held)
             .iter()
             .filter(|(_, h)| h.waiting && h.deadline < due_by)
-            .map(|(k, h)| (*k, h.receipt.clone()))
+            .map(|(k, _)| *k)
             .collect();
-        for chunk in due.chunks(MAX_BATCH) {
-            let mut req = sub
-                .shared
-                .sqs
-                .change_message_visibility_batch()
-                .queue_url(&sub.url);
-            for (i, (_, receipt)) in chunk.iter().enumerate() {
-                if let Ok(e) = ChangeMessageVisibilityBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(receipt)
-                    .visibility_timeout(visibility)
-                    .build()
-                {
-                    req = req.entries(e);
-                }
-            }
-            let sent_at = Instant::now();
-            let out = match req.send().await {
-                Ok(out) => out,
-                Err(e) => {
-                    // The entries keep their deadline; the next tick tries again, and one
-                    // that runs out meanwhile is dropped at hand-out.
-                    tracing::debug!(error = %error::ack(e), queue = %sub.url, "extending buffered messages failed");
-                    continue;
-                }
+        for keys in due.chunks(MAX_BATCH) {
+            // Only what is still waiting now: a message handed out (and perhaps nacked or
+            // acked) since the list was made is the handler's to settle, never extended here.
+            let chunk: Vec<(u64, String)> = {
+                let mut held = lock(&sub.held);
+                keys.iter()
+                    .filter_map(|k| {
+                        let h = held.get_mut(k).filter(|h| h.waiting)?;
+                        h.extending = true;
+                        Some((*k, h.receipt.clone()))
+                    })
+                    .collect()
             };
-            let key_of = |id: &str| id.parse::<usize>().ok().and_then(|i| chunk.get(i));
-            let mut held = lock(&sub.held);
-            for ok in out.successful() {
-                if let Some(h) = key_of(ok.id()).and_then(|(k, _)| held.get_mut(k)) {
-                    h.deadline = h.deadline.max(sent_at + deadline);
-                }
+            if chunk.is_empty() {
+                continue;
             }
-            for failed in out.failed() {
-                if let Some((k, _)) = key_of(&failed.id) {
-                    if held.get(k).is_some_and(|h| h.waiting) {
-                        tracing::debug!(code = %failed.code, queue = %sub.url, "a buffered message could not be kept invisible; it will be delivered again");
-                        held.remove(k);
+            // On failure the entries keep their deadline; the next tick tries again, and one
+            // that runs out meanwhile is dropped at hand-out.
+            extend_waiting(&sub, &chunk, deadline, visibility).await;
+            {
+                let mut held = lock(&sub.held);
+                for (k, _) in &chunk {
+                    if let Some(h) = held.get_mut(k) {
+                        h.extending = false;
                     }
                 }
+            }
+            sub.extended.notify_waiters();
+        }
+    }
+}
+
+/// One `ChangeMessageVisibilityBatch` of the keeper over `chunk` (at most 10 entries).
+async fn extend_waiting(
+    sub: &SubShared,
+    chunk: &[(u64, String)],
+    deadline: Duration,
+    visibility: i32,
+) {
+    let mut req = sub
+        .shared
+        .sqs
+        .change_message_visibility_batch()
+        .queue_url(&sub.url);
+    for (i, (_, receipt)) in chunk.iter().enumerate() {
+        if let Ok(e) = ChangeMessageVisibilityBatchRequestEntry::builder()
+            .id(i.to_string())
+            .receipt_handle(receipt)
+            .visibility_timeout(visibility)
+            .build()
+        {
+            req = req.entries(e);
+        }
+    }
+    let sent_at = Instant::now();
+    let out = match req.send().await {
+        Ok(out) => out,
+        Err(e) => {
+            // The entries keep their deadline; the next tick tries again, and one
+            // that runs out meanwhile is dropped at hand-out.
+            tracing::debug!(error = %error::ack(e), queue = %sub.url, "extending buffered messages failed");
+            return;
+        }
+    };
+    let key_of = |id: &str| id.parse::<usize>().ok().and_then(|i| chunk.get(i));
+    let mut held = lock(&sub.held);
+    for ok in out.successful() {
+        if let Some(h) = key_of(ok.id()).and_then(|(k, _)| held.get_mut(k)) {
+            h.deadline = h.deadline.max(sent_at + deadline);
+        }
+    }
+    for failed in out.failed() {
+        if let Some((k, _)) = key_of(&failed.id) {
+            if held.get(k).is_some_and(|h| h.waiting) {
+                tracing::debug!(code = %failed.code, queue = %sub.url, "a buffered message could not be kept invisible; it will be delivered again");
+                held.remove(k);
             }
         }
     }
@@ -797,6 +854,7 @@ impl SqsDelivery {
         if self.sub.closed.load(Ordering::Acquire) {
             return Err(self.fail(Self::closed_error()));
         }
+        self.sub.no_extension_in_flight(self.key).await;
         let (reply, answer) = oneshot::channel();
         let op = SettleOp {
             receipt: self.receipt.clone(),
@@ -846,23 +904,30 @@ impl Delivery for SqsDelivery {
         self.settle(Some(visibility)).await
     }
 
-    /// `ChangeMessageVisibility`: the message stays invisible for `by` from now.
+    /// `ChangeMessageVisibility`: the message stays invisible for at least `by` from now.
+    /// Never shortens: if the adapter already keeps it invisible for longer (the ack
+    /// deadline, an earlier extension), the visibility timeout is set to what is left of
+    /// that instead.
     async fn extend_deadline(&mut self, by: Duration) -> Result<(), AckError> {
         if self.sub.closed.load(Ordering::Acquire) {
             return Err(Self::closed_error());
         }
+        self.sub.no_extension_in_flight(self.key).await;
+        let now = Instant::now();
+        let tracked = lock(&self.sub.held).get(&self.key).map(|h| h.deadline);
+        let target = tracked.map_or(now + by, |d| d.max(now + by));
         self.sub
             .shared
             .sqs
             .change_message_visibility()
             .queue_url(&self.sub.url)
             .receipt_handle(&self.receipt)
-            .visibility_timeout(secs(by))
+            .visibility_timeout(secs(target - now))
             .send()
             .await
             .map_err(error::ack)?;
         if let Some(h) = lock(&self.sub.held).get_mut(&self.key) {
-            h.deadline = Instant::now() + by;
+            h.deadline = h.deadline.max(target);
         }
         Ok(())
     }
