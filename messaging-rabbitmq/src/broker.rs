@@ -1,6 +1,6 @@
 //! The connection, topology declarations and the shared confirm channel.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use lapin::options::{
@@ -15,7 +15,7 @@ use messaging_core::{
 
 use crate::config::{QueueType, RabbitConfig, redact};
 use crate::error;
-use crate::names::queue_name;
+use crate::names::{self, queue_name};
 use crate::publisher::RabbitPublisher;
 use crate::subscriber::RabbitSubscriber;
 
@@ -41,6 +41,9 @@ pub(crate) struct Shared {
     exchanges: Mutex<HashSet<String>>,
     /// Queues already reported as declared by an earlier version.
     warned: Mutex<HashSet<String>>,
+    /// Queue names this process uses, with the (topic, group) using each: an earlier
+    /// version's queue kept by one group is never also the plain queue of another.
+    queues: Mutex<HashMap<String, (String, String)>>,
 }
 
 /// Failure to connect.
@@ -94,6 +97,7 @@ impl RabbitBroker {
                 confirm: tokio::sync::Mutex::new(None),
                 exchanges: Mutex::default(),
                 warned: Mutex::default(),
+                queues: Mutex::default(),
             }),
         })
     }
@@ -221,7 +225,7 @@ impl Shared {
         options: &SubscribeOptions,
     ) -> Result<String, lapin::Error> {
         self.ensure_exchange(ch, topic).await?;
-        let queue = queue_name(topic, options.group());
+        let queue = self.group_queue_name(topic, options.group(), true).await?;
         let plan = self.group_queue(topic, options);
         if let Some(dlq) = &plan.dead_letter_topic {
             // Dead letters are kept from the start, in the group the dead-letter tools read.
@@ -254,6 +258,157 @@ impl Shared {
         )
         .await?;
         Ok(queue)
+    }
+
+    /// The queue of `group` on `topic`, keeping an earlier version's queue so that upgrading
+    /// strands nothing and processes nothing twice.
+    ///
+    /// Earlier versions named every group's queue `<topic>.<group>`; today a group with `.` or
+    /// `~` gets `<topic>.<group>~<hash>` ([`names`]). That earlier queue is kept while it
+    /// exists (passive declare) unless it may be another group's: this process uses the same
+    /// name for another (topic, group), or the exchange of a topic that joins to the same
+    /// name — `<topic>.<a prefix of the group>` — exists (its queue could be bound there:
+    /// AMQP cannot list bindings). Then the group takes today's name and a warning names the
+    /// earlier queue. A plain name this process already keeps for another group is taken by
+    /// neither: the group whose plain name it is gets `<topic>.<group>~<hash>` and a warning.
+    /// What is decided is remembered for the process; `log` is false for inspection.
+    ///
+    /// Not covered: another process keeping `<t>.<a.b>` for (t, `a.b`) while a group `b` of
+    /// topic `<t>.a` is added elsewhere (its exchange did not exist at the first's start):
+    /// both then read the one queue (see the README, "Queue names").
+    async fn group_queue_name(
+        &self,
+        topic: &str,
+        group: &str,
+        log: bool,
+    ) -> Result<String, lapin::Error> {
+        let name = queue_name(topic, group);
+        let legacy = names::legacy_queue_name(topic, group);
+        let pair = (topic.to_owned(), group.to_owned());
+        let user = |q: &str| {
+            self.queues
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(q)
+                .cloned()
+        };
+        let remember = |q: &str| {
+            self.queues
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(q.to_owned(), pair.clone());
+        };
+        if legacy == name {
+            return match user(&name) {
+                Some(other) if other != pair => {
+                    let displaced = names::displaced_queue_name(topic, group);
+                    if log {
+                        tracing::warn!(
+                            topic,
+                            group,
+                            queue = displaced,
+                            plain_queue = name,
+                            kept_by_topic = other.0,
+                            kept_by_group = other.1,
+                            "the group's plain queue name is an earlier version's queue that                              another group of this process keeps; this group uses its own queue"
+                        );
+                    }
+                    remember(&displaced);
+                    Ok(displaced)
+                }
+                _ => {
+                    remember(&name);
+                    Ok(name)
+                }
+            };
+        }
+        if let Some(kept) = user(&legacy) {
+            if kept == pair {
+                return Ok(legacy);
+            }
+            if log {
+                tracing::warn!(
+                    topic,
+                    group,
+                    queue = name,
+                    legacy_queue = legacy,
+                    used_by_topic = kept.0,
+                    used_by_group = kept.1,
+                    "the group's queue under the earlier naming is another group's queue in                      this process; this group uses its own queue. If the earlier queue is still                      bound to this topic, it gets copies nobody reads here: drain it and unbind                      it (messaging-rabbitmq README, \"Queue names\")"
+                );
+            }
+            remember(&name);
+            return Ok(name);
+        }
+        if user(&name).is_some() || !self.exists(&legacy, false).await? {
+            remember(&name);
+            return Ok(name);
+        }
+        for other in names::other_owners(topic, group) {
+            if other.len() > topic.len() && self.exists(&other, true).await? {
+                if log {
+                    tracing::warn!(
+                        topic,
+                        group,
+                        queue = name,
+                        legacy_queue = legacy,
+                        other_topic = other,
+                        "the group's queue under the earlier naming may also be bound to                          another topic of the same name's prefix, so the group moves to its                          own queue; if the earlier queue is still bound to this topic it gets                          copies nobody reads: drain it, then unbind or delete it                          (messaging-rabbitmq README, \"Queue names\")"
+                    );
+                }
+                remember(&name);
+                return Ok(name);
+            }
+        }
+        if log {
+            tracing::info!(
+                topic,
+                group,
+                queue = legacy,
+                "keeping the group's queue from before queue names became injective"
+            );
+        }
+        remember(&legacy);
+        Ok(legacy)
+    }
+
+    /// Whether the queue (or, `exchange`, the exchange) `name` exists: a passive declare on a
+    /// channel of its own (a missing one closes the channel with NOT_FOUND).
+    async fn exists(&self, name: &str, exchange: bool) -> Result<bool, lapin::Error> {
+        let ch = self.conn.create_channel().await?;
+        let result = if exchange {
+            ch.exchange_declare(
+                ShortString::from(name),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map(|_| ())
+        } else {
+            ch.queue_declare(
+                ShortString::from(name),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map(|_| ())
+        };
+        let found = match result {
+            Ok(()) => true,
+            Err(e) if e.is_amqp_soft_error() => false,
+            Err(e) => return Err(e),
+        };
+        if ch.status().connected() {
+            let _ = ch.close(200, ShortString::from("looked up")).await;
+        }
+        Ok(found)
     }
 
     /// The arguments of the group's queue.
@@ -438,7 +593,11 @@ impl Inspect for RabbitBroker {
             .create_channel()
             .await
             .map_err(error::inspect)?;
-        let queue = queue_name(topic, group);
+        let queue = self
+            .shared
+            .group_queue_name(topic, group, false)
+            .await
+            .map_err(error::inspect)?;
         let result = ch
             .queue_declare(
                 ShortString::from(queue.as_str()),

@@ -5,7 +5,7 @@
 //! | core word | RabbitMQ |
 //! |---|---|
 //! | topic | durable fanout exchange named after the topic, declared on first use |
-//! | subscription group | durable queue `<topic>.<group>` (quorum by default, classic as an option) bound to the exchange; its consumers compete, every group gets every message. A group containing `.` or `~` gets `<topic>.<group>~<hash>` instead, so no two (topic, group) pairs share a queue (see [`messaging_core::naming`]) |
+//! | subscription group | durable queue `<topic>.<group>` (quorum by default, classic as an option) bound to the exchange; its consumers compete, every group gets every message. A group containing `.` or `~` gets `<topic>.<group>~<hash>` instead, so no two (topic, group) pairs share a queue (see [`messaging_core::naming`]); an existing `<topic>.<group>` queue of an earlier version is kept unless it may be another group's (see the README, "Queue names of groups with `.` or `~`") |
 //! | ordering key | an ordered subscription's queue is a classic queue with `x-single-active-consumer` and a prefetch of 1: one consumer, one message at a time, in queue order, also across requeues (a quorum queue would put a requeued message last) — every key keeps its order (stronger than per key, and slower: one message in flight per group). A nack *with a delay* re-enters the queue behind later messages; ordered consumers retry in place. Ordered groups have no broker-side delivery limit and count attempts from the `redelivered` flag (1 or 2). |
 //!
 //! Declarations are idempotent: subscribing again declares the same queue with the same

@@ -22,6 +22,47 @@ pub(crate) fn queue_name(topic: &str, group: &str) -> String {
     naming::group_resource(&NAMING, topic, group)
 }
 
+/// The queue earlier versions gave `group` on `topic`: always the plain join
+/// `<topic>.<group>`. Differs from [`queue_name`] for groups with `.` or `~` (and joins over
+/// 255 bytes, which RabbitMQ refused then).
+pub(crate) fn legacy_queue_name(topic: &str, group: &str) -> String {
+    format!("{topic}.{group}")
+}
+
+/// The topics other than `topic` whose group earlier versions could also have given the
+/// queue `<topic>.<group>`: every prefix of it ending before a `.`, except `topic`. Those
+/// longer than `topic` come first.
+pub(crate) fn other_owners(topic: &str, group: &str) -> Vec<String> {
+    let join = legacy_queue_name(topic, group);
+    let mut longer = Vec::new();
+    let mut shorter = Vec::new();
+    for (i, _) in join.match_indices('.') {
+        let t = &join[..i];
+        if t.is_empty() || t == topic || i + 1 >= join.len() {
+            continue;
+        }
+        if t.len() > topic.len() {
+            longer.push(t.to_owned());
+        } else {
+            shorter.push(t.to_owned());
+        }
+    }
+    longer.extend(shorter);
+    longer
+}
+
+/// The queue of `group` on `topic` when its plain name is an earlier version's queue that
+/// another group keeps: the hashed form `<topic>.<group>~<hash>`, which no other pair takes.
+pub(crate) fn displaced_queue_name(topic: &str, group: &str) -> String {
+    let suffix = format!("{}{}", NAMING.marker, naming::short_hash(&[topic, group]));
+    let plain = legacy_queue_name(topic, group);
+    let mut end = NAMING.max_len.saturating_sub(suffix.len()).min(plain.len());
+    while !plain.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{suffix}", &plain[..end])
+}
+
 /// The delay queue of the group queue `queue` for messages waiting `ms` milliseconds.
 pub(crate) fn delay_queue_name(queue: &str, ms: u64) -> String {
     delay_name(&NAMING, queue, ms)
@@ -61,6 +102,28 @@ mod tests {
             delay_queue_name("orders.billing", 1200),
             "orders.billing~delay-1200ms"
         );
+    }
+
+    #[test]
+    fn earlier_names_and_their_other_owners() {
+        assert_eq!(
+            legacy_queue_name("t", "com.acme.billing"),
+            "t.com.acme.billing"
+        );
+        assert_eq!(
+            other_owners("t", "com.acme.billing"),
+            vec!["t.com".to_owned(), "t.com.acme".to_owned()]
+        );
+        assert_eq!(
+            other_owners("a.b", "c.d"),
+            vec!["a.b.c".to_owned(), "a".to_owned()]
+        );
+        assert!(other_owners("orders", "billing").is_empty());
+        let d = displaced_queue_name("t.com.acme", "billing");
+        assert!(d.starts_with("t.com.acme.billing~"), "{d}");
+        assert_ne!(d, queue_name("t", "com.acme.billing"));
+        assert_ne!(d, queue_name("t.com", "acme.billing"));
+        assert!(displaced_queue_name(&"x".repeat(300), "g").len() <= 255);
     }
 
     #[test]

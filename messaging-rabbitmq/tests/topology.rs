@@ -11,8 +11,8 @@ use lapin::options::{BasicConsumeOptions, BasicRejectOptions, QueueDeclareOption
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use messaging_core::middleware::dead_letter::DEAD_LETTER_GROUP;
 use messaging_core::{
-    AttributesReader, Delivery, EventBuilder, Publisher, SubscribeErrorKind, SubscribeOptions,
-    Subscriber, Subscription,
+    AttributesReader, Delivery, EventBuilder, Inspect, Publisher, SubscribeErrorKind,
+    SubscribeOptions, Subscriber, Subscription,
 };
 use messaging_rabbitmq::{RabbitBroker, RabbitConfig};
 
@@ -445,4 +445,103 @@ async fn delay_queues_never_take_a_group_queue_name() {
     let delay = queue_arguments(&format!("{topic}.c~delay-1000ms")).expect("the delay queue");
     assert_eq!(delay["x-queue-type"], "classic", "{delay:?}");
     assert_eq!(delay["x-dead-letter-routing-key"], format!("{topic}.c"));
+}
+
+/// What an earlier version declared for `group` on `topic`: the topic's fanout exchange and
+/// the queue under the plain join `<topic>.<group>`, bound to it. Returns the queue's name.
+async fn old_style_queue(broker: &RabbitBroker, topic: &str, group: &str) -> String {
+    let queue = format!("{topic}.{group}");
+    let ch = broker.connection().create_channel().await.unwrap();
+    ch.exchange_declare(
+        ShortString::from(topic),
+        lapin::ExchangeKind::Fanout,
+        lapin::options::ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let _ = ch.close(200, ShortString::from("declared")).await;
+    declare_raw(broker, &queue, &[quorum(), test_expiry()]).await;
+    let ch = broker.connection().create_channel().await.unwrap();
+    ch.queue_bind(
+        ShortString::from(queue.as_str()),
+        ShortString::from(topic),
+        ShortString::from(""),
+        lapin::options::QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let _ = ch.close(200, ShortString::from("bound")).await;
+    queue
+}
+
+/// Item 10, upgrades: group `com.acme.billing` had the queue `<topic>.com.acme.billing`
+/// under earlier versions. A message published before the upgrade waits there; the upgraded
+/// group keeps that queue (no second queue bound to the topic), so the message is delivered,
+/// and so is every later one, once.
+#[tokio::test]
+async fn a_dotted_groups_earlier_queue_is_kept_and_its_messages_delivered() {
+    let broker = connect(config()).await;
+    let topic = unique("keep");
+    let group = "com.acme.billing";
+    let legacy = old_style_queue(&broker, &topic, group).await;
+    publish(&broker, &topic, "before-upgrade").await;
+    let mut sub = broker
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new(group))
+        .await
+        .unwrap();
+    let d = recv(&mut sub, "the message waiting in the earlier queue").await;
+    assert_eq!(d.event().unwrap().id(), "before-upgrade");
+    d.ack().await.unwrap();
+    publish(&broker, &topic, "after-upgrade").await;
+    let d = recv(&mut sub, "a message after the upgrade").await;
+    assert_eq!(d.event().unwrap().id(), "after-upgrade");
+    d.ack().await.unwrap();
+    nothing_more(&mut sub, Duration::from_secs(1), "after the upgrade").await;
+    assert_eq!(
+        broker.depth(&topic, group).await.unwrap(),
+        Some(0),
+        "depth reads {legacy}"
+    );
+    // The only queue of this topic's groups is the earlier one.
+    let out = Command::new("timeout")
+        .args(["60", "rabbitmqctl", "-q", "list_queues", "name"])
+        .output()
+        .expect("rabbitmqctl runs");
+    let names = String::from_utf8_lossy(&out.stdout);
+    let mine: Vec<&str> = names
+        .lines()
+        .map(str::trim)
+        .filter(|n| n.starts_with(&format!("{topic}.com")))
+        .collect();
+    assert_eq!(mine, vec![legacy.as_str()], "queues of {topic}'s group");
+}
+
+/// Item 10, upgrades: the kept queue `<t>.com.acme.billing` is also the plain name of
+/// (topic `<t>.com.acme`, group `billing`). When this process subscribes both, they still
+/// get a queue each and each only its own topic's messages, whichever comes first.
+#[tokio::test]
+async fn a_kept_queue_is_not_shared_with_the_group_now_named_like_it() {
+    let broker = connect(config()).await;
+    let topic = unique("kept");
+    let legacy = old_style_queue(&broker, &topic, "com.acme.billing").await;
+    let mut kept = broker
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new("com.acme.billing"))
+        .await
+        .unwrap();
+    let other_topic = format!("{topic}.com.acme");
+    let mut other = broker
+        .subscriber()
+        .subscribe(&other_topic, SubscribeOptions::new("billing"))
+        .await
+        .unwrap();
+    only_mine(&broker, &topic, "com.acme.billing", &mut kept, &mut other).await;
+    only_mine(&broker, &other_topic, "billing", &mut other, &mut kept).await;
+    assert!(queue_arguments(&legacy).is_some());
 }
