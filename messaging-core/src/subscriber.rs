@@ -132,11 +132,6 @@ impl SubscribeOptions {
         self.max_deliveries
     }
 
-    /// The dead-letter topic set with [`dead_letter_topic`](Self::dead_letter_topic), if any.
-    pub fn explicit_dead_letter_topic(&self) -> Option<&str> {
-        self.dead_letter_topic.as_deref()
-    }
-
     /// The dead-letter topic for `topic`: the configured one or `<topic>.dlq`.
     pub fn dead_letter_topic_for(&self, topic: &str) -> String {
         self.dead_letter_topic

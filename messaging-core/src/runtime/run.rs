@@ -209,13 +209,8 @@ where
     ) -> Result<RunReport, RunError> {
         let features = self.subscriber.features();
         let prefetch = self.options.prefetch_limit().max(self.concurrency);
-        let mut options = self.options.clone().prefetch(prefetch);
+        let options = self.options.clone().prefetch(prefetch);
         let dlq_topic = self.policy.dead_letter_topic(&self.topic);
-        // The broker's own dead-lettering (delivery limits) goes where the runtime's does,
-        // unless the subscription names another topic.
-        if options.explicit_dead_letter_topic().is_none() {
-            options = options.dead_letter_topic(dlq_topic.clone());
-        }
         options.validate(&features).map_err(RunError::Subscribe)?;
         self.check_requirements(&features)?;
         self.policy.validate().map_err(|e| {
