@@ -9,40 +9,16 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use messaging_core::{
-    AttributesReader, Delivery, Event, EventBuilder, Inspect, Publisher, SubscribeOptions,
-    Subscriber, Subscription,
+    AttributesReader, Delivery, Inspect, Publisher, SubscribeOptions, Subscriber, Subscription,
 };
-use messaging_sqs::{SqsBroker, SqsConfig, SqsSubscription};
+use messaging_sqs::{SqsBroker, SqsSubscription};
 
-const ENDPOINT: &str = "http://127.0.0.1:4566";
-const WAIT: Duration = Duration::from_secs(20);
+mod common;
+use common::{WAIT, broker, event};
 
 /// A fresh name with neither `-` nor `_`: the tests choose where separators go.
 fn unique(what: &str) -> String {
     format!("lg{what}{}", uuid::Uuid::new_v4().simple())
-}
-
-async fn broker() -> SqsBroker {
-    let broker = SqsBroker::new(SqsConfig {
-        wait_time: Duration::from_secs(1),
-        retention: Some(Duration::from_secs(3600)),
-        ..SqsConfig::local(ENDPOINT)
-    });
-    if let Err(e) = broker.sqs().list_queues().max_results(1).send().await {
-        panic!(
-            "moto is not reachable at {ENDPOINT} (run scripts/brokers/moto.sh): {}",
-            aws_sdk_sqs::error::DisplayErrorContext(e)
-        );
-    }
-    broker
-}
-
-fn event(id: &str) -> Event {
-    EventBuilder::new("urn:test", "test.event")
-        .id(id)
-        .json(&serde_json::json!({"id": id}))
-        .build()
-        .unwrap()
 }
 
 /// What an earlier version declared for `group_queue` on `topic`: the SNS topic, the queue

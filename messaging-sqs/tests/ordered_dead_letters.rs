@@ -17,25 +17,9 @@ use messaging_core::runtime::Consumer;
 use messaging_core::{
     AttributesReader, Delivery, EventBuilder, Publisher, SubscribeOptions, Subscriber, Subscription,
 };
-use messaging_sqs::{SqsBroker, SqsConfig};
 
-const ENDPOINT: &str = "http://127.0.0.1:4566";
-const WAIT: Duration = Duration::from_secs(20);
-
-async fn broker() -> SqsBroker {
-    let broker = SqsBroker::new(SqsConfig {
-        wait_time: Duration::from_secs(1),
-        retention: Some(Duration::from_secs(3600)),
-        ..SqsConfig::local(ENDPOINT)
-    });
-    if let Err(e) = broker.sqs().list_queues().max_results(1).send().await {
-        panic!(
-            "moto is not reachable at {ENDPOINT} (run scripts/brokers/moto.sh): {}",
-            aws_sdk_sqs::error::DisplayErrorContext(e)
-        );
-    }
-    broker
-}
+mod common;
+use common::{WAIT, broker};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ordered_group_with_max_deliveries_starts_and_dead_letters() {

@@ -15,38 +15,15 @@ use messaging_core::{
 };
 use messaging_sqs::{SqsBroker, SqsConfig, SqsSubscription, Topology};
 
-const ENDPOINT: &str = "http://127.0.0.1:4566";
-const WAIT: Duration = Duration::from_secs(20);
+mod common;
+use common::{WAIT, config, event};
 
 fn unique(what: &str) -> String {
     format!("st-{what}-{}", uuid::Uuid::new_v4().simple())
 }
 
-fn config() -> SqsConfig {
-    SqsConfig {
-        wait_time: Duration::from_secs(1),
-        retention: Some(Duration::from_secs(3600)),
-        ..SqsConfig::local(ENDPOINT)
-    }
-}
-
 async fn broker(config: SqsConfig) -> SqsBroker {
-    let broker = SqsBroker::new(config);
-    if let Err(e) = broker.sqs().list_queues().max_results(1).send().await {
-        panic!(
-            "moto is not reachable at {ENDPOINT} (run scripts/brokers/moto.sh): {}",
-            aws_sdk_sqs::error::DisplayErrorContext(e)
-        );
-    }
-    broker
-}
-
-fn event(id: &str) -> Event {
-    EventBuilder::new("urn:test", "test.event")
-        .id(id)
-        .json(&serde_json::json!({"id": id}))
-        .build()
-        .unwrap()
+    common::broker_with(config).await
 }
 
 async fn recv(sub: &mut SqsSubscription) -> messaging_sqs::SqsDelivery {

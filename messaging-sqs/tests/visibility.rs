@@ -7,25 +7,9 @@ use std::time::Duration;
 use messaging_core::{
     AttributesReader, Delivery, EventBuilder, Publisher, SubscribeOptions, Subscriber, Subscription,
 };
-use messaging_sqs::{SqsBroker, SqsConfig};
 
-const ENDPOINT: &str = "http://127.0.0.1:4566";
-const WAIT: Duration = Duration::from_secs(20);
-
-async fn broker() -> SqsBroker {
-    let broker = SqsBroker::new(SqsConfig {
-        wait_time: Duration::from_secs(1),
-        retention: Some(Duration::from_secs(3600)),
-        ..SqsConfig::local(ENDPOINT)
-    });
-    if let Err(e) = broker.sqs().list_queues().max_results(1).send().await {
-        panic!(
-            "moto is not reachable at {ENDPOINT} (run scripts/brokers/moto.sh): {}",
-            aws_sdk_sqs::error::DisplayErrorContext(e)
-        );
-    }
-    broker
-}
+mod common;
+use common::{WAIT, broker};
 
 /// A delivery with a 10 s ack deadline, extended "by 1 s": it must stay invisible for the
 /// rest of its 10 s (an extension that set 1 s would hand it out again, attempt 2, after
