@@ -374,6 +374,18 @@ async fn at_most_once_ordered_lanes_do_not_ack_queued_deliveries_at_hard_stop() 
 
 /// Answers every request on `topic` with its own data, until aborted.
 fn responder(broker: &MemoryBroker, topic: &'static str) -> tokio::task::JoinHandle<()> {
+    responder_with(broker, topic, Duration::ZERO, |e| {
+        e.data_json::<serde_json::Value>().unwrap()
+    })
+}
+
+/// Answers every request on `topic` with `answer(request)`, after `delay`, until aborted.
+fn responder_with(
+    broker: &MemoryBroker,
+    topic: &'static str,
+    delay: Duration,
+    answer: impl Fn(&messaging_core::Event) -> serde_json::Value + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
     let broker = broker.clone();
     tokio::spawn(async move {
         use messaging_core::{Delivery, Subscriber, Subscription};
@@ -384,10 +396,10 @@ fn responder(broker: &MemoryBroker, topic: &'static str) -> tokio::task::JoinHan
             .await
             .unwrap();
         while let Ok(d) = sub.recv().await {
+            tokio::time::sleep(delay).await;
             let e = d.event().unwrap().clone();
-            let answer = EventBuilder::new("server", "answer")
-                .json(&e.data_json::<serde_json::Value>().unwrap());
-            messaging_core::request::reply(&publisher, &e, answer)
+            let reply = EventBuilder::new(topic, "answer").json(&answer(&e));
+            messaging_core::request::reply(&publisher, &e, reply)
                 .await
                 .unwrap();
             d.ack().await.unwrap();
@@ -453,45 +465,16 @@ async fn concurrent_requests_with_the_same_id_each_get_a_reply() {
     assert_eq!(b.expect("second answered").data_json::<u32>().unwrap(), 7);
 }
 
-/// Answers every request on `topic` with `answer`, after `delay`, until aborted.
-fn slow_responder(
-    broker: &MemoryBroker,
-    topic: &'static str,
-    answer: &'static str,
-    delay: Duration,
-) -> tokio::task::JoinHandle<()> {
-    let broker = broker.clone();
-    tokio::spawn(async move {
-        use messaging_core::{Delivery, Subscriber, Subscription};
-        let publisher = broker.publisher();
-        let mut sub = broker
-            .subscriber()
-            .subscribe(topic, SubscribeOptions::new("server"))
-            .await
-            .unwrap();
-        while let Ok(d) = sub.recv().await {
-            tokio::time::sleep(delay).await;
-            let e = d.event().unwrap().clone();
-            let reply = EventBuilder::new(topic, "answer").json(&answer);
-            messaging_core::request::reply(&publisher, &e, reply)
-                .await
-                .unwrap();
-            d.ack().await.unwrap();
-        }
-    })
-}
-
 #[tokio::test(start_paused = true)]
 async fn requests_sharing_an_id_get_their_own_replies_not_the_first_to_arrive() {
     use messaging_core::request::Requester;
     let broker = MemoryBroker::new();
-    let _slow = slow_responder(&broker, "slow-service", "from slow", Duration::from_secs(2));
-    let _fast = slow_responder(
-        &broker,
-        "fast-service",
-        "from fast",
-        Duration::from_millis(10),
-    );
+    let _slow = responder_with(&broker, "slow-service", Duration::from_secs(2), |_| {
+        serde_json::json!("from slow")
+    });
+    let _fast = responder_with(&broker, "fast-service", Duration::from_millis(10), |_| {
+        serde_json::json!("from fast")
+    });
     let requester = Requester::start(&broker.subscriber(), publisher(&broker))
         .await
         .unwrap();
