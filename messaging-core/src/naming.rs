@@ -190,6 +190,25 @@ mod tests {
         assert_ne!(n, group_resource(&SQS, &topic, "billinh"));
     }
 
+    /// Under every naming: names fit (`max_len`, or `floor` for tiny limits), and two
+    /// different pairs never share one.
+    fn check_injective(
+        name: fn(&Naming, &str, &str) -> String,
+        namings: &[Naming],
+        floor: usize,
+        (t1, g1): (&str, &str),
+        (t2, g2): (&str, &str),
+    ) -> Result<(), TestCaseError> {
+        for naming in namings {
+            let (a, b) = (name(naming, t1, g1), name(naming, t2, g2));
+            prop_assert!(a.len() <= naming.max_len.max(floor), "{a}");
+            if (t1, g1) != (t2, g2) {
+                prop_assert_ne!(a, b, "{:?} and {:?} share a name", (t1, g1), (t2, g2));
+            }
+        }
+        Ok(())
+    }
+
     fn part() -> impl Strategy<Value = String> {
         // Small alphabet so separators, markers and shared prefixes are frequent.
         proptest::string::string_regex("[ab.~_-]{0,6}").unwrap()
@@ -198,25 +217,20 @@ mod tests {
     proptest! {
         #[test]
         fn injective(t1 in part(), g1 in part(), t2 in part(), g2 in part()) {
-            for naming in [RABBIT, SQS, Naming { max_len: 12, ..SQS }] {
-                let (a, b) = (group_resource(&naming, &t1, &g1), group_resource(&naming, &t2, &g2));
-                prop_assert!(a.len() <= naming.max_len.max(HASH_LEN + 1));
-                if (t1.as_str(), g1.as_str()) != (t2.as_str(), g2.as_str()) {
-                    prop_assert_ne!(a, b, "{:?} and {:?} share a name", (&t1, &g1), (&t2, &g2));
-                }
-            }
+            let namings = [RABBIT, SQS, Naming { max_len: 12, ..SQS }];
+            check_injective(group_resource, &namings, HASH_LEN + 1, (&t1, &g1), (&t2, &g2))?;
         }
 
         #[test]
         fn topic_first_is_injective(t1 in part(), g1 in part(), t2 in part(), g2 in part()) {
-            for naming in [RABBIT, SQS, Naming { max_len: 12, ..SQS }, Naming { max_len: 24, ..SQS }] {
-                let a = group_resource_topic_first(&naming, &t1, &g1);
-                let b = group_resource_topic_first(&naming, &t2, &g2);
-                prop_assert!(a.len() <= naming.max_len.max(HASH_LEN + 2), "{a}");
-                if (t1.as_str(), g1.as_str()) != (t2.as_str(), g2.as_str()) {
-                    prop_assert_ne!(a, b, "{:?} and {:?} share a name", (&t1, &g1), (&t2, &g2));
-                }
-            }
+            let namings = [RABBIT, SQS, Naming { max_len: 12, ..SQS }, Naming { max_len: 24, ..SQS }];
+            check_injective(
+                group_resource_topic_first,
+                &namings,
+                HASH_LEN + 2,
+                (&t1, &g1),
+                (&t2, &g2),
+            )?;
         }
     }
 
