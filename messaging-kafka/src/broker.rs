@@ -1,7 +1,7 @@
 //! The clients shared by publishers and subscribers: one producer, one admin client, and the
 //! topics already created.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use messaging_core::{
@@ -39,6 +39,10 @@ pub(crate) struct Shared {
     pub(crate) producer: Producer,
     admin: AdminClient<DefaultClientContext>,
     topics: Mutex<HashSet<String>>,
+    /// Start positions a new group's subscription chose whose commit is not known to have
+    /// landed, by (`group.id`, topic, partition): a later assignment in this process starts
+    /// there instead of deciding again that the group is new (and starting at the then end).
+    pub(crate) uncommitted_starts: Mutex<HashMap<(String, String, i32), i64>>,
 }
 
 /// Failure to set up the clients.
@@ -110,6 +114,7 @@ impl KafkaBroker {
                 producer,
                 admin,
                 topics: Mutex::new(HashSet::new()),
+                uncommitted_starts: Mutex::new(HashMap::new()),
                 config,
             }),
         })

@@ -24,7 +24,11 @@
 //! start with [`StartFrom::Earliest`](messaging_core::StartFrom)) and commits that position at
 //! once for every partition of the topic, so a group exists from its first subscribe: messages
 //! published after `subscribe` returns are delivered even if the consumer closes and comes back
-//! later, and members joining in the same rebalance start at the same place. A partition
+//! later, and members joining in the same rebalance start at the same place. If that commit
+//! fails (a coordinator refuses commits while the group rebalances), the positions are
+//! committed with the next offsets, and until a commit lands every later assignment in the
+//! process starts there: the group is never taken for new again and moved to the then end of
+//! the topic, past messages published meanwhile. A partition
 //! without a commit in a group that has commits on the topic — a partition added to the topic —
 //! starts at its earliest offset, so messages produced to it before the group rebalanced onto
 //! it are delivered.

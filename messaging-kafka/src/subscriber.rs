@@ -174,8 +174,10 @@ struct Commit {
     offset: i64,
     /// The handed-out mark of the commit's metadata; -1 if none.
     seen_before: i64,
-    /// Read from the group's legacy `group.id`.
-    legacy: bool,
+    /// Not the group's own commit: carried over from its legacy `group.id`, or a start
+    /// position this process chose for the new group whose commit is not known to have landed
+    /// (see `Shared::uncommitted_starts`). Committed under the group's id with the assignment.
+    carried: bool,
 }
 
 /// Where an assigned partition starts.
@@ -287,6 +289,11 @@ struct Sub {
     tx: mpsc::UnboundedSender<KafkaDelivery>,
     status: watch::Sender<Status>,
     stop: AtomicBool,
+}
+
+/// Locks `m`, whose data stays consistent across a panic while held.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn now_ms() -> i64 {
@@ -697,10 +704,29 @@ impl Sub {
     ) -> KafkaResult<Vec<Start>> {
         let budget = Budget::new();
         let mut commits = self.committed(consumer, wanted, &budget)?;
+        let group_id = self.broker.config.group_id(&self.topic, &self.group);
+        {
+            // A start chosen earlier for the new group, whose commit failed (say, refused while
+            // the group rebalanced), still holds: the group is not new again.
+            let mut chosen = lock(&self.broker.uncommitted_starts);
+            for k in wanted {
+                let key = (group_id.clone(), k.0.clone(), k.1);
+                if commits.contains_key(k) {
+                    chosen.remove(&key);
+                } else if let Some(&offset) = chosen.get(&key) {
+                    let carried = Commit {
+                        offset,
+                        seen_before: -1,
+                        carried: true,
+                    };
+                    commits.insert(k.clone(), carried);
+                }
+            }
+        }
         let mut fresh = TopicPartitionList::new();
-        // Positions carried over from the group's legacy id are committed under the new one.
+        // Carried positions (the legacy id's, earlier uncommitted starts) are committed now.
         for ((topic, partition), c) in &commits {
-            if c.legacy {
+            if c.carried {
                 let _ = fresh.add_partition_offset(topic, *partition, Offset::Offset(c.offset));
             }
         }
@@ -736,7 +762,7 @@ impl Sub {
                     existing = !theirs.is_empty();
                     others_missing = others;
                     for ((t, p), c) in theirs {
-                        if c.legacy {
+                        if c.carried {
                             let _ = fresh.add_partition_offset(&t, p, Offset::Offset(c.offset));
                         }
                         commits.insert((t, p), c);
@@ -762,6 +788,20 @@ impl Sub {
                     false
                 }
             };
+        {
+            let mut chosen = lock(&self.broker.uncommitted_starts);
+            if committed_now {
+                for ((t, p), c) in &commits {
+                    if c.carried {
+                        chosen.remove(&(group_id.clone(), t.clone(), *p));
+                    }
+                }
+            } else {
+                for ((t, p), position) in &starts {
+                    chosen.insert((group_id.clone(), t.clone(), *p), *position);
+                }
+            }
+        }
         wanted
             .iter()
             .map(|k| {
@@ -772,7 +812,7 @@ impl Sub {
                         partition,
                         position: c.offset,
                         seen_before: c.seen_before,
-                        committed: committed_now || !c.legacy,
+                        committed: committed_now || !c.carried,
                     }),
                     (None, Some(&position)) => Ok(Start {
                         topic,
@@ -816,7 +856,7 @@ impl Sub {
                     Commit {
                         offset,
                         seen_before,
-                        legacy: false,
+                        carried: false,
                     },
                 );
             }
@@ -835,7 +875,7 @@ impl Sub {
                             Commit {
                                 offset,
                                 seen_before: -1,
-                                legacy: true,
+                                carried: true,
                             },
                         );
                     }

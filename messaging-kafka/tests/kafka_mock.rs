@@ -317,3 +317,70 @@ async fn healthy_partitions_keep_flowing_while_others_are_pending() {
     );
     first.close().await.expect("close");
 }
+
+/// A new group's start positions are committed when its first assignment comes; if that
+/// commit fails (the coordinator refuses commits while the group rebalances, as it did while
+/// five members of one group joined in `conformance_mock::many_topics`), the next assignment
+/// must not decide again that the group is new and start at the then end of the topic: the
+/// messages published after `subscribe` returned would be skipped for good.
+///
+/// One member subscribes while every OffsetCommit fails; messages are published; a second
+/// member of the group (on another topic) joins, so the eager rebalance revokes and
+/// re-assigns the first member's partitions. Every message must still be delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_groups_start_survives_a_failed_commit_of_it() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let mock = MockGuard::start();
+    let config = KafkaConfig {
+        create_topics: false,
+        retry_tiers: Vec::new(),
+        ..test_config(&mock.servers)
+    };
+    let broker = connect(config).await;
+    let topic = unique("startcommit");
+    let other_topic = unique("startcommit-other");
+    let group = unique("g");
+    mock.create(&[topic.clone(), other_topic.clone()]);
+    mock.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS; 1000],
+    );
+    let mut sub = broker
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new(&group))
+        .await
+        .expect("subscribe");
+    broker
+        .publisher()
+        .publish_batch(&topic, (0..8).map(event).collect())
+        .await
+        .expect("publish");
+    // Let the first member read them before the rebalance (they are refused after it).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut other = broker
+        .subscriber()
+        .subscribe(&other_topic, SubscribeOptions::new(&group))
+        .await
+        .expect("second member");
+    mock.clear_request_errors(RDKafkaApiKey::OffsetCommit);
+
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen.len() < 8 {
+        let d = tokio::select! {
+            d = sub.recv() => d.expect("recv"),
+            () = tokio::time::sleep_until(deadline) => panic!(
+                "only {seen:?} of 8 messages delivered: the re-assigned partitions started past them"
+            ),
+        };
+        let i: usize = d.event().expect("event").data_json().expect("json");
+        // A delivery read before the rebalance is refused and comes again.
+        if d.ack().await.is_ok() && !seen.contains(&i) {
+            seen.push(i);
+        }
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..8).collect::<Vec<_>>());
+    other.close().await.expect("close");
+    sub.close().await.expect("close");
+}
