@@ -41,7 +41,8 @@ pub struct SubscribeOptions {
     group: String,
     ordered: bool,
     ack_deadline: Duration,
-    prefetch: usize,
+    /// `None` until set: the runtime then picks one for the broker.
+    prefetch: Option<usize>,
     start_from: StartFrom,
     max_deliveries: Option<u32>,
     dead_letter_topic: Option<String>,
@@ -54,7 +55,7 @@ impl SubscribeOptions {
             group: group.into(),
             ordered: false,
             ack_deadline: DEFAULT_ACK_DEADLINE,
-            prefetch: DEFAULT_PREFETCH,
+            prefetch: None,
             start_from: StartFrom::New,
             max_deliveries: None,
             dead_letter_topic: None,
@@ -76,9 +77,12 @@ impl SubscribeOptions {
     }
 
     /// The most unsettled deliveries this subscription holds at once (QoS prefetch). Receiving
-    /// waits while the limit is reached: this is the backpressure.
+    /// waits while the limit is reached: this is the backpressure. Default
+    /// [`DEFAULT_PREFETCH`]; the consumer runtime, when it is not set, holds only what it can
+    /// work on where deliveries have ack deadlines (see
+    /// [the runtime](crate::runtime#concurrency-order-and-backpressure)).
     pub fn prefetch(mut self, prefetch: usize) -> Self {
-        self.prefetch = prefetch;
+        self.prefetch = Some(prefetch);
         self
     }
 
@@ -119,6 +123,11 @@ impl SubscribeOptions {
 
     /// The prefetch limit.
     pub fn prefetch_limit(&self) -> usize {
+        self.prefetch.unwrap_or(DEFAULT_PREFETCH)
+    }
+
+    /// The prefetch limit if it was [set](Self::prefetch), `None` for the default.
+    pub fn explicit_prefetch(&self) -> Option<usize> {
         self.prefetch
     }
 
@@ -147,7 +156,7 @@ impl SubscribeOptions {
         if self.group.is_empty() {
             return invalid("group name is empty".into());
         }
-        if self.prefetch == 0 {
+        if self.prefetch == Some(0) {
             return invalid("prefetch must be at least 1".into());
         }
         if self.ack_deadline.is_zero() {

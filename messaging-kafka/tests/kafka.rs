@@ -858,3 +858,68 @@ async fn a_group_never_handles_another_groups_retries_on_its_legacy_retry_topic(
     a.close().await.expect("close");
     b.close().await.expect("close");
 }
+
+/// A handler running longer than `max.poll.interval.ms` keeps the group membership: the
+/// adapter polls on its own thread whatever the handler does, so the partition is not
+/// rebalanced to the group's other consumer and the message is handled once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_longer_than_the_poll_interval_keeps_its_partition() {
+    use std::sync::{Arc, Mutex};
+
+    use messaging_core::handler::{HandlerError, Incoming, handler_fn};
+    use messaging_core::runtime::Consumer;
+
+    let poll_interval = Duration::from_secs(6);
+    let config = KafkaConfig {
+        // Every client of the broker gets these; librdkafka checks the pair on each.
+        properties: vec![
+            (
+                "max.poll.interval.ms".into(),
+                poll_interval.as_millis().to_string(),
+            ),
+            (
+                "session.timeout.ms".into(),
+                poll_interval.as_millis().to_string(),
+            ),
+        ],
+        ..single_partition()
+    };
+    let broker = connect(config).await;
+    let topic = unique("long-handler");
+    let group = unique("g");
+    let options = SubscribeOptions::new(&group).start_from(StartFrom::Earliest);
+    let runs: Arc<Mutex<Vec<&'static str>>> = Arc::default();
+    let consumer = |name: &'static str| {
+        let runs = runs.clone();
+        Consumer::builder(
+            broker.subscriber(),
+            Arc::new(broker.publisher()),
+            &topic,
+            options.clone(),
+        )
+        .build(handler_fn(move |_msg: Incoming| {
+            let runs = runs.clone();
+            async move {
+                runs.lock().unwrap().push(name);
+                tokio::time::sleep(poll_interval * 2).await;
+                Ok::<(), HandlerError>(())
+            }
+        }))
+    };
+    let stop = |runs: Arc<Mutex<Vec<&'static str>>>| async move {
+        let end = tokio::time::Instant::now() + WAIT * 2;
+        while runs.lock().unwrap().is_empty() && tokio::time::Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The handler's two intervals, and one more for a rebalance to hand it out again.
+        tokio::time::sleep(poll_interval * 3).await;
+    };
+    let a = tokio::spawn(consumer("a").run(stop(runs.clone())));
+    let b = tokio::spawn(consumer("b").run(stop(runs.clone())));
+    publish_batch(&broker, &topic, 1).await;
+    let a = a.await.unwrap().expect("consumer a runs");
+    let b = b.await.unwrap().expect("consumer b runs");
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(runs.len(), 1, "handled once: {runs:?} {a:?} {b:?}");
+    assert_eq!(a.acked + b.acked, 1, "{a:?} {b:?}");
+}

@@ -56,6 +56,7 @@
 //! `drain_timeout` + 10 s after the shutdown future completed.
 
 mod context;
+mod lease;
 mod monitor;
 mod run;
 #[cfg(feature = "opentelemetry")]
@@ -72,6 +73,7 @@ use crate::middleware::retry::{Retry, RetryLayer, RetryPolicy};
 use crate::subscriber::{SubscribeOptions, Subscriber};
 
 pub use context::{Correlated, current};
+pub use lease::LeasePolicy;
 pub use monitor::monitor_depth;
 pub use run::{RunError, RunReport};
 
@@ -99,6 +101,7 @@ pub struct Consumer<Sub, Svc> {
     pub(crate) guarantee: Guarantee,
     pub(crate) drain_timeout: Duration,
     pub(crate) requires: Requirements,
+    pub(crate) lease: LeasePolicy,
 }
 
 impl<Sub, Svc> std::fmt::Debug for Consumer<Sub, Svc> {
@@ -124,6 +127,7 @@ pub struct ConsumerBuilder<Sub> {
     guarantee: Guarantee,
     drain_timeout: Duration,
     requires: Requirements,
+    lease: LeasePolicy,
 }
 
 impl<Sub> std::fmt::Debug for ConsumerBuilder<Sub> {
@@ -153,6 +157,7 @@ impl Consumer<(), ()> {
             guarantee: Guarantee::AtLeastOnce,
             drain_timeout: Duration::from_secs(30),
             requires: Requirements::default(),
+            lease: LeasePolicy::default(),
         }
     }
 }
@@ -194,6 +199,15 @@ impl<Sub: Subscriber> ConsumerBuilder<Sub> {
     #[must_use]
     pub fn requires(mut self, requirements: Requirements) -> Self {
         self.requires = requirements;
+        self
+    }
+
+    /// How running handlers keep their deliveries' leases on brokers with ack deadlines
+    /// (default: renewed every third of the deadline, for at most an hour); see
+    /// [`LeasePolicy`].
+    #[must_use]
+    pub fn lease(mut self, lease: LeasePolicy) -> Self {
+        self.lease = lease;
         self
     }
 
@@ -239,6 +253,7 @@ impl<Sub: Subscriber> ConsumerBuilder<Sub> {
             guarantee: self.guarantee,
             drain_timeout: self.drain_timeout,
             requires: self.requires,
+            lease: self.lease,
         }
     }
 }

@@ -12,10 +12,12 @@ use std::time::Duration;
 use chrono::Utc;
 use cloudevents::AttributesReader;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 use tracing::Instrument;
 
+use super::lease::{self, Lease};
 use super::{Consumer, Guarantee, context};
 use crate::codec::DecodeError;
 use crate::delivery::Delivery;
@@ -44,25 +46,40 @@ pub struct RunReport {
     pub abandoned: u64,
     /// Settlements the broker refused (the message will be redelivered).
     pub settle_failures: u64,
+    /// Times the subscription was lost (closed by the broker, its connection gone) and opened
+    /// again.
+    pub resubscribed: u64,
 }
 
-/// Why a consumer could not start or stopped early.
+/// Why a consumer could not start, or stopped before its shutdown future completed.
+///
+/// A lost subscription is not an error: the runtime subscribes again (see
+/// [Supervision](super#supervision)). A run ends early only when subscribing fails for a
+/// reason retrying cannot fix.
 #[derive(Debug)]
 pub enum RunError {
-    /// Subscribing failed, or the broker cannot do what the consumer needs.
+    /// Subscribing failed when the consumer started (bad credentials, options the broker
+    /// refuses, a broker that is not reachable), or the broker cannot do what the consumer
+    /// needs.
     Subscribe(SubscribeError),
-    /// The subscription was closed by the broker; in-flight work was drained first.
-    Closed(RunReport),
+    /// Subscribing again after the subscription was lost failed for good; in-flight work was
+    /// drained first.
+    Resubscribe {
+        /// Why the broker refused.
+        error: SubscribeError,
+        /// What the run did until then.
+        report: RunReport,
+    },
 }
 
 impl fmt::Display for RunError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Subscribe(e) => write!(f, "consumer cannot start: {e}"),
-            Self::Closed(r) => write!(
+            Self::Resubscribe { error, report } => write!(
                 f,
-                "subscription closed by the broker after {} deliveries",
-                r.received
+                "consumer stopped: the subscription was lost after {} deliveries and subscribing again failed: {error}",
+                report.received
             ),
         }
     }
@@ -71,8 +88,7 @@ impl fmt::Display for RunError {
 impl std::error::Error for RunError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Subscribe(e) => Some(e),
-            Self::Closed(_) => None,
+            Self::Subscribe(e) | Self::Resubscribe { error: e, .. } => Some(e),
         }
     }
 }
@@ -85,6 +101,7 @@ struct Counters {
     dead_lettered: AtomicU64,
     abandoned: AtomicU64,
     settle_failures: AtomicU64,
+    resubscribed: AtomicU64,
 }
 
 impl Counters {
@@ -97,6 +114,7 @@ impl Counters {
             dead_lettered: g(&self.dead_lettered),
             abandoned: g(&self.abandoned),
             settle_failures: g(&self.settle_failures),
+            resubscribed: g(&self.resubscribed),
         }
     }
 }
@@ -111,6 +129,7 @@ struct Metrics {
     dead_letter_failures: metrics::Counter,
     handler_seconds: metrics::Histogram,
     in_flight: metrics::Gauge,
+    resubscribed: metrics::Counter,
 }
 
 impl Metrics {
@@ -128,6 +147,7 @@ impl Metrics {
             ),
             handler_seconds: metrics::histogram!("messaging_handler_duration_seconds", &labels),
             in_flight: metrics::gauge!("messaging_in_flight", &labels),
+            resubscribed: metrics::counter!("messaging_resubscribed_total", &labels),
         }
     }
 }
@@ -145,6 +165,8 @@ struct Shared<Svc> {
     pending: PendingDeadLetters,
     /// The subscription's ack deadline: a held delivery's deadline is never extended by less.
     ack_deadline: Duration,
+    /// Keeps a running handler's delivery from being handed out again.
+    lease: Option<Lease>,
     /// Park an undeliverable dead letter's original by immediate requeues (the broker's delivery
     /// limit then dead-letters it) rather than a delayed nack, which would reset the count.
     park_by_requeue: bool,
@@ -160,6 +182,12 @@ const PARKED_RETRY: Duration = Duration::from_secs(60);
 const HARD_STOP_GRACE: Duration = Duration::from_secs(5);
 /// Most deliveries taken from the subscription in one receive.
 const RECV_BATCH: usize = 64;
+/// What the runtime lets a subscription hold beyond its concurrency, by default, where
+/// deliveries have ack deadlines: one receive's worth (SQS's largest), so nothing waits in a
+/// buffer while its deadline runs out.
+const DEADLINE_READ_AHEAD: usize = 10;
+/// The longest wait between attempts to subscribe again after the subscription was lost.
+const RESUBSCRIBE_MAX_DELAY: Duration = Duration::from_secs(30);
 
 impl<Sub, Svc> Consumer<Sub, Svc> {
     /// The declared [`Requirements`] against the broker's features and this consumer's stack.
@@ -208,7 +236,11 @@ where
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<RunReport, RunError> {
         let features = self.subscriber.features();
-        let prefetch = self.options.prefetch_limit().max(self.concurrency);
+        let prefetch = match self.options.explicit_prefetch() {
+            Some(p) => p.max(self.concurrency),
+            None if features.ack_deadline => self.concurrency + DEADLINE_READ_AHEAD,
+            None => self.options.prefetch_limit().max(self.concurrency),
+        };
         let options = self.options.clone().prefetch(prefetch);
         let dlq_topic = self.policy.dead_letter_topic(&self.topic);
         options.validate(&features).map_err(RunError::Subscribe)?;
@@ -262,19 +294,30 @@ where
             metrics: Metrics::new(&self.topic, options.group()),
             pending: PendingDeadLetters::default(),
             ack_deadline: options.deadline(),
+            lease: self.lease.for_deadline(
+                options.deadline(),
+                features.ack_deadline && features.extend_deadline,
+                &[
+                    ("topic", self.topic.clone()),
+                    ("group", options.group().to_owned()),
+                ],
+            ),
             park_by_requeue: features.native_dead_letter
                 && features.delayed_redelivery == DelaySupport::Emulated
                 && !options.is_ordered(),
         });
         // A permit per delivery in the runtime; all of them back means nothing is in flight.
         let permits = Arc::new(Semaphore::new(self.concurrency));
+        // Every task of this run: dropping the run (its task aborted) stops them all, leaving
+        // their deliveries unsettled for the broker to hand out again, as a crash would.
+        let mut tasks = JoinSet::new();
         let lanes = options
             .is_ordered()
-            .then(|| spawn_lanes(&shared, self.concurrency));
+            .then(|| spawn_lanes(&shared, self.concurrency, &mut tasks));
         let mut next_lane = 0usize;
 
         tokio::pin!(shutdown);
-        let mut closed_by_broker = false;
+        let mut failed = None;
         let mut backoff = Duration::from_millis(50);
         loop {
             let first = tokio::select! {
@@ -299,8 +342,26 @@ where
             let deliveries = match received {
                 Ok(d) => d,
                 Err(e) if e.kind() == ReceiveErrorKind::Closed => {
-                    closed_by_broker = true;
-                    break;
+                    drop(batch_permits);
+                    tracing::warn!(topic = %self.topic, group = %options.group(), error = %e, "subscription lost; subscribing again");
+                    // Deliveries still in flight from it fail to settle and are redelivered
+                    // by the broker; none is settled twice.
+                    let _ = tokio::time::timeout(HARD_STOP_GRACE, sub.close()).await;
+                    let again =
+                        resubscribe(&self.subscriber, &self.topic, &options, shutdown.as_mut());
+                    match again.await {
+                        Ok(Some(new)) => {
+                            sub = new;
+                            shared.counters.resubscribed.fetch_add(1, Ordering::Relaxed);
+                            shared.metrics.resubscribed.increment(1);
+                            continue;
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "receive failed; retrying");
@@ -310,6 +371,8 @@ where
                 }
             };
             backoff = Duration::from_millis(50);
+            // Reaps finished tasks, so the set holds about what is in flight.
+            while tasks.try_join_next().is_some() {}
             let n = deliveries.len() as u64;
             shared.counters.received.fetch_add(n, Ordering::Relaxed);
             shared.metrics.received.increment(n);
@@ -318,7 +381,7 @@ where
                 match &lanes {
                     None => {
                         let shared = shared.clone();
-                        tokio::spawn(async move {
+                        tasks.spawn(async move {
                             process_isolated(&shared, delivery).await;
                             drop(permit);
                         });
@@ -369,17 +432,60 @@ where
             tracing::warn!(grace = ?HARD_STOP_GRACE, "closing the subscription timed out");
         }
         let report = shared.counters.report();
-        if closed_by_broker {
-            Err(RunError::Closed(report))
-        } else {
-            Ok(report)
+        match failed {
+            Some(error) => Err(RunError::Resubscribe { error, report }),
+            None => Ok(report),
         }
     }
 }
 
+/// Subscribes again after the subscription was lost, with jittered exponential backoff (100 ms
+/// to [`RESUBSCRIBE_MAX_DELAY`]), until it succeeds (`Some`), `shutdown` completes (`None`) or
+/// the broker refuses for good.
+async fn resubscribe<Sub: Subscriber>(
+    subscriber: &Sub,
+    topic: &str,
+    options: &SubscribeOptions,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Option<Sub::Subscription>, SubscribeError> {
+    use backon::BackoffBuilder as _;
+    let mut delays = backon::ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(RESUBSCRIBE_MAX_DELAY)
+        .with_jitter()
+        .without_max_times()
+        .build();
+    let started = tokio::time::Instant::now();
+    for tries in 1u32.. {
+        let attempt = tokio::select! {
+            () = shutdown.as_mut() => return Ok(None),
+            r = subscriber.subscribe(topic, options.clone()) => r,
+        };
+        match attempt {
+            Ok(sub) => {
+                tracing::info!(topic, group = %options.group(), tries, after = ?started.elapsed(), "subscribed again");
+                return Ok(Some(sub));
+            }
+            Err(e) if !e.is_transient() => {
+                tracing::error!(topic, group = %options.group(), error = %e, tries, "subscribing again failed for good; the consumer stops");
+                return Err(e);
+            }
+            Err(e) => {
+                let pause = delays.next().unwrap_or(RESUBSCRIBE_MAX_DELAY);
+                tracing::warn!(topic, group = %options.group(), error = %e, tries, ?pause, "subscribing again failed; retrying");
+                tokio::select! {
+                    () = shutdown.as_mut() => return Ok(None),
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
 type Lane<D> = mpsc::UnboundedSender<(D, OwnedSemaphorePermit)>;
 
-fn spawn_lanes<D, Svc>(shared: &Arc<Shared<Svc>>, n: usize) -> Vec<Lane<D>>
+fn spawn_lanes<D, Svc>(shared: &Arc<Shared<Svc>>, n: usize, tasks: &mut JoinSet<()>) -> Vec<Lane<D>>
 where
     D: Delivery,
     Svc: Service<Incoming, Response = Outcome, Error = Infallible> + Clone + Send + Sync + 'static,
@@ -389,7 +495,7 @@ where
         .map(|_| {
             let (tx, mut rx) = mpsc::unbounded_channel::<(D, OwnedSemaphorePermit)>();
             let shared = shared.clone();
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 while let Some((d, permit)) = rx.recv().await {
                     process_isolated(&shared, d).await;
                     drop(permit);
@@ -415,7 +521,7 @@ where
     }
 }
 
-async fn process<D, Svc>(shared: &Shared<Svc>, delivery: D)
+async fn process<D, Svc>(shared: &Shared<Svc>, mut delivery: D)
 where
     D: Delivery,
     Svc: Service<Incoming, Response = Outcome, Error = Infallible> + Clone + Send + Sync + 'static,
@@ -462,8 +568,9 @@ where
         shared.metrics.in_flight.decrement(1.0);
         return;
     }
+    let work = call(shared, msg.clone()).instrument(span);
     let outcome = tokio::select! {
-        o = call(shared, msg.clone()).instrument(span) => Some(o),
+        o = lease::hold(shared.lease.as_ref(), &mut delivery, work) => Some(o),
         () = shared.hard_stop.cancelled() => None,
     };
     match outcome {

@@ -4,6 +4,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use messaging_core::{SubscribeError, SubscribeErrorKind};
+
 use super::subscription::Consumer;
 
 #[derive(Debug, Default)]
@@ -13,6 +15,7 @@ pub(crate) struct FaultState {
     fail_acks: AtomicU32,
     duplicates: AtomicU32,
     latency_nanos: AtomicU64,
+    refuse_subscribes: Mutex<Option<SubscribeErrorKind>>,
     pub(crate) consumers: Mutex<Vec<Weak<Consumer>>>,
 }
 
@@ -58,6 +61,15 @@ impl FaultState {
             0 => None,
             n => Some(Duration::from_nanos(n)),
         }
+    }
+
+    /// The error every subscribe fails with while [`Faults::refuse_subscribes`] is on.
+    pub(crate) fn subscribe_refusal(&self) -> Option<SubscribeError> {
+        let kind = *self
+            .refuse_subscribes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        kind.map(|k| SubscribeError::new(k).with_detail("refused by fault injection"))
     }
 
     pub(crate) fn register(&self, consumer: &Arc<Consumer>) {
@@ -131,8 +143,21 @@ impl Faults {
         }
     }
 
+    /// Until called again with `None`, every subscribe fails with `kind` — `Unavailable` for a
+    /// broker that is down for a while, a permanent kind (`Rejected`, `NotFound`) for one that
+    /// refuses the consumer for good. Existing subscriptions are untouched (pair it with
+    /// [`close_subscriptions`](Self::close_subscriptions) for a lost connection).
+    pub fn refuse_subscribes(&self, kind: Option<SubscribeErrorKind>) {
+        *self
+            .0
+            .refuse_subscribes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = kind;
+    }
+
     /// Turns every fault off.
     pub fn clear(&self) {
+        self.refuse_subscribes(None);
         self.fail_next_publishes(0);
         self.fail_next_acks(0);
         self.duplicate_next_deliveries(0);

@@ -95,6 +95,9 @@ impl Subscriber for MemorySubscriber {
         let features = self.broker.features();
         options.validate(&features)?;
         let inner = &self.broker.inner;
+        if let Some(refused) = inner.faults.subscribe_refusal() {
+            return Err(refused);
+        }
         let group = inner.group(topic, &options)?;
         let consumer = Arc::new(Consumer {
             id: inner.next_consumer.fetch_add(1, Ordering::Relaxed),

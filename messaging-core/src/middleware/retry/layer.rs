@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use cloudevents::AttributesReader;
@@ -130,12 +131,39 @@ fn count_retry(msg: &Incoming, mode: &'static str) {
     .increment(1);
 }
 
-async fn run_once<S>(inner: &mut S, msg: &Incoming) -> Result<(), HandlerError>
+async fn run_once<S>(
+    inner: &mut S,
+    msg: &Incoming,
+    timeout: Option<Duration>,
+) -> Result<(), HandlerError>
 where
     S: Service<Incoming, Response = (), Error = HandlerError>,
 {
     poll_fn(|cx| inner.poll_ready(cx)).await?;
-    call_isolated(msg, || inner.call(msg.clone())).await
+    let run = call_isolated(msg, || inner.call(msg.clone()));
+    let Some(limit) = timeout else {
+        return run.await;
+    };
+    match tokio::time::timeout(limit, run).await {
+        Ok(result) => result,
+        Err(_) => {
+            metrics::counter!(
+                "messaging_handler_timeouts_total",
+                "topic" => msg.topic().to_owned(),
+                "group" => msg.group().to_owned(),
+            )
+            .increment(1);
+            tracing::warn!(
+                topic = msg.topic(),
+                id = msg.event().id(),
+                ?limit,
+                "handler timed out; it was cancelled and counts as a transient failure"
+            );
+            Err(HandlerError::transient(format!(
+                "handler timed out after {limit:?}"
+            )))
+        }
+    }
 }
 
 /// The dead-letter reason for a failure: a panic says so.
@@ -164,7 +192,7 @@ where
             let mut runs = 0u32;
             loop {
                 runs += 1;
-                let error = match run_once(&mut inner, &msg).await {
+                let error = match run_once(&mut inner, &msg, policy.handler_timeout).await {
                     Ok(()) => return Outcome::Ack,
                     Err(e) => e,
                 };
@@ -192,7 +220,7 @@ where
             }
         }
         RetryMode::Redelivery => {
-            let error = match run_once(&mut inner, &msg).await {
+            let error = match run_once(&mut inner, &msg, policy.handler_timeout).await {
                 Ok(()) => {
                     first_failures.forget(id);
                     return Outcome::Ack;

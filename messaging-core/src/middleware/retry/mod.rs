@@ -24,8 +24,9 @@
 //! permanent failures go to the dead-letter queue at once. Two modes:
 //!
 //! - **in-place** (default): the consumer sleeps the backoff and calls the handler again while
-//!   holding the delivery (extend the ack deadline for long backoffs); keeps order, blocks the
-//!   key or partition meanwhile.
+//!   holding the delivery (the runtime keeps its lease alive meanwhile, see
+//!   [`LeasePolicy`](crate::runtime::LeasePolicy)); keeps order, blocks the key or partition
+//!   meanwhile.
 //! - **redelivery**: the delivery is nacked with the backoff as delay, freeing the consumer;
 //!   the broker redelivers it (natively or emulated, see
 //!   [`Features::delayed_redelivery`](crate::Features::delayed_redelivery)); the attempt number
@@ -86,6 +87,15 @@ pub struct RetryPolicy {
     pub dlq: Option<String>,
     /// Where retries happen.
     pub mode: RetryMode,
+    /// The longest one handler run may take (default: no limit). A run still going after it is
+    /// cancelled and counts as a transient failure (retried, then dead-lettered with the
+    /// reason `retries-exhausted` and the error "handler timed out"). Set it below the
+    /// broker's own limit on holding a delivery — RabbitMQ's `consumer_timeout`, 30 minutes by
+    /// default, closes the channel of a consumer that holds a delivery longer; Kafka's
+    /// `max.poll.interval.ms` does not apply (the adapter polls on its own) — so a handler
+    /// that hangs is failed rather than its whole channel closed.
+    #[serde(with = "humantime_serde")]
+    pub handler_timeout: Option<Duration>,
 }
 
 impl Default for RetryPolicy {
@@ -99,6 +109,7 @@ impl Default for RetryPolicy {
             jitter: true,
             dlq: None,
             mode: RetryMode::InPlace,
+            handler_timeout: None,
         }
     }
 }
@@ -137,6 +148,9 @@ impl RetryPolicy {
                 "factor {} must be a finite number of at least 1",
                 self.factor
             )));
+        }
+        if self.handler_timeout == Some(Duration::ZERO) {
+            return Err(InvalidPolicy("handler_timeout must be positive".into()));
         }
         if self.dlq.as_deref() == Some("") {
             return Err(InvalidPolicy("dlq topic name is empty".into()));

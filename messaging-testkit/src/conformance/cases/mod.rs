@@ -53,6 +53,7 @@ macro_rules! __conformance_cases {
             runtime_poison_message_does_not_block_others
             runtime_undecodable_input_is_dead_lettered
             runtime_shutdown_under_load_loses_nothing
+            runtime_long_handler_keeps_its_lease
             request_reply_round_trip_and_timeout
         }
     };
@@ -82,11 +83,13 @@ pub fn needs(name: &str) -> Needs {
             ack_deadline: true,
             ..Requirements::default()
         }),
-        "extend_deadline_prevents_redelivery" => features(Requirements {
-            ack_deadline: true,
-            extend_deadline: true,
-            ..Requirements::default()
-        }),
+        "extend_deadline_prevents_redelivery" | "runtime_long_handler_keeps_its_lease" => {
+            features(Requirements {
+                ack_deadline: true,
+                extend_deadline: true,
+                ..Requirements::default()
+            })
+        }
         "payload_over_limit_is_rejected" => Needs {
             payload_limit: true,
             ..Needs::default()

@@ -481,6 +481,116 @@ pub async fn runtime_shutdown_under_load_loses_nothing(ctx: &Ctx) -> CaseResult 
     Ok(())
 }
 
+/// Sets its flag when dropped: tells whether a handler future was stopped.
+struct DropFlag(Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A handler running three ack deadlines keeps its delivery's lease: the group's other
+/// consumer never gets the message, which is handled once. A consumer that dies mid-handler
+/// (its run aborted: its tasks stop, nothing is settled) stops renewing, and the message is
+/// handed out again within about one deadline.
+pub async fn runtime_long_handler_keeps_its_lease(ctx: &Ctx) -> CaseResult {
+    let topic = ctx.topic("t");
+    let deadline = ctx.settings.ack_deadline;
+    let options = SubscribeOptions::new(ctx.group("g")).ack_deadline(deadline);
+    let mut declared = ctx.subscribe(&topic, options.clone()).await;
+    let _ = messaging_core::Subscription::close(&mut declared).await;
+    let runs: Arc<Mutex<Vec<String>>> = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let make = |name: &'static str| {
+        let (runs, done) = (runs.clone(), done.clone());
+        Consumer::builder(
+            ctx.subscriber().clone(),
+            ctx.publisher().clone(),
+            &topic,
+            options.clone(),
+        )
+        .drain_timeout(ctx.settings.timeout)
+        .build(handler_fn(move |msg: Incoming| {
+            let (runs, done) = (runs.clone(), done.clone());
+            async move {
+                runs.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(format!("{name}:{}", msg.event().id()));
+                tokio::time::sleep(deadline * 3).await;
+                done.store(true, Ordering::SeqCst);
+                Ok::<(), HandlerError>(())
+            }
+        }))
+    };
+    let t = ctx.settings.timeout;
+    let stop = |done: Arc<AtomicBool>| async move {
+        until(t + deadline * 3, || done.load(Ordering::SeqCst)).await;
+        // Watch a while longer for the message handed out again.
+        tokio::time::sleep(deadline * 2).await;
+    };
+    let a = tokio::spawn(make("a").run(stop(done.clone())));
+    let b = tokio::spawn(make("b").run(stop(done.clone())));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ctx.publish_n(&topic, 0..1).await;
+    let (a, b) = (a.await??, b.await??);
+    let seen = runs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert_eq!(
+        seen.len(),
+        1,
+        "handled once, by one consumer: {seen:?} {a:?} {b:?}"
+    );
+    assert_eq!(a.acked + b.acked, 1, "{a:?} {b:?}");
+
+    // The crash: a consumer whose handler hangs is aborted after renewing a few times.
+    let started = Arc::new(AtomicBool::new(false));
+    let dropped = Arc::new(AtomicBool::new(false));
+    let (s, d) = (started.clone(), dropped.clone());
+    let hanging = Consumer::builder(
+        ctx.subscriber().clone(),
+        ctx.publisher().clone(),
+        &topic,
+        options.clone(),
+    )
+    .build(handler_fn(move |_msg: Incoming| {
+        let (s, d) = (s.clone(), d.clone());
+        async move {
+            let _flag = DropFlag(d);
+            s.store(true, Ordering::SeqCst);
+            std::future::pending::<Result<(), HandlerError>>().await
+        }
+    }));
+    let hanging = tokio::spawn(hanging.run(std::future::pending()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ctx.publish_n(&topic, 1..2).await;
+    until(t, || started.load(Ordering::SeqCst)).await;
+    assert!(
+        started.load(Ordering::SeqCst),
+        "the message reached the consumer"
+    );
+    tokio::time::sleep(deadline * 2).await;
+    hanging.abort();
+    let crashed_at = Instant::now();
+    let _ = hanging.await;
+    // Its tasks are aborted with it (asynchronously, on a multi-threaded runtime).
+    until(t, || dropped.load(Ordering::SeqCst)).await;
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the aborted run stopped its handler"
+    );
+    let mut sub = ctx.subscribe(&topic, options).await;
+    let d = ctx.recv(&mut sub).await;
+    let after = crashed_at.elapsed();
+    assert_eq!(event_id(&d), ctx.id(1));
+    ack(d).await;
+    // One deadline, plus a receive's round trip on a polling adapter.
+    assert!(
+        after <= deadline + Duration::from_secs(2),
+        "handed out again {after:?} after the crash (deadline {deadline:?})"
+    );
+    Ok(())
+}
+
 /// A request gets its reply; a request nobody answers times out with a typed error.
 pub async fn request_reply_round_trip_and_timeout(ctx: &Ctx) -> CaseResult {
     let topic = ctx.topic("rpc");
