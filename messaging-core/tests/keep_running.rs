@@ -8,7 +8,11 @@ use std::time::Duration;
 
 use messaging_core::handler::{HandlerError, Incoming, handler_fn};
 use messaging_core::middleware::dead_letter::DeadLetterMetadata;
-use messaging_core::runtime::{Consumer, LeasePolicy, RunError, RunReport};
+use messaging_core::middleware::retry::RetryMode;
+use messaging_core::runtime::{
+    CircuitBreaker, Consumer, ConsumerHandle, ConsumerState, LeasePolicy, RateLimit, RunError,
+    RunReport,
+};
 use messaging_core::{AttributesReader, Publisher, SubscribeErrorKind, SubscribeOptions};
 use messaging_testkit::MemoryBroker;
 
@@ -370,4 +374,268 @@ async fn a_crashed_consumers_message_is_handed_out_again_within_one_deadline() {
         "the crashed run's handler was stopped with it, not left running"
     );
     survivor.abort();
+}
+
+/// A consumer of "orders" running `handler` with `configure` applied, and its handle.
+fn consumer_with<H>(
+    broker: &MemoryBroker,
+    configure: impl FnOnce(
+        messaging_core::runtime::ConsumerBuilder<messaging_testkit::MemorySubscriber>,
+    ) -> messaging_core::runtime::ConsumerBuilder<
+        messaging_testkit::MemorySubscriber,
+    >,
+    handler: H,
+) -> (
+    Consumer<messaging_testkit::MemorySubscriber, messaging_core::middleware::retry::Retry<H>>,
+    ConsumerHandle,
+)
+where
+    H: tower_service::Service<Incoming, Response = (), Error = HandlerError>,
+{
+    let builder = Consumer::builder(
+        broker.subscriber(),
+        publisher(broker),
+        "orders",
+        SubscribeOptions::new("g"),
+    );
+    let consumer = configure(builder).build(handler);
+    let handle = consumer.handle();
+    (consumer, handle)
+}
+
+async fn publish_n(broker: &MemoryBroker, ids: std::ops::Range<usize>) {
+    let events: Vec<_> = ids.map(event).collect();
+    broker
+        .publisher()
+        .publish_batch("orders", events)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_status_follows_the_run_from_starting_to_stopped() {
+    let broker = MemoryBroker::new();
+    let runs: Runs = Arc::default();
+    let (consumer, handle) =
+        consumer_with(&broker, |b| b, slow_handler(runs.clone(), Duration::ZERO));
+    assert_eq!(handle.status().state, ConsumerState::Starting);
+    assert!(!handle.status().is_ready());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(consumer.run(async move {
+        let _ = stop_rx.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(handle.status().state, ConsumerState::Running);
+    assert!(handle.status().is_ready());
+    publish_n(&broker, 0..5).await;
+    until(|| total(&runs) == 5).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = handle.status();
+    assert_eq!((status.received, status.settled), (5, 5), "{status:?}");
+    assert!(status.last_receive.is_some() && status.last_settle.is_some());
+    assert_eq!(status.in_flight, 0);
+    let json = serde_json::to_value(&status).unwrap();
+    assert_eq!(json["state"], "running");
+    assert_eq!(json["group"], "g");
+
+    // A lost subscription shows as reconnecting while the broker refuses, then running.
+    broker
+        .faults()
+        .refuse_subscribes(Some(SubscribeErrorKind::Unavailable));
+    broker.faults().close_subscriptions();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(handle.status().state, ConsumerState::Reconnecting);
+    assert!(!handle.status().is_ready());
+    assert!(handle.status().is_live());
+    broker.faults().refuse_subscribes(None);
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert_eq!(handle.status().state, ConsumerState::Running);
+    assert_eq!(handle.status().resubscribed, 1);
+
+    stop_tx.send(()).unwrap();
+    run.await.unwrap().unwrap();
+    let status = handle.status();
+    assert_eq!(status.state, ConsumerState::Stopped);
+    assert!(status.error.is_none() && status.is_live() && !status.is_ready());
+}
+
+#[tokio::test(start_paused = true)]
+async fn work_waiting_without_a_settle_is_stalled_and_recovers() {
+    let broker = MemoryBroker::new();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let r = release.clone();
+    let handler = handler_fn(move |_msg: Incoming| {
+        let r = r.clone();
+        async move {
+            r.notified().await;
+            Ok::<(), HandlerError>(())
+        }
+    });
+    let (consumer, handle) = consumer_with(
+        &broker,
+        |b| {
+            b.stall_after(Duration::from_secs(60))
+                .lease(LeasePolicy::default())
+        },
+        handler,
+    );
+    let run = tokio::spawn(consumer.run(std::future::pending()));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    publish_n(&broker, 0..1).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(handle.status().state, ConsumerState::Running, "not yet");
+    assert_eq!(handle.status().in_flight, 1);
+    tokio::time::sleep(Duration::from_secs(32)).await;
+    let status = handle.status();
+    assert_eq!(status.state, ConsumerState::Stalled, "{status:?}");
+    assert!(!status.is_live() && !status.is_ready());
+    release.notify_waiters();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(handle.status().state, ConsumerState::Running);
+    run.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paused_consumer_takes_nothing_and_finishes_what_it_has() {
+    let broker = MemoryBroker::new();
+    let runs: Runs = Arc::default();
+    let (consumer, handle) = consumer_with(
+        &broker,
+        |b| b.concurrency(2),
+        slow_handler(runs.clone(), Duration::from_secs(1)),
+    );
+    let run = tokio::spawn(consumer.run(std::future::pending()));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    publish_n(&broker, 0..10).await;
+    until(|| total(&runs) == 2).await;
+    handle.pause();
+    assert!(handle.is_paused());
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let stats = broker.group_stats("orders", "g").unwrap();
+    assert_eq!(total(&runs), 2, "nothing new taken while paused");
+    assert_eq!(
+        (stats.ready, stats.in_flight),
+        (8, 0),
+        "the two in flight were finished and acked, the rest wait in the queue"
+    );
+    assert_eq!(handle.status().state, ConsumerState::Paused);
+    assert!(handle.status().is_ready(), "paused on purpose is ready");
+    handle.resume();
+    until(|| total(&runs) == 10).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(broker.group_stats("orders", "g").unwrap().total(), 0);
+    assert_eq!(handle.status().state, ConsumerState::Running);
+    let dead = broker.group_stats("orders.dlq", "dead-letters");
+    assert!(
+        dead.is_none_or(|s| s.total() == 0),
+        "the pause dead-lettered nothing"
+    );
+    run.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_circuit_opens_on_failures_holds_messages_back_and_closes_after_a_good_trial() {
+    let broker = MemoryBroker::new();
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let runs: Runs = Arc::default();
+    let (h, r) = (healthy.clone(), runs.clone());
+    let handler = handler_fn(move |msg: Incoming| {
+        let (h, r) = (h.clone(), r.clone());
+        async move {
+            *r.lock()
+                .unwrap()
+                .entry(msg.event().id().to_owned())
+                .or_default() += 1;
+            if h.load(std::sync::atomic::Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err(HandlerError::transient("downstream is down"))
+            }
+        }
+    });
+    let breaker = CircuitBreaker {
+        failure_ratio: 0.5,
+        min_calls: 4,
+        window: Duration::from_secs(60),
+        cooldown: Duration::from_secs(20),
+    };
+    let (consumer, handle) = consumer_with(
+        &broker,
+        |b| {
+            b.retry(policy(0, RetryMode::InPlace))
+                .circuit_breaker(breaker)
+        },
+        handler,
+    );
+    let run = tokio::spawn(consumer.run(std::future::pending()));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    publish_n(&broker, 0..30).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let status = handle.status();
+    assert_eq!(status.circuit, Some("open"), "{status:?}");
+    assert_eq!(status.state, ConsumerState::Paused);
+    let handled = total(&runs);
+    assert!(
+        (4..=5).contains(&handled),
+        "intake stopped after the failures that opened it: {handled}"
+    );
+    let dead = broker
+        .group_stats("orders.dlq", "dead-letters")
+        .map_or(0, |s| s.total());
+    assert!(
+        dead <= 4,
+        "the rest stayed in the queue: {dead} dead letters"
+    );
+    // The trial after the cooldown fails: open again, one more run.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(total(&runs), handled + 1, "one trial");
+    assert_eq!(handle.status().circuit, Some("open"));
+    // Downstream back: the next trial closes the circuit and the queue drains.
+    healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    assert_eq!(handle.status().circuit, Some("closed"));
+    until(|| {
+        broker
+            .group_stats("orders", "g")
+            .is_some_and(|s| s.total() == 0)
+    })
+    .await;
+    let dead_after = broker
+        .group_stats("orders.dlq", "dead-letters")
+        .map_or(0, |s| s.total());
+    assert_eq!(
+        dead_after, dead,
+        "nothing dead-lettered while the circuit was open"
+    );
+    run.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn intake_is_held_to_the_rate_limit() {
+    let broker = MemoryBroker::new();
+    let runs: Runs = Arc::default();
+    let (consumer, _handle) = consumer_with(
+        &broker,
+        |b| {
+            b.concurrency(8).rate_limit(RateLimit {
+                per_second: 10.0,
+                burst: Some(5),
+            })
+        },
+        slow_handler(runs.clone(), Duration::ZERO),
+    );
+    let run = tokio::spawn(consumer.run(std::future::pending()));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    publish_n(&broker, 0..100).await;
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(60), until(|| total(&runs) >= 55))
+        .await
+        .unwrap_or_else(|_| panic!("only {} handled in 60 s", total(&runs)));
+    let took = started.elapsed();
+    // 5 at once, then 10 a second: 50 more take 5 s.
+    assert!(
+        took >= Duration::from_millis(4900) && took <= Duration::from_millis(5200),
+        "{took:?}"
+    );
+    run.abort();
 }

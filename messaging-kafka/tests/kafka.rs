@@ -867,7 +867,7 @@ async fn a_handler_longer_than_the_poll_interval_keeps_its_partition() {
     use std::sync::{Arc, Mutex};
 
     use messaging_core::handler::{HandlerError, Incoming, handler_fn};
-    use messaging_core::runtime::Consumer;
+    use messaging_core::runtime::{Consumer, ConsumerState};
 
     let poll_interval = Duration::from_secs(6);
     let config = KafkaConfig {
@@ -914,8 +914,27 @@ async fn a_handler_longer_than_the_poll_interval_keeps_its_partition() {
         // The handler's two intervals, and one more for a rebalance to hand it out again.
         tokio::time::sleep(poll_interval * 3).await;
     };
-    let a = tokio::spawn(consumer("a").run(stop(runs.clone())));
-    let b = tokio::spawn(consumer("b").run(stop(runs.clone())));
+    let (a, b) = (consumer("a"), consumer("b"));
+    let (ha, hb) = (a.handle(), b.handle());
+    let a = tokio::spawn(a.run(stop(runs.clone())));
+    // The second member joins once the first is in: a join rebalances the group, which would
+    // hand an unsettled message out again whatever the poll interval.
+    let end = tokio::time::Instant::now() + WAIT;
+    while ha.status().state != ConsumerState::Running && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let b = tokio::spawn(b.run(stop(runs.clone())));
+    while hb.status().state != ConsumerState::Running && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        ha.status().is_ready() && hb.status().is_ready(),
+        "both members subscribed: {:?} {:?}",
+        ha.status(),
+        hb.status()
+    );
+    // Let the join's rebalance settle before the message is there to be handed out.
+    tokio::time::sleep(poll_interval).await;
     publish_batch(&broker, &topic, 1).await;
     let a = a.await.unwrap().expect("consumer a runs");
     let b = b.await.unwrap().expect("consumer b runs");

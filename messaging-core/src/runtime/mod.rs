@@ -39,9 +39,43 @@
 //! # Concurrency, order and backpressure
 //!
 //! At most `concurrency` deliveries are in the runtime at once; the subscription's prefetch is
-//! raised to match, so nothing piles up unbounded. For an ordered subscription
+//! raised to match, so nothing piles up unbounded. On brokers whose deliveries have ack
+//! deadlines (SQS, in-memory), a prefetch that was not [set](crate::SubscribeOptions::prefetch)
+//! is `concurrency` plus one receive (10), so no message waits in a buffer while its deadline
+//! runs out; elsewhere it is [`DEFAULT_PREFETCH`](crate::subscriber::DEFAULT_PREFETCH). For an ordered subscription
 //! ([`SubscribeOptions::ordered`](crate::SubscribeOptions::ordered)), deliveries are routed to
 //! `concurrency` lanes by ordering key: one key is handled one message at a time, in order.
+//!
+//! # Leases
+//!
+//! While a handler runs — in-place retries and their waits included — the runtime keeps its
+//! delivery's ack deadline alive on brokers that can extend it, so a long handler's message is
+//! not handed to a second consumer; see [`LeasePolicy`]. A handler can be given a time limit
+//! with [`RetryPolicy::handler_timeout`](crate::middleware::retry::RetryPolicy::handler_timeout).
+//! Dropping the run's future (aborting its task) stops its handlers with it, leaving their
+//! deliveries to the broker, as a crash would.
+//!
+//! # Supervision
+//!
+//! A subscription the broker closes (a lost connection, a node restart that the client could
+//! not ride out) does not end the run: the runtime closes it and subscribes again with
+//! jittered exponential backoff (100 ms to 30 s), logging each attempt and counting
+//! [`RunReport::resubscribed`] and `messaging_resubscribed_total`. Failing receives are
+//! retried with backoff (50 ms to 5 s). Deliveries in flight from a lost subscription cannot
+//! be settled any more; the broker hands them out again, and none is settled twice. The run
+//! ends early only when subscribing again fails for a reason retrying cannot fix
+//! ([`RunError::Resubscribe`]).
+//!
+//! # Health, pause and the kill switch
+//!
+//! [`Consumer::handle`] gives a [`ConsumerHandle`]: the consumer's [`ConsumerStatus`] (state,
+//! last receive and settle, in-flight count, backlog where
+//! [given](ConsumerBuilder::backlog_from)) as a watchable value, readiness and liveness for
+//! probes (the `http-probes` feature serves them, see `probes`), and
+//! [pause](ConsumerHandle::pause)/[resume](ConsumerHandle::resume) of intake. A
+//! [`CircuitBreaker`] pauses intake by itself when handlers fail too often, and a
+//! [`RateLimit`] bounds intake; both come from [`ConsumerSettings`] as a configuration file
+//! gives them.
 //!
 //! # Shutdown
 //!
@@ -56,26 +90,35 @@
 //! `drain_timeout` + 10 s after the shutdown future completed.
 
 mod context;
+mod intake;
 mod lease;
 mod monitor;
 mod run;
+mod status;
 #[cfg(feature = "opentelemetry")]
 mod trace_context;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use crate::dynamic::DynPublisher;
 use crate::features::Requirements;
 use crate::handler::Incoming;
+use crate::inspect::{Inspect, InspectError};
 use crate::middleware::idempotency::{IdempotencyLayer, IdempotencyStore, Idempotent};
 use crate::middleware::retry::{Retry, RetryLayer, RetryPolicy};
 use crate::subscriber::{SubscribeOptions, Subscriber};
 
 pub use context::{Correlated, current};
+pub use intake::{CircuitBreaker, RateLimit};
 pub use lease::LeasePolicy;
 pub use monitor::monitor_depth;
 pub use run::{RunError, RunReport};
+pub use status::{ConsumerHandle, ConsumerState, ConsumerStatus};
 
 /// When deliveries are settled relative to handling; see the [module docs](self).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -102,6 +145,94 @@ pub struct Consumer<Sub, Svc> {
     pub(crate) drain_timeout: Duration,
     pub(crate) requires: Requirements,
     pub(crate) lease: LeasePolicy,
+    pub(crate) breaker: Option<CircuitBreaker>,
+    pub(crate) rate_limit: Option<RateLimit>,
+    pub(crate) backlog: Option<Arc<dyn Backlog>>,
+    pub(crate) control: Arc<status::Control>,
+}
+
+impl<Sub, Svc> Consumer<Sub, Svc> {
+    /// A handle on this consumer: its [status](ConsumerHandle::status), watchable, and
+    /// [pause](ConsumerHandle::pause)/[resume](ConsumerHandle::resume). Take it before
+    /// [`run`](Consumer::run); it stays valid after the run ends (state `stopped`).
+    pub fn handle(&self) -> ConsumerHandle {
+        ConsumerHandle {
+            control: self.control.clone(),
+        }
+    }
+}
+
+/// Where a consumer's backlog comes from: any [`Inspect`], boxed.
+pub(crate) trait Backlog: Send + Sync {
+    fn depth<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<u64>, InspectError>> + Send + 'a>>;
+}
+
+impl<I: Inspect> Backlog for I {
+    fn depth<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<u64>, InspectError>> + Send + 'a>> {
+        Box::pin(Inspect::depth(self, topic, group))
+    }
+}
+
+/// How a consumer behaves when things go wrong, as a configuration file's `consumer:`
+/// section gives it (the retry policy has its own section):
+///
+/// ```yaml
+/// consumer:
+///   lease: { every: 10s, max: 1h }   # renewal of ack deadlines for long handlers
+///   stall_after: 5m                  # work waiting this long without a settle: stalled
+///   circuit_breaker:                 # the kill switch
+///     failure_ratio: 0.5
+///     min_calls: 20
+///     window: 30s
+///     cooldown: 1m
+///   rate_limit: { per_second: 100 }  # intake limit
+/// ```
+///
+/// ```
+/// use messaging_core::runtime::ConsumerSettings;
+///
+/// let yaml = "stall_after: 2m\ncircuit_breaker:\n  cooldown: 1m\nrate_limit:\n  per_second: 5\n";
+/// let settings: ConsumerSettings = serde_norway::from_str(yaml)?;
+/// assert_eq!(settings.rate_limit.unwrap().per_second, 5.0);
+/// assert_eq!(settings.circuit_breaker.unwrap().min_calls, 20);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsumerSettings {
+    /// Lease renewal; see [`LeasePolicy`].
+    pub lease: LeasePolicy,
+    /// How long work may wait (deliveries in flight, or a backlog) without a settle before
+    /// the consumer is [`Stalled`](ConsumerState::Stalled) (default 5 minutes; set it above
+    /// your longest handler run).
+    #[serde(with = "humantime_serde")]
+    pub stall_after: Duration,
+    /// The kill switch, off unless set; see [`CircuitBreaker`].
+    pub circuit_breaker: Option<CircuitBreaker>,
+    /// An intake limit, off unless set; see [`RateLimit`].
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Default [`ConsumerSettings::stall_after`].
+pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(300);
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        Self {
+            lease: LeasePolicy::default(),
+            stall_after: DEFAULT_STALL_AFTER,
+            circuit_breaker: None,
+            rate_limit: None,
+        }
+    }
 }
 
 impl<Sub, Svc> std::fmt::Debug for Consumer<Sub, Svc> {
@@ -127,7 +258,8 @@ pub struct ConsumerBuilder<Sub> {
     guarantee: Guarantee,
     drain_timeout: Duration,
     requires: Requirements,
-    lease: LeasePolicy,
+    settings: ConsumerSettings,
+    backlog: Option<Arc<dyn Backlog>>,
 }
 
 impl<Sub> std::fmt::Debug for ConsumerBuilder<Sub> {
@@ -157,7 +289,8 @@ impl Consumer<(), ()> {
             guarantee: Guarantee::AtLeastOnce,
             drain_timeout: Duration::from_secs(30),
             requires: Requirements::default(),
-            lease: LeasePolicy::default(),
+            settings: ConsumerSettings::default(),
+            backlog: None,
         }
     }
 }
@@ -207,7 +340,46 @@ impl<Sub: Subscriber> ConsumerBuilder<Sub> {
     /// [`LeasePolicy`].
     #[must_use]
     pub fn lease(mut self, lease: LeasePolicy) -> Self {
-        self.lease = lease;
+        self.settings.lease = lease;
+        self
+    }
+
+    /// How long work may wait without a settle before the consumer counts as
+    /// [`Stalled`](ConsumerState::Stalled) (default 5 minutes).
+    #[must_use]
+    pub fn stall_after(mut self, after: Duration) -> Self {
+        self.settings.stall_after = after;
+        self
+    }
+
+    /// The kill switch; see [`CircuitBreaker`].
+    #[must_use]
+    pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.settings.circuit_breaker = Some(breaker);
+        self
+    }
+
+    /// An intake limit; see [`RateLimit`].
+    #[must_use]
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.settings.rate_limit = Some(limit);
+        self
+    }
+
+    /// All of [`ConsumerSettings`] at once, as a configuration file gives them.
+    #[must_use]
+    pub fn settings(mut self, settings: ConsumerSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Reads the group's backlog from `inspector` (every 10 s) for the consumer's
+    /// [status](ConsumerStatus::backlog): a backlog that is not worked off makes a consumer
+    /// stalled even with nothing in flight. The adapters' brokers and the facade's `Broker`
+    /// implement [`Inspect`].
+    #[must_use]
+    pub fn backlog_from<I: Inspect + 'static>(mut self, inspector: I) -> Self {
+        self.backlog = Some(Arc::new(inspector));
         self
     }
 
@@ -242,6 +414,8 @@ impl<Sub: Subscriber> ConsumerBuilder<Sub> {
     }
 
     fn finish<Svc>(self, service: Svc) -> Consumer<Sub, Svc> {
+        let control =
+            status::Control::new(&self.topic, self.options.group(), self.settings.stall_after);
         Consumer {
             subscriber: self.subscriber,
             publisher: self.publisher,
@@ -252,8 +426,12 @@ impl<Sub: Subscriber> ConsumerBuilder<Sub> {
             concurrency: self.concurrency,
             guarantee: self.guarantee,
             drain_timeout: self.drain_timeout,
+            control: Arc::new(control),
             requires: self.requires,
-            lease: self.lease,
+            lease: self.settings.lease,
+            breaker: self.settings.circuit_breaker,
+            rate_limit: self.settings.rate_limit,
+            backlog: self.backlog,
         }
     }
 }

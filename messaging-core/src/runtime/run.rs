@@ -17,7 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 use tracing::Instrument;
 
+use super::Backlog;
+use super::intake::{Breaker, Limiter};
 use super::lease::{self, Lease};
+use super::status::{Control, Seen};
 use super::{Consumer, Guarantee, context};
 use crate::codec::DecodeError;
 use crate::delivery::Delivery;
@@ -167,6 +170,12 @@ struct Shared<Svc> {
     ack_deadline: Duration,
     /// Keeps a running handler's delivery from being handed out again.
     lease: Option<Lease>,
+    /// The state and progress the consumer's handles see.
+    control: Arc<Control>,
+    /// The kill switch, if configured.
+    breaker: Option<Arc<Breaker>>,
+    /// Whether the broker can delay a redelivery (for messages held back by the breaker).
+    can_delay: bool,
     /// Park an undeliverable dead letter's original by immediate requeues (the broker's delivery
     /// limit then dead-letters it) rather than a delayed nack, which would reset the count.
     park_by_requeue: bool,
@@ -230,8 +239,22 @@ where
     Svc: Service<Incoming, Response = Outcome, Error = Infallible> + Clone + Send + Sync + 'static,
     Svc::Future: Send,
 {
-    /// Runs until `shutdown` completes (then drains) or the broker closes the subscription.
+    /// Runs until `shutdown` completes, then drains (see [Shutdown](super#shutdown)). A lost
+    /// subscription is opened again (see [Supervision](super#supervision)); the run ends
+    /// early only when subscribing fails for good. The consumer's
+    /// [handle](Consumer::handle) sees the state, ending with
+    /// [`Stopped`](super::ConsumerState::Stopped) (and the error, if any).
     pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<RunReport, RunError> {
+        let control = self.control.clone();
+        let result = self.run_supervised(shutdown).await;
+        control.stopped(result.as_ref().err().map(ToString::to_string));
+        result
+    }
+
+    async fn run_supervised(
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<RunReport, RunError> {
@@ -245,11 +268,18 @@ where
         let dlq_topic = self.policy.dead_letter_topic(&self.topic);
         options.validate(&features).map_err(RunError::Subscribe)?;
         self.check_requirements(&features)?;
-        self.policy.validate().map_err(|e| {
+        let invalid = |detail: String| {
             RunError::Subscribe(
-                SubscribeError::new(SubscribeErrorKind::InvalidOptions).with_detail(e.to_string()),
+                SubscribeError::new(SubscribeErrorKind::InvalidOptions).with_detail(detail),
             )
-        })?;
+        };
+        self.policy.validate().map_err(|e| invalid(e.to_string()))?;
+        if let Some(breaker) = &self.breaker {
+            breaker.validate().map_err(invalid)?;
+        }
+        if let Some(limit) = &self.rate_limit {
+            limit.validate().map_err(invalid)?;
+        }
         if self.policy.mode == RetryMode::Redelivery
             && features.delayed_redelivery == DelaySupport::None
             && self.policy.max_retries > 0
@@ -302,6 +332,12 @@ where
                     ("group", options.group().to_owned()),
                 ],
             ),
+            control: self.control.clone(),
+            breaker: self
+                .breaker
+                .clone()
+                .map(|policy| Arc::new(Breaker::new(policy, self.control.clone()))),
+            can_delay: features.delayed_redelivery != DelaySupport::None,
             park_by_requeue: features.native_dead_letter
                 && features.delayed_redelivery == DelaySupport::Emulated
                 && !options.is_ordered(),
@@ -316,12 +352,41 @@ where
             .then(|| spawn_lanes(&shared, self.concurrency, &mut tasks));
         let mut next_lane = 0usize;
 
+        shared.control.running();
+        tasks.spawn(health(
+            shared.control.clone(),
+            self.backlog.clone(),
+            self.topic.clone(),
+            options.group().to_owned(),
+        ));
+        let mut paused = shared.control.paused.subscribe();
+        let mut limiter = self.rate_limit.as_ref().map(Limiter::new);
         tokio::pin!(shutdown);
         let mut failed = None;
         let mut backoff = Duration::from_millis(50);
-        loop {
+        'receive: loop {
+            // Intake stops while paused by hand...
+            if *paused.borrow_and_update() {
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    _ = paused.changed() => {}
+                }
+                continue;
+            }
+            // ...and while the circuit is open; a half-open one lets one delivery in.
+            let mut admitted = RECV_BATCH;
+            if let Some(breaker) = &shared.breaker {
+                admitted = tokio::select! {
+                    () = &mut shutdown => break,
+                    _ = paused.changed() => continue,
+                    n = breaker.admit() => n.min(RECV_BATCH),
+                };
+            }
             let first = tokio::select! {
-                () = &mut shutdown => break,
+                () = &mut shutdown => {
+                    release_trial(&shared, admitted);
+                    break;
+                }
                 p = permits.clone().acquire_owned() => match p {
                     Ok(p) => p,
                     Err(_) => break,
@@ -329,21 +394,49 @@ where
             };
             // Take whatever other permits are free, and receive up to that many at once.
             let mut batch_permits = vec![first];
-            while batch_permits.len() < RECV_BATCH {
+            while batch_permits.len() < admitted {
                 match permits.clone().try_acquire_owned() {
                     Ok(p) => batch_permits.push(p),
                     Err(_) => break,
                 }
             }
+            if let Some(limiter) = &mut limiter {
+                let n = loop {
+                    match limiter.take(batch_permits.len()) {
+                        Ok(n) => break n,
+                        Err(wait) => tokio::select! {
+                            () = &mut shutdown => {
+                                release_trial(&shared, admitted);
+                                break 'receive;
+                            }
+                            () = tokio::time::sleep(wait) => {}
+                        },
+                    }
+                };
+                batch_permits.truncate(n);
+            }
+            // Receiving is cancel safe: a pause or a shutdown meanwhile loses nothing.
             let received = tokio::select! {
-                () = &mut shutdown => break,
+                // A pause or a shutdown that came while waiting for permits wins over a
+                // delivery that is ready.
+                biased;
+                () = &mut shutdown => {
+                    release_trial(&shared, admitted);
+                    break;
+                }
+                _ = paused.changed() => {
+                    release_trial(&shared, admitted);
+                    continue;
+                }
                 r = sub.recv_batch(batch_permits.len()) => r,
             };
             let deliveries = match received {
                 Ok(d) => d,
                 Err(e) if e.kind() == ReceiveErrorKind::Closed => {
                     drop(batch_permits);
+                    release_trial(&shared, admitted);
                     tracing::warn!(topic = %self.topic, group = %options.group(), error = %e, "subscription lost; subscribing again");
+                    shared.control.reconnecting(e.to_string());
                     // Deliveries still in flight from it fail to settle and are redelivered
                     // by the broker; none is settled twice.
                     let _ = tokio::time::timeout(HARD_STOP_GRACE, sub.close()).await;
@@ -354,6 +447,12 @@ where
                             sub = new;
                             shared.counters.resubscribed.fetch_add(1, Ordering::Relaxed);
                             shared.metrics.resubscribed.increment(1);
+                            shared
+                                .control
+                                .progress
+                                .resubscribed
+                                .fetch_add(1, Ordering::Relaxed);
+                            shared.control.running();
                             continue;
                         }
                         Ok(None) => break,
@@ -364,17 +463,31 @@ where
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "receive failed; retrying");
-                    tokio::time::sleep(backoff).await;
+                    drop(batch_permits);
+                    release_trial(&shared, admitted);
+                    tracing::warn!(topic = %self.topic, group = %options.group(), error = %e, ?backoff, "receive failed; retrying");
+                    shared.control.reconnecting(e.to_string());
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
             };
+            if shared.control.is_reconnecting() {
+                shared.control.running();
+            }
             backoff = Duration::from_millis(50);
             // Reaps finished tasks, so the set holds about what is in flight.
             while tasks.try_join_next().is_some() {}
             let n = deliveries.len() as u64;
             shared.counters.received.fetch_add(n, Ordering::Relaxed);
+            shared
+                .control
+                .progress
+                .received
+                .fetch_add(n, Ordering::Relaxed);
             shared.metrics.received.increment(n);
             // Unused permits drop back into the semaphore.
             for (delivery, permit) in deliveries.into_iter().zip(batch_permits) {
@@ -407,6 +520,7 @@ where
 
         // Drain: stop receiving, let in-flight work finish, then stop the rest. Every task
         // holds a permit until its delivery is settled.
+        shared.control.stopping();
         drop(lanes);
         let all = u32::try_from(self.concurrency).unwrap_or(u32::MAX);
         let drained = tokio::time::timeout(self.drain_timeout, permits.acquire_many(all)).await;
@@ -436,6 +550,47 @@ where
             Some(error) => Err(RunError::Resubscribe { error, report }),
             None => Ok(report),
         }
+    }
+}
+
+/// Gives a half-open circuit's trial back when intake took nothing with it.
+fn release_trial<Svc>(shared: &Shared<Svc>, admitted: usize) {
+    if admitted == 1 {
+        if let Some(breaker) = &shared.breaker {
+            breaker.record(None);
+        }
+    }
+}
+
+/// How often a running consumer's status is refreshed.
+const HEALTH_TICK: Duration = Duration::from_secs(1);
+/// How often the backlog is read from the broker, in health ticks.
+const BACKLOG_TICKS: u64 = 10;
+
+/// Refreshes the consumer's status every [`HEALTH_TICK`] (and its backlog, if it has a
+/// source, every [`BACKLOG_TICKS`]) until the run ends.
+async fn health(
+    control: Arc<Control>,
+    backlog: Option<Arc<dyn Backlog>>,
+    topic: String,
+    group: String,
+) {
+    let mut seen = Seen::new();
+    for n in 0u64.. {
+        if let Some(source) = backlog.as_ref().filter(|_| n % BACKLOG_TICKS == 0) {
+            let depth = tokio::time::timeout(HARD_STOP_GRACE, source.depth(&topic, &group)).await;
+            let value = match depth {
+                Ok(Ok(d)) => d.unwrap_or(0),
+                Ok(Err(e)) => {
+                    tracing::debug!(topic, group, error = %e, "cannot read the backlog");
+                    u64::MAX
+                }
+                Err(_) => u64::MAX,
+            };
+            control.progress.backlog.store(value, Ordering::Relaxed);
+        }
+        control.tick(&mut seen);
+        tokio::time::sleep(HEALTH_TICK).await;
     }
 }
 
@@ -514,9 +669,13 @@ where
     Svc: Service<Incoming, Response = Outcome, Error = Infallible> + Clone + Send + Sync + 'static,
     Svc::Future: Send,
 {
-    if let Err(p) = catch_panic(process(shared, delivery)).await {
-        // Every path of `process` decrements last, so a panic skipped it.
-        shared.metrics.in_flight.decrement(1.0);
+    shared.metrics.in_flight.increment(1.0);
+    let in_flight = &shared.control.progress.in_flight;
+    in_flight.fetch_add(1, Ordering::Relaxed);
+    let result = catch_panic(process(shared, delivery)).await;
+    in_flight.fetch_sub(1, Ordering::Relaxed);
+    shared.metrics.in_flight.decrement(1.0);
+    if let Err(p) = result {
         tracing::error!(topic = %shared.origin.topic, group = %shared.origin.group, panic = %p.message(), "processing a delivery panicked outside the handler; the broker redelivers it");
     }
 }
@@ -527,13 +686,11 @@ where
     Svc: Service<Incoming, Response = Outcome, Error = Infallible> + Clone + Send + Sync + 'static,
     Svc::Future: Send,
 {
-    shared.metrics.in_flight.increment(1.0);
     // A delivery queued in a lane that had not started when the hard stop came goes back for
     // redelivery untouched (at-most-once included: it was never acked, so nothing is lost).
     if shared.hard_stop.is_cancelled() {
         shared.counters.abandoned.fetch_add(1, Ordering::Relaxed);
         let _ = Box::pin(settle(shared, delivery, Settle::Nack(None))).await;
-        shared.metrics.in_flight.decrement(1.0);
         return;
     }
     // Cold paths are boxed so they do not swell every delivery's task.
@@ -541,7 +698,6 @@ where
         Ok(e) => e,
         Err(err) => {
             Box::pin(dead_letter_undecodable(shared, delivery, &err)).await;
-            shared.metrics.in_flight.decrement(1.0);
             return;
         }
     };
@@ -549,7 +705,6 @@ where
         // Decided before; only the dead-letter publish failed.
         let dead = dead_letter::dead_letter_event(&event, &failure, &shared.origin);
         Box::pin(publish_dead_letter(shared, delivery, dead, Some(failure))).await;
-        shared.metrics.in_flight.decrement(1.0);
         return;
     }
     let msg = Incoming::new(event, shared.origin.clone(), delivery.attempt());
@@ -565,7 +720,6 @@ where
     super::trace_context::continue_trace(&span, msg.event());
     if shared.guarantee == Guarantee::AtMostOnce {
         Box::pin(at_most_once(shared, delivery, msg, span)).await;
-        shared.metrics.in_flight.decrement(1.0);
         return;
     }
     let work = call(shared, msg.clone()).instrument(span);
@@ -573,6 +727,9 @@ where
         o = lease::hold(shared.lease.as_ref(), &mut delivery, work) => Some(o),
         () = shared.hard_stop.cancelled() => None,
     };
+    if let Some(breaker) = &shared.breaker {
+        breaker.record(outcome.as_ref().map(|o| matches!(o, Outcome::Ack)));
+    }
     match outcome {
         None => {
             shared.counters.abandoned.fetch_add(1, Ordering::Relaxed);
@@ -582,20 +739,36 @@ where
             let _ = Box::pin(settle(shared, delivery, Settle::Ack)).await;
         }
         Some(Outcome::Redeliver { delay }) => {
-            if Box::pin(settle(shared, delivery, Settle::Nack(delay)))
-                .await
-                .is_ok()
-            {
-                shared.counters.redelivered.fetch_add(1, Ordering::Relaxed);
-                shared.metrics.redelivered.increment(1);
+            Box::pin(redeliver(shared, delivery, delay)).await;
+        }
+        Some(Outcome::DeadLetter(failure)) => match held_back(shared, &failure) {
+            Some(delay) => {
+                tracing::warn!(topic = %shared.origin.topic, id = %msg.event().id(), ?delay, "retries ran out while the circuit breaker is open; the message is redelivered after the cooldown instead of dead-lettered");
+                Box::pin(redeliver(shared, delivery, Some(delay))).await;
             }
-        }
-        Some(Outcome::DeadLetter(failure)) => {
-            let event = dead_letter::dead_letter_event(msg.event(), &failure, &shared.origin);
-            Box::pin(publish_dead_letter(shared, delivery, event, Some(failure))).await;
-        }
+            None => {
+                let event = dead_letter::dead_letter_event(msg.event(), &failure, &shared.origin);
+                Box::pin(publish_dead_letter(shared, delivery, event, Some(failure))).await;
+            }
+        },
     }
-    shared.metrics.in_flight.decrement(1.0);
+}
+
+/// Nacks for a retry, counting it.
+async fn redeliver<D: Delivery, Svc>(shared: &Shared<Svc>, delivery: D, delay: Option<Duration>) {
+    if settle(shared, delivery, Settle::Nack(delay)).await.is_ok() {
+        shared.counters.redelivered.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.redelivered.increment(1);
+    }
+}
+
+/// The delay to redeliver after, instead of dead-lettering, a message whose retries ran out
+/// while the circuit breaker is open (the failure is likely the outage that opened it), on
+/// brokers that can delay a redelivery. Permanent failures and panics are dead-lettered.
+fn held_back<Svc>(shared: &Shared<Svc>, failure: &Failure) -> Option<Duration> {
+    let breaker = shared.breaker.as_ref()?;
+    (shared.can_delay && failure.reason == DeadLetterReason::RetriesExhausted && breaker.is_open())
+        .then(|| breaker.cooldown())
 }
 
 /// Acks first; a failure after that can only be dead-lettered, never retried.
@@ -617,6 +790,9 @@ where
             return;
         }
     };
+    if let Some(breaker) = &shared.breaker {
+        breaker.record(Some(matches!(outcome, Outcome::Ack)));
+    }
     if let Outcome::DeadLetter(failure) = outcome {
         let mut event = dead_letter::dead_letter_event(msg.event(), &failure, &shared.origin);
         let (mut tries, mut pause) = (0u32, Duration::from_millis(100));
@@ -860,6 +1036,11 @@ async fn settle<D: Delivery, Svc>(
         };
         match result {
             Ok(()) => {
+                shared
+                    .control
+                    .progress
+                    .settled
+                    .fetch_add(1, Ordering::Relaxed);
                 if matches!(how, Settle::Ack) {
                     shared.counters.acked.fetch_add(1, Ordering::Relaxed);
                     shared.metrics.acked.increment(1);
