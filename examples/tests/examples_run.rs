@@ -105,5 +105,6 @@ on_every_broker!(
     competing_consumers,
     fan_out,
     request_reply,
-    retry_dlq_replay
+    retry_dlq_replay,
+    service
 );

@@ -26,7 +26,7 @@ use messaging::middleware::dead_letter::{self, DEAD_LETTER_GROUP, DeadLetterMeta
 use messaging::request::Requester;
 use messaging::{
     AttributesReader, Broker, ConnectError, Delivery, Event, EventBuilder, Inspect, Publisher,
-    Settings, StartFrom, SubscribeOptions, Subscriber, Subscription,
+    ReceiveErrorKind, Settings, StartFrom, SubscribeOptions, Subscriber, Subscription,
 };
 
 /// The command line.
@@ -539,19 +539,33 @@ async fn consume(
     if let Some(max) = c.max {
         options = options.prefetch(max.max(1));
     }
-    let mut sub = broker
-        .subscriber()
-        .subscribe(&c.topic, options)
+    let subscriber = broker.subscriber();
+    let mut sub = subscriber
+        .subscribe(&c.topic, options.clone())
         .await
         .map_err(|e| CliError::Failed(format!("cannot subscribe to {}: {e}", c.topic)))?;
     let mut printed = 0;
     let mut held = Vec::new();
+    // Tailing rides out a broker restart: failed receives are retried and a lost subscription
+    // is opened again, until `--timeout` passes without an event.
+    let mut idle_since = tokio::time::Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    let idle_too_long = |since: tokio::time::Instant, printed: usize| {
+        let t = c.timeout?;
+        (since.elapsed() >= t).then(|| match c.max {
+            Some(max) => Err(CliError::Timeout(format!(
+                "{printed} of {max} events within {}",
+                humantime::format_duration(t)
+            ))),
+            None => Ok(()),
+        })
+    };
     let result = loop {
         if c.max.is_some_and(|m| printed >= m) {
             break Ok(());
         }
         let next = match c.timeout {
-            Some(t) => match tokio::time::timeout(t, sub.recv()).await {
+            Some(t) => match tokio::time::timeout_at(idle_since + t, sub.recv()).await {
                 Ok(r) => r,
                 Err(_) => {
                     break match c.max {
@@ -566,7 +580,45 @@ async fn consume(
             None => sub.recv().await,
         };
         let d = match next {
-            Ok(d) => d,
+            Ok(d) => {
+                idle_since = tokio::time::Instant::now();
+                backoff = Duration::from_millis(100);
+                d
+            }
+            Err(e) if e.kind() == ReceiveErrorKind::Closed => {
+                let _ = writeln!(err, "messaging: subscription lost ({e}); subscribing again");
+                let _ = sub.close().await;
+                let stop = async {
+                    match c.timeout {
+                        Some(t) => tokio::time::sleep_until(idle_since + t).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                match messaging::resubscribe(&subscriber, &c.topic, &options, stop).await {
+                    Ok(Some(again)) => {
+                        sub = again;
+                        continue;
+                    }
+                    Ok(None) => {
+                        break idle_too_long(idle_since, printed).unwrap_or(Ok(()));
+                    }
+                    Err(e) => {
+                        break Err(CliError::Failed(format!(
+                            "cannot subscribe to {} again: {e}",
+                            c.topic
+                        )));
+                    }
+                }
+            }
+            Err(e) if e.is_transient() => {
+                if let Some(end) = idle_too_long(idle_since, printed) {
+                    break end;
+                }
+                let _ = writeln!(err, "messaging: receive failed ({e}); retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
             Err(e) => break Err(CliError::Failed(format!("receive failed: {e}"))),
         };
         match d.payload() {

@@ -90,4 +90,4 @@ pub use features::{DelaySupport, Features, Requirements, Unsupported};
 pub use handler::{HandlerError, Incoming, Outcome, handler_fn};
 pub use inspect::{Inspect, InspectError, InspectErrorKind};
 pub use publisher::{PublishBatchError, Publisher, Receipt};
-pub use subscriber::{StartFrom, SubscribeOptions, Subscriber, Subscription};
+pub use subscriber::{StartFrom, SubscribeOptions, Subscriber, Subscription, resubscribe};

@@ -118,16 +118,23 @@ async fn listen<S>(
             }
             Err(e) if e.kind() == ReceiveErrorKind::Closed => {
                 tracing::warn!(topic, error = %e, "reply subscription closed; subscribing again");
+                // Requests keep being sent meanwhile (and time out); the listener never gives
+                // up, so a refusal for good is retried at the longest backoff.
                 loop {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX);
-                    match subscriber.subscribe(&topic, options.clone()).await {
-                        Ok(s) => {
+                    let again = crate::subscriber::resubscribe(
+                        &subscriber,
+                        &topic,
+                        &options,
+                        std::future::pending(),
+                    );
+                    match again.await {
+                        Ok(Some(s)) => {
                             sub = s;
                             break;
                         }
-                        Err(e) => {
-                            tracing::warn!(topic, error = %e, "resubscribing to replies failed; retrying")
+                        Ok(None) => {}
+                        Err(_) => {
+                            tokio::time::sleep(crate::subscriber::RESUBSCRIBE_MAX_DELAY).await;
                         }
                     }
                 }

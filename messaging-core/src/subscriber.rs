@@ -12,6 +12,57 @@ pub const DEFAULT_ACK_DEADLINE: Duration = Duration::from_secs(30);
 /// Default number of unsettled deliveries one subscription may hold.
 pub const DEFAULT_PREFETCH: usize = 256;
 
+/// The longest wait between attempts of [`resubscribe`].
+pub const RESUBSCRIBE_MAX_DELAY: Duration = Duration::from_secs(30);
+
+/// Subscribes to `topic` again after a subscription was lost (`recv` returned
+/// [`Closed`](crate::ReceiveErrorKind::Closed)): tries at once, then with jittered exponential
+/// backoff from 100 ms to [`RESUBSCRIBE_MAX_DELAY`], logging each failed attempt, until it
+/// succeeds (`Ok(Some)`), `stop` completes (`Ok(None)`), or the broker refuses for a reason
+/// retrying cannot fix (`Err`: bad credentials, a topic it refuses). The consumer runtime,
+/// the requester's reply listener and the CLI's `consume` use it.
+pub async fn resubscribe<S: Subscriber>(
+    subscriber: &S,
+    topic: &str,
+    options: &SubscribeOptions,
+    stop: impl Future<Output = ()>,
+) -> Result<Option<S::Subscription>, SubscribeError> {
+    use backon::BackoffBuilder as _;
+    let mut delays = backon::ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(RESUBSCRIBE_MAX_DELAY)
+        .with_jitter()
+        .without_max_times()
+        .build();
+    tokio::pin!(stop);
+    let started = tokio::time::Instant::now();
+    for tries in 1u32.. {
+        let attempt = tokio::select! {
+            () = &mut stop => return Ok(None),
+            r = subscriber.subscribe(topic, options.clone()) => r,
+        };
+        match attempt {
+            Ok(sub) => {
+                tracing::info!(topic, group = %options.group(), tries, after = ?started.elapsed(), "subscribed again");
+                return Ok(Some(sub));
+            }
+            Err(e) if !e.is_transient() => {
+                tracing::error!(topic, group = %options.group(), error = %e, tries, "subscribing again failed for good");
+                return Err(e);
+            }
+            Err(e) => {
+                let pause = delays.next().unwrap_or(RESUBSCRIBE_MAX_DELAY);
+                tracing::warn!(topic, group = %options.group(), error = %e, tries, ?pause, "subscribing again failed; retrying");
+                tokio::select! {
+                    () = &mut stop => return Ok(None),
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Where a subscription group that does not exist yet starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum StartFrom {

@@ -639,3 +639,83 @@ async fn intake_is_held_to_the_rate_limit() {
     );
     run.abort();
 }
+
+/// `GET path` over a plain HTTP/1.1 connection: the status code and the body.
+#[cfg(feature = "http-probes")]
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[cfg(feature = "http-probes")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_over_http_follow_the_consumers() {
+    let broker = MemoryBroker::new();
+    let (consumer, handle) =
+        consumer_with(&broker, |b| b, slow_handler(Arc::default(), Duration::ZERO));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(messaging_core::runtime::probes::serve(
+        listener,
+        vec![handle.clone()],
+        std::future::pending(),
+    ));
+    // Not started: live, not ready.
+    assert_eq!(http_get(addr, "/livez").await.0, 200);
+    let (code, body) = http_get(addr, "/readyz").await;
+    assert_eq!(code, 503);
+    assert!(body.contains("orders (g): starting"), "{body}");
+
+    let run = tokio::spawn(consumer.run(std::future::pending()));
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while http_get(addr, "/readyz").await.0 != 200 && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(http_get(addr, "/readyz").await.0, 200);
+    let (code, body) = http_get(addr, "/consumers").await;
+    assert_eq!(code, 200);
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(list[0]["state"], "running", "{body}");
+    assert_eq!(list[0]["topic"], "orders");
+
+    // The broker is lost: readiness fails within a bounded time, liveness holds.
+    broker
+        .faults()
+        .refuse_subscribes(Some(SubscribeErrorKind::Unavailable));
+    let lost_at = tokio::time::Instant::now();
+    broker.faults().close_subscriptions();
+    while http_get(addr, "/readyz").await.0 == 200 && lost_at.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (code, body) = http_get(addr, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("reconnecting"), "{body}");
+    assert!(
+        lost_at.elapsed() < Duration::from_secs(1),
+        "readiness failed {:?} after the loss",
+        lost_at.elapsed()
+    );
+    assert_eq!(http_get(addr, "/livez").await.0, 200);
+    broker.faults().refuse_subscribes(None);
+    let end = tokio::time::Instant::now() + Duration::from_secs(40);
+    while http_get(addr, "/readyz").await.0 != 200 && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(http_get(addr, "/readyz").await.0, 200, "ready again");
+    run.abort();
+    server.abort();
+}

@@ -5,9 +5,12 @@
 //!   payload limits, dead-lettering — and deterministic [fault injection](Faults).
 //! - [`conformance`]: the suite every adapter (and the in-memory broker) must pass, one
 //!   `#[tokio::test]` per case through [`conformance_suite!`].
+//! - [`outage`]: broker processes a test owns (killed, frozen and restarted by PID) and a
+//!   workload proving a running consumer rides an outage out.
 
 pub mod conformance;
 pub mod memory;
+pub mod outage;
 
 pub use memory::{
     Faults, GroupStats, MemoryBroker, MemoryBrokerBuilder, MemoryDelivery, MemoryPublisher,

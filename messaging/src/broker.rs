@@ -164,9 +164,11 @@ impl Broker {
             })
     }
 
-    /// A consumer of `topic` on this broker, with the configured retry policy and
-    /// requirements (`retry_policy:` and `requires:`); dead letters go through this broker's
-    /// publisher. Add the handler with `build`, `build_idempotent` or `build_stack`.
+    /// A consumer of `topic` on this broker, with the configured retry policy, requirements
+    /// and consumer settings (`retry_policy:`, `requires:`, `consumer:`); dead letters go
+    /// through this broker's publisher, and the consumer's status reads its backlog from this
+    /// broker (where it can tell). Add the handler with `build`, `build_idempotent` or
+    /// `build_stack`.
     pub fn consumer(
         &self,
         topic: impl Into<String>,
@@ -175,6 +177,8 @@ impl Broker {
         Consumer::builder(self.subscriber(), self.publisher(), topic, options)
             .retry(self.settings.retry_policy.clone())
             .requires(self.settings.requires.clone())
+            .settings(self.settings.consumer.clone())
+            .backlog_from(self.clone())
     }
 
     /// The in-memory broker, if this is one (for fault injection in tests).

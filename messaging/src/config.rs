@@ -6,6 +6,7 @@ use std::path::Path;
 
 use messaging_core::Requirements;
 use messaging_core::middleware::retry::RetryPolicy;
+use messaging_core::runtime::ConsumerSettings;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -33,13 +34,20 @@ pub const ENV_PREFIX: &str = "MESSAGING_";
 ///   initial_delay: 1s
 ///   max_delay: 30s
 ///   dlq: "orders-dlq"
+///   handler_timeout: 10m               # a handler run past it fails (transient)
 /// requires:                            # start-up fails if the broker cannot do these
 ///   ordering: true
 ///   delayed_redelivery: true
+/// consumer:                            # see messaging_core::runtime::ConsumerSettings
+///   lease: { max: 1h }                 # ack-deadline renewal for long handlers
+///   stall_after: 5m                    # readiness/liveness: stalled after this
+///   circuit_breaker: { failure_ratio: 0.5, min_calls: 20, window: 30s, cooldown: 1m }
+///   rate_limit: { per_second: 100 }
 /// ```
 ///
 /// Environment variables override the file: `MESSAGING_URL` sets `broker.url`, and
 /// `MESSAGING_<SECTION>__<KEY>` sets any other value (`MESSAGING_RETRY_POLICY__MAX_RETRIES=5`,
+/// `MESSAGING_CONSUMER__STALL_AFTER=2m`,
 /// `MESSAGING_BROKER__OPTIONS__PARTITIONS=8`, `MESSAGING_REQUIRES__ORDERING=true`).
 ///
 /// ```
@@ -62,6 +70,9 @@ pub struct Settings {
     /// What consumers require of the broker: checked when connecting (the broker's
     /// capabilities) and again when a consumer starts (its own stack).
     pub requires: Requirements,
+    /// How consumers from [`Broker::consumer`](crate::Broker::consumer) keep running: lease
+    /// renewal, stall threshold, circuit breaker, rate limit.
+    pub consumer: ConsumerSettings,
 }
 
 /// The `broker` section: a URL and options.
@@ -206,7 +217,7 @@ impl Settings {
                     .collect()
             };
             // Only the sections above: other MESSAGING_* variables belong to someone else.
-            if !["broker", "retry_policy", "requires"].contains(&path[0].as_str()) {
+            if !["broker", "retry_policy", "requires", "consumer"].contains(&path[0].as_str()) {
                 continue;
             }
             let as_string = path[0] == "broker";
@@ -274,6 +285,28 @@ retry_policy:
 requires:
   ordering: true
 "#;
+
+    #[test]
+    fn reads_the_consumer_section_with_environment_overrides() {
+        let yaml = "retry_policy:\n  handler_timeout: 10m\nconsumer:\n  lease:\n    max: 2h\n  stall_after: 2m\n  circuit_breaker:\n    cooldown: 1m\n  rate_limit:\n    per_second: 50\n";
+        let s = Settings::from_yaml(
+            yaml,
+            env(&[("MESSAGING_CONSUMER__CIRCUIT_BREAKER__MIN_CALLS", "7")]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.retry_policy.handler_timeout,
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(s.consumer.lease.max, Duration::from_secs(7200));
+        assert!(s.consumer.lease.enabled);
+        assert_eq!(s.consumer.stall_after, Duration::from_secs(120));
+        let breaker = s.consumer.circuit_breaker.unwrap();
+        assert_eq!(breaker.cooldown, Duration::from_secs(60));
+        assert_eq!(breaker.min_calls, 7);
+        assert_eq!(s.consumer.rate_limit.unwrap().per_second, 50.0);
+        assert!(Settings::from_yaml("consumer:\n  stall_afterr: 1m\n", []).is_err());
+    }
 
     #[test]
     fn reads_the_seed_shape() {

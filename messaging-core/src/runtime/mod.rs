@@ -71,7 +71,7 @@
 //! [`Consumer::handle`] gives a [`ConsumerHandle`]: the consumer's [`ConsumerStatus`] (state,
 //! last receive and settle, in-flight count, backlog where
 //! [given](ConsumerBuilder::backlog_from)) as a watchable value, readiness and liveness for
-//! probes (the `http-probes` feature serves them, see `probes`), and
+//! probes (the `http-probes` feature serves them: `probes`), and
 //! [pause](ConsumerHandle::pause)/[resume](ConsumerHandle::resume) of intake. A
 //! [`CircuitBreaker`] pauses intake by itself when handlers fail too often, and a
 //! [`RateLimit`] bounds intake; both come from [`ConsumerSettings`] as a configuration file
@@ -93,6 +93,8 @@ mod context;
 mod intake;
 mod lease;
 mod monitor;
+#[cfg(feature = "http-probes")]
+pub mod probes;
 mod run;
 mod status;
 #[cfg(feature = "opentelemetry")]

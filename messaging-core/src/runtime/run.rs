@@ -195,8 +195,6 @@ const RECV_BATCH: usize = 64;
 /// deliveries have ack deadlines: one receive's worth (SQS's largest), so nothing waits in a
 /// buffer while its deadline runs out.
 const DEADLINE_READ_AHEAD: usize = 10;
-/// The longest wait between attempts to subscribe again after the subscription was lost.
-const RESUBSCRIBE_MAX_DELAY: Duration = Duration::from_secs(30);
 
 impl<Sub, Svc> Consumer<Sub, Svc> {
     /// The declared [`Requirements`] against the broker's features and this consumer's stack.
@@ -440,8 +438,12 @@ where
                     // Deliveries still in flight from it fail to settle and are redelivered
                     // by the broker; none is settled twice.
                     let _ = tokio::time::timeout(HARD_STOP_GRACE, sub.close()).await;
-                    let again =
-                        resubscribe(&self.subscriber, &self.topic, &options, shutdown.as_mut());
+                    let again = crate::subscriber::resubscribe(
+                        &self.subscriber,
+                        &self.topic,
+                        &options,
+                        shutdown.as_mut(),
+                    );
                     match again.await {
                         Ok(Some(new)) => {
                             sub = new;
@@ -592,50 +594,6 @@ async fn health(
         control.tick(&mut seen);
         tokio::time::sleep(HEALTH_TICK).await;
     }
-}
-
-/// Subscribes again after the subscription was lost, with jittered exponential backoff (100 ms
-/// to [`RESUBSCRIBE_MAX_DELAY`]), until it succeeds (`Some`), `shutdown` completes (`None`) or
-/// the broker refuses for good.
-async fn resubscribe<Sub: Subscriber>(
-    subscriber: &Sub,
-    topic: &str,
-    options: &SubscribeOptions,
-    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> Result<Option<Sub::Subscription>, SubscribeError> {
-    use backon::BackoffBuilder as _;
-    let mut delays = backon::ExponentialBuilder::new()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(RESUBSCRIBE_MAX_DELAY)
-        .with_jitter()
-        .without_max_times()
-        .build();
-    let started = tokio::time::Instant::now();
-    for tries in 1u32.. {
-        let attempt = tokio::select! {
-            () = shutdown.as_mut() => return Ok(None),
-            r = subscriber.subscribe(topic, options.clone()) => r,
-        };
-        match attempt {
-            Ok(sub) => {
-                tracing::info!(topic, group = %options.group(), tries, after = ?started.elapsed(), "subscribed again");
-                return Ok(Some(sub));
-            }
-            Err(e) if !e.is_transient() => {
-                tracing::error!(topic, group = %options.group(), error = %e, tries, "subscribing again failed for good; the consumer stops");
-                return Err(e);
-            }
-            Err(e) => {
-                let pause = delays.next().unwrap_or(RESUBSCRIBE_MAX_DELAY);
-                tracing::warn!(topic, group = %options.group(), error = %e, tries, ?pause, "subscribing again failed; retrying");
-                tokio::select! {
-                    () = shutdown.as_mut() => return Ok(None),
-                    () = tokio::time::sleep(pause) => {}
-                }
-            }
-        }
-    }
-    Ok(None)
 }
 
 type Lane<D> = mpsc::UnboundedSender<(D, OwnedSemaphorePermit)>;
