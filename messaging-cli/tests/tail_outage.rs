@@ -2,25 +2,17 @@
 //! frozen with SIGSTOP (longer than a receive may take) between two publishes, then
 //! continued; the CLI reports the failed receives, retries, and prints both events.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use messaging::{Broker, EventBuilder, Publisher, SubscribeOptions, Subscriber};
-use messaging_testkit::outage::BrokerProcess;
-
-fn moto_server() -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
-    cache.join("messaging-brokers/moto-venv/bin/moto_server")
-}
+use messaging_testkit::outage::{BrokerProcess, broker_cache};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consume_keeps_tailing_across_a_frozen_broker() {
     let port = BrokerProcess::free_port().expect("a free port");
     let moto = BrokerProcess::start(
-        moto_server(),
+        broker_cache().join("moto-venv/bin/moto_server"),
         vec![
             "-H".into(),
             "127.0.0.1".into(),

@@ -17,7 +17,7 @@ use messaging_core::{AttributesReader, Publisher, SubscribeErrorKind, SubscribeO
 use messaging_testkit::MemoryBroker;
 
 mod common;
-use common::{dead_letters, event, policy, publisher, until};
+use common::{dead_letters, event, policy, publish_order, publisher, report_of, until};
 
 type Runs = Arc<Mutex<HashMap<String, usize>>>;
 
@@ -82,21 +82,9 @@ async fn two_consumers_one_long_handler(lease: LeasePolicy) -> (usize, RunReport
     let a = tokio::spawn(consumer(lease.clone()).run(stop()));
     let b = tokio::spawn(consumer(lease).run(stop()));
     tokio::time::sleep(Duration::from_millis(10)).await;
-    broker
-        .publisher()
-        .publish("orders", event(1))
-        .await
-        .unwrap();
-    let a = tokio::time::timeout(Duration::from_secs(600), a)
-        .await
-        .expect("consumer a stops")
-        .unwrap()
-        .unwrap();
-    let b = tokio::time::timeout(Duration::from_secs(600), b)
-        .await
-        .expect("consumer b stops")
-        .unwrap()
-        .unwrap();
+    publish_order(&broker, 1).await;
+    let a = report_of(a, "consumer a stops").await;
+    let b = report_of(b, "consumer b stops").await;
     (total(&runs), a, b)
 }
 
@@ -157,16 +145,8 @@ async fn a_hanging_handler_is_timed_out_retried_and_dead_lettered() {
         .await;
     }));
     tokio::time::sleep(Duration::from_millis(10)).await;
-    broker
-        .publisher()
-        .publish("orders", event(1))
-        .await
-        .unwrap();
-    let report = tokio::time::timeout(Duration::from_secs(600), run)
-        .await
-        .expect("the hanging handler was cut off, not waited for")
-        .unwrap()
-        .unwrap();
+    publish_order(&broker, 1).await;
+    let report = report_of(run, "the hanging handler was cut off, not waited for").await;
     assert_eq!(total(&runs), 2, "run, timed out, retried once");
     assert_eq!(report.dead_lettered, 1);
     let dead = dead_letters(&broker, "orders.dlq", 1).await;
@@ -349,11 +329,7 @@ async fn a_crashed_consumers_message_is_handed_out_again_within_one_deadline() {
     .build(hanging);
     let crashing = tokio::spawn(crashing.run(std::future::pending()));
     tokio::time::sleep(Duration::from_millis(10)).await;
-    broker
-        .publisher()
-        .publish("orders", event(1))
-        .await
-        .unwrap();
+    publish_order(&broker, 1).await;
     until(|| started.load(Ordering::SeqCst)).await;
     // Renewed a few times, then the consumer dies.
     tokio::time::sleep(deadline * 3).await;

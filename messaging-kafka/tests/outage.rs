@@ -11,17 +11,14 @@ use std::time::Duration;
 
 use messaging_core::{StartFrom, SubscribeOptions};
 use messaging_kafka::KafkaConfig;
-use messaging_testkit::outage::{BrokerProcess, ride_out};
+use messaging_testkit::outage::{BrokerProcess, broker_cache, ride_out};
 
 /// The nisshi binary `scripts/brokers/nisshi.sh` builds.
 fn nisshi() -> PathBuf {
     if let Some(home) = std::env::var_os("NISSHI_HOME") {
         return PathBuf::from(home).join("bin/nisshi");
     }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
-    cache.join("messaging-brokers/nisshi-0.8.1/bin/nisshi")
+    broker_cache().join("nisshi-0.8.1/bin/nisshi")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,17 +68,7 @@ async fn a_consumer_rides_out_a_killed_and_restarted_broker() {
     )
     .await;
     eprintln!("nisshi killed for {down:?}: {report:?}");
-    assert!(report.lost.is_empty(), "lost: {:?}", report.lost);
-    assert_eq!(report.published, 80);
-    assert!(
-        report.ready_at_end,
-        "ready again after the broker came back"
-    );
-    let recovery = report.recovery.expect("handled after the outage");
-    assert!(
-        recovery < Duration::from_secs(60),
-        "settling again took {recovery:?}"
-    );
+    report.assert_rode_out(80, Duration::from_secs(60), true);
     drop(broker_process);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -52,18 +52,7 @@ async fn a_consumer_rides_out_a_node_restart() {
     )
     .await;
     eprintln!("RabbitMQ restarted: {report:?}");
-    assert!(report.lost.is_empty(), "lost: {:?}", report.lost);
-    assert_eq!(report.published, 80);
-    assert!(
-        report.went_unready,
-        "readiness failed while the node was down"
-    );
-    assert!(report.ready_at_end, "and recovered");
-    let recovery = report.recovery.expect("handled after the restart");
-    assert!(
-        recovery < Duration::from_secs(60),
-        "settling again took {recovery:?}"
-    );
+    report.assert_rode_out(80, Duration::from_secs(60), true);
 }
 
 /// The queue names on the node that contain `part`.

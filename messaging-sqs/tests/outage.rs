@@ -4,28 +4,19 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use messaging_core::SubscribeOptions;
 use messaging_sqs::SqsConfig;
-use messaging_testkit::outage::{BrokerProcess, ride_out};
-
-/// The moto venv `scripts/brokers/moto.sh` installs.
-fn moto_server() -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
-    cache.join("messaging-brokers/moto-venv/bin/moto_server")
-}
+use messaging_testkit::outage::{BrokerProcess, broker_cache, ride_out};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_rides_out_moto_frozen_for_15_seconds() {
     let port = BrokerProcess::free_port().expect("a free port");
     let dir = std::env::temp_dir().join(format!("moto-outage-{port}"));
     let moto = BrokerProcess::start(
-        moto_server(),
+        broker_cache().join("moto-venv/bin/moto_server"),
         vec![
             "-H".into(),
             "127.0.0.1".into(),
@@ -62,16 +53,5 @@ async fn a_consumer_rides_out_moto_frozen_for_15_seconds() {
     )
     .await;
     eprintln!("moto frozen {frozen:?}: {report:?}");
-    assert!(report.lost.is_empty(), "lost: {:?}", report.lost);
-    assert_eq!(report.published, 80);
-    assert!(
-        report.went_unready,
-        "readiness failed while moto was frozen"
-    );
-    assert!(report.ready_at_end, "and recovered");
-    let recovery = report.recovery.expect("handled after the outage");
-    assert!(
-        recovery < Duration::from_secs(30),
-        "settling again took {recovery:?}"
-    );
+    report.assert_rode_out(80, Duration::from_secs(30), true);
 }

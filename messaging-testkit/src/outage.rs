@@ -19,6 +19,17 @@ use messaging_core::{
 };
 use tokio::time::Instant;
 
+/// Where `scripts/brokers/*.sh` keep the brokers they install:
+/// `${XDG_CACHE_HOME:-$HOME/.cache}/messaging-brokers` (`moto-venv/bin/moto_server`,
+/// `nisshi-0.8.1/bin/nisshi`).
+pub fn broker_cache() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("messaging-brokers")
+}
+
 /// A broker process started by the test, on a port of its own.
 #[derive(Debug)]
 pub struct BrokerProcess {
@@ -189,6 +200,25 @@ pub struct OutageReport {
     pub ready_at_end: bool,
     /// Times the consumer subscribed again.
     pub resubscribed: u64,
+}
+
+impl OutageReport {
+    /// Fails unless the consumer rode the outage out: `published` acknowledged publishes,
+    /// none lost, ready at the end, settling again within `recovery` of the broker's return,
+    /// and — if `unready` — not ready while the broker was away.
+    pub fn assert_rode_out(&self, published: usize, recovery: Duration, unready: bool) {
+        assert!(self.lost.is_empty(), "lost: {:?} ({self:?})", self.lost);
+        assert_eq!(self.published, published, "{self:?}");
+        assert!(self.ready_at_end, "ready again at the end: {self:?}");
+        if unready {
+            assert!(
+                self.went_unready,
+                "readiness failed during the outage: {self:?}"
+            );
+        }
+        let took = self.recovery.expect("a message handled after the outage");
+        assert!(took < recovery, "settling again took {took:?}: {self:?}");
+    }
 }
 
 /// Runs a consumer of `topic` (group from `options`) and a publisher that sends one event

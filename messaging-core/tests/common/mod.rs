@@ -32,6 +32,28 @@ pub fn publisher(broker: &MemoryBroker) -> Arc<dyn DynPublisher> {
     Arc::new(broker.publisher())
 }
 
+/// The report of a spawned `Consumer::run`; fails with `what` unless it ends within 600 s
+/// (of paused time) and without an error.
+pub async fn report_of(
+    run: tokio::task::JoinHandle<
+        Result<messaging_core::runtime::RunReport, messaging_core::runtime::RunError>,
+    >,
+    what: &str,
+) -> messaging_core::runtime::RunReport {
+    tokio::time::timeout(Duration::from_secs(600), run)
+        .await
+        .unwrap_or_else(|_| panic!("{what}"))
+        .expect("the run's task")
+        .expect("the run ended without an error")
+}
+
+/// Publishes `event(n)` to `orders`.
+pub async fn publish_order(broker: &MemoryBroker, n: usize) {
+    messaging_core::Publisher::publish(&broker.publisher(), "orders", event(n))
+        .await
+        .unwrap();
+}
+
 /// Completes once `done()` holds (checked every 10 ms of tokio time).
 pub async fn until(done: impl Fn() -> bool) {
     while !done() {
