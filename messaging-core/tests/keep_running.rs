@@ -695,3 +695,50 @@ async fn probes_over_http_follow_the_consumers() {
     run.abort();
     server.abort();
 }
+
+#[tokio::test(start_paused = true)]
+async fn deliveries_waiting_for_their_lane_keep_their_lease() {
+    // Ordered: deliveries whose keys share a lane wait behind each other inside the runtime;
+    // their deadlines must not run out while they wait.
+    let broker = MemoryBroker::new();
+    let runs: Runs = Arc::default();
+    let consumer = Consumer::builder(
+        broker.subscriber(),
+        publisher(&broker),
+        "orders",
+        SubscribeOptions::new("g")
+            .ordered(true)
+            .ack_deadline(Duration::from_secs(2)),
+    )
+    .concurrency(4)
+    .build(slow_handler(runs.clone(), Duration::from_millis(1500)));
+    let b = broker.clone();
+    let run = tokio::spawn(consumer.run(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let settled = until(|| b.group_stats("orders", "g").is_some_and(|s| s.total() == 0));
+        let _ = tokio::time::timeout(Duration::from_secs(60), settled).await;
+    }));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let events: Vec<_> = (0..12)
+        .map(|n| {
+            messaging_core::EventBuilder::new("test", "order.created")
+                .id(format!("e{n}"))
+                .ordering_key(format!("customer-{n}"))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    broker
+        .publisher()
+        .publish_batch("orders", events)
+        .await
+        .unwrap();
+    let report = report_of(run, "the consumer stops").await;
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(runs.len(), 12, "{runs:?}");
+    assert!(
+        runs.values().all(|n| *n == 1),
+        "each handled once: {runs:?} {report:?}"
+    );
+    assert_eq!(report.acked, 12, "{report:?}");
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use cloudevents::AttributesReader;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
@@ -345,9 +345,13 @@ where
         // Every task of this run: dropping the run (its task aborted) stops them all, leaving
         // their deliveries unsettled for the broker to hand out again, as a crash would.
         let mut tasks = JoinSet::new();
-        let lanes = options
-            .is_ordered()
-            .then(|| spawn_lanes(&shared, self.concurrency, &mut tasks));
+        // Ordered: each lane is a chain of batons, each delivery's task waiting for the one
+        // before it on its lane (while keeping its own lease).
+        let mut lanes = options.is_ordered().then(|| {
+            (0..self.concurrency)
+                .map(|_| Baton::passed())
+                .collect::<Vec<_>>()
+        });
         let mut next_lane = 0usize;
 
         shared.control.running();
@@ -493,7 +497,7 @@ where
             shared.metrics.received.increment(n);
             // Unused permits drop back into the semaphore.
             for (delivery, permit) in deliveries.into_iter().zip(batch_permits) {
-                match &lanes {
+                match &mut lanes {
                     None => {
                         let shared = shared.clone();
                         tasks.spawn(async move {
@@ -513,8 +517,16 @@ where
                                 next_lane % lanes.len()
                             }
                         };
-                        // A lane only stops when its sender is dropped, below.
-                        let _ = lanes[lane].send((delivery, permit));
+                        let (turn, done) = Baton::take(&mut lanes[lane]);
+                        let shared = shared.clone();
+                        tasks.spawn(async move {
+                            let mut delivery = delivery;
+                            // The lane's previous delivery is settled first (or its task ended).
+                            lease::hold(shared.lease.as_ref(), &mut delivery, turn).await;
+                            process_isolated(&shared, delivery).await;
+                            drop(permit);
+                            done.pass();
+                        });
                     }
                 }
             }
@@ -523,7 +535,6 @@ where
         // Drain: stop receiving, let in-flight work finish, then stop the rest. Every task
         // holds a permit until its delivery is settled.
         shared.control.stopping();
-        drop(lanes);
         let all = u32::try_from(self.concurrency).unwrap_or(u32::MAX);
         let drained = tokio::time::timeout(self.drain_timeout, permits.acquire_many(all)).await;
         if drained.is_err() {
@@ -596,31 +607,39 @@ async fn health(
     }
 }
 
-type Lane<D> = mpsc::UnboundedSender<(D, OwnedSemaphorePermit)>;
+/// One place in an ordered lane: a delivery's task waits for the baton of the delivery before
+/// it on the lane, and passes its own on when done (or when its task ends, by drop: a panic or
+/// an aborted run does not stop the lane).
+struct Baton(oneshot::Sender<()>);
 
-fn spawn_lanes<D, Svc>(shared: &Arc<Shared<Svc>>, n: usize, tasks: &mut JoinSet<()>) -> Vec<Lane<D>>
-where
-    D: Delivery,
-    Svc: Service<Incoming, Response = Outcome, Error = Infallible> + Clone + Send + Sync + 'static,
-    Svc::Future: Send,
-{
-    (0..n)
-        .map(|_| {
-            let (tx, mut rx) = mpsc::unbounded_channel::<(D, OwnedSemaphorePermit)>();
-            let shared = shared.clone();
-            tasks.spawn(async move {
-                while let Some((d, permit)) = rx.recv().await {
-                    process_isolated(&shared, d).await;
-                    drop(permit);
-                }
-            });
-            tx
-        })
-        .collect()
+impl Baton {
+    /// A lane's starting point: a turn that is already free.
+    fn passed() -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(());
+        rx
+    }
+
+    /// Joins the lane whose last turn is `tail`: returns the wait for this turn, and the baton
+    /// to pass to the next; `tail` becomes this turn's end.
+    fn take(tail: &mut oneshot::Receiver<()>) -> (impl Future<Output = ()> + Send + 'static, Self) {
+        let (tx, rx) = oneshot::channel();
+        let before = std::mem::replace(tail, rx);
+        (
+            async move {
+                let _ = before.await;
+            },
+            Self(tx),
+        )
+    }
+
+    fn pass(self) {
+        let _ = self.0.send(());
+    }
 }
 
 /// [`process`], with a panic outside the handler (an adapter's settle, say) logged instead of
-/// ending the lane: the delivery it held is dropped unsettled, which the broker redelivers.
+/// ending the task: the delivery it held is dropped unsettled, which the broker redelivers.
 async fn process_isolated<D, Svc>(shared: &Shared<Svc>, delivery: D)
 where
     D: Delivery,
