@@ -23,9 +23,20 @@ timeout 120 rabbitmqctl -q await_startup
 # hundreds of leftover queues) is restarted rather than left to fail every test.
 if ! timeout 60 rabbitmq-diagnostics -q check_port_connectivity >/dev/null 2>&1; then
     echo "rabbitmq: listeners not answering, restarting the node" >&2
-    timeout 60 rabbitmqctl -q stop >/dev/null 2>&1 || pkill -f 'beam.smp.*rabbit' || true
+    # Only through the node's own control tool: its OS pid, then a stop; never by a name
+    # pattern (another node or process could match).
+    pid=$(timeout 30 rabbitmqctl -q eval 'list_to_integer(os:getpid()).' 2>/dev/null || true)
+    if ! timeout 60 rabbitmqctl -q stop >/dev/null 2>&1; then
+        if [ -n "$pid" ] && [ "$pid" -gt 1 ] 2>/dev/null; then
+            kill "$pid" 2>/dev/null || true
+        else
+            echo "rabbitmq: the node does not answer rabbitmqctl; stop it by hand" >&2
+            exit 1
+        fi
+    fi
     for _ in $(seq 1 60); do
-        pgrep -f 'beam.smp.*rabbit' >/dev/null || break
+        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then break; fi
+        if [ -z "$pid" ] && ! rabbitmqctl -q status >/dev/null 2>&1; then break; fi
         sleep 1
     done
     rabbitmq-server -detached
