@@ -302,7 +302,7 @@ impl Drop for DropFlag {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_crashed_consumers_message_is_handed_out_again_within_one_deadline() {
+async fn an_aborted_run_cuts_its_handlers_off_and_gives_their_messages_back() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let broker = MemoryBroker::new();
     let deadline = Duration::from_secs(2);
@@ -342,8 +342,8 @@ async fn a_crashed_consumers_message_is_handed_out_again_within_one_deadline() {
     until(|| total(&runs) == 1).await;
     let after = crashed_at.elapsed();
     assert!(
-        after <= deadline,
-        "handed out again {after:?} after the crash"
+        after < deadline,
+        "handed out again {after:?} after the abort"
     );
     assert!(
         dropped.load(Ordering::SeqCst),
@@ -741,4 +741,50 @@ async fn deliveries_waiting_for_their_lane_keep_their_lease() {
         "each handled once: {runs:?} {report:?}"
     );
     assert_eq!(report.acked, 12, "{report:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_no_longer_renewed_runs_out_within_one_deadline() {
+    // What happens to a crashed process's messages: renewal extends by one deadline at a time,
+    // so once it stops (here at the lease's maximum) the message is back within one deadline.
+    let broker = MemoryBroker::new();
+    let deadline = Duration::from_secs(2);
+    let max = Duration::from_secs(5);
+    let options = SubscribeOptions::new("g").ack_deadline(deadline);
+    let handled_at: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+    let h = handled_at.clone();
+    let handler = handler_fn(move |_msg: Incoming| {
+        let h = h.clone();
+        async move {
+            h.lock().unwrap().push(tokio::time::Instant::now());
+            std::future::pending::<Result<(), HandlerError>>().await
+        }
+    });
+    let consumer = |handler| {
+        Consumer::builder(
+            broker.subscriber(),
+            publisher(&broker),
+            "orders",
+            options.clone(),
+        )
+        .lease(LeasePolicy {
+            max,
+            ..LeasePolicy::default()
+        })
+        .build(handler)
+    };
+    let a = tokio::spawn(consumer(handler.clone()).run(std::future::pending()));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    publish_order(&broker, 1).await;
+    until(|| handled_at.lock().unwrap().len() == 1).await;
+    let b = tokio::spawn(consumer(handler).run(std::future::pending()));
+    until(|| handled_at.lock().unwrap().len() == 2).await;
+    let times = handled_at.lock().unwrap().clone();
+    let gap = times[1] - times[0];
+    assert!(
+        gap >= max && gap <= max + deadline,
+        "handed out again {gap:?} after the first delivery (renewed for {max:?}, deadline {deadline:?})"
+    );
+    a.abort();
+    b.abort();
 }

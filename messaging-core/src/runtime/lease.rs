@@ -1,6 +1,5 @@
 //! Keeping a delivery's lease (its ack deadline) alive while its handler runs.
 
-use std::future::Future;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -99,25 +98,17 @@ pub(crate) struct Lease {
     expired: metrics::Counter,
 }
 
-/// Runs `work`, keeping `delivery`'s lease alive until it completes (see [`LeasePolicy`]).
-pub(crate) async fn hold<D: Delivery, F: Future>(
-    lease: Option<&Lease>,
-    delivery: &mut D,
-    work: F,
-) -> F::Output {
+/// Keeps `delivery`'s lease alive (see [`LeasePolicy`]) for as long as it is polled; never
+/// completes. Run it as a branch beside the work it covers, in a `select!` biased towards the
+/// work: until the work waits, it is never polled, and it creates its timer only when first
+/// polled, so work that completes at once costs nothing here.
+pub(crate) async fn renew<D: Delivery>(lease: Option<&Lease>, delivery: &mut D) {
     let Some(lease) = lease else {
-        return work.await;
+        return std::future::pending().await;
     };
-    tokio::pin!(work);
     let started = tokio::time::Instant::now();
-    let tick = tokio::time::sleep(lease.every);
-    tokio::pin!(tick);
     loop {
-        tokio::select! {
-            biased;
-            out = &mut work => return out,
-            () = &mut tick => {}
-        }
+        tokio::time::sleep(lease.every).await;
         if started.elapsed() >= lease.max {
             lease.expired.increment(1);
             tracing::warn!(
@@ -125,31 +116,18 @@ pub(crate) async fn hold<D: Delivery, F: Future>(
                 max = ?lease.max,
                 "handler still running after the lease's maximum; no longer extending its deadline, so the broker hands the message out again"
             );
-            return work.await;
+            return std::future::pending().await;
         }
-        // The handler keeps running while the broker is asked.
-        let extended = {
-            let extend = delivery.extend_deadline(lease.by);
-            tokio::pin!(extend);
-            tokio::select! {
-                biased;
-                r = &mut extend => Ok(r),
-                out = &mut work => Err(out),
-            }
-        };
-        match extended {
-            Err(out) => return out,
-            Ok(Ok(())) => lease.extended.increment(1),
-            Ok(Err(e)) if e.kind().is_transient() => {
+        match delivery.extend_deadline(lease.by).await {
+            Ok(()) => lease.extended.increment(1),
+            Err(e) if e.kind().is_transient() => {
                 tracing::warn!(topic = delivery.topic(), error = %e, "extending a delivery's deadline failed; trying again");
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 lease.expired.increment(1);
                 tracing::warn!(topic = delivery.topic(), error = %e, "the broker refuses to extend the delivery's deadline; it may be handed out again while its handler runs");
-                return work.await;
+                return std::future::pending().await;
             }
         }
-        tick.as_mut()
-            .reset(tokio::time::Instant::now() + lease.every);
     }
 }

@@ -52,8 +52,9 @@
 //! delivery's ack deadline alive on brokers that can extend it, so a long handler's message is
 //! not handed to a second consumer; see [`LeasePolicy`]. A handler can be given a time limit
 //! with [`RetryPolicy::handler_timeout`](crate::middleware::retry::RetryPolicy::handler_timeout).
-//! Dropping the run's future (aborting its task) stops its handlers with it, leaving their
-//! deliveries to the broker, as a crash would.
+//! Dropping the run's future (aborting its task) is a hard stop: running handlers are cut off
+//! and their deliveries nacked for redelivery at once, as at the drain timeout, so nothing
+//! stays held by a run that is gone.
 //!
 //! # Supervision
 //!

@@ -5,14 +5,13 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use cloudevents::AttributesReader;
 use tokio::sync::{Semaphore, oneshot};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 use tracing::Instrument;
@@ -96,32 +95,6 @@ impl std::error::Error for RunError {
     }
 }
 
-#[derive(Default)]
-struct Counters {
-    received: AtomicU64,
-    acked: AtomicU64,
-    redelivered: AtomicU64,
-    dead_lettered: AtomicU64,
-    abandoned: AtomicU64,
-    settle_failures: AtomicU64,
-    resubscribed: AtomicU64,
-}
-
-impl Counters {
-    fn report(&self) -> RunReport {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        RunReport {
-            received: g(&self.received),
-            acked: g(&self.acked),
-            redelivered: g(&self.redelivered),
-            dead_lettered: g(&self.dead_lettered),
-            abandoned: g(&self.abandoned),
-            settle_failures: g(&self.settle_failures),
-            resubscribed: g(&self.resubscribed),
-        }
-    }
-}
-
 /// Metric handles, registered once per run.
 struct Metrics {
     received: metrics::Counter,
@@ -162,8 +135,10 @@ struct Shared<Svc> {
     publisher: Arc<dyn DynPublisher>,
     dlq_topic: String,
     guarantee: Guarantee,
+    /// Cancelled at the drain timeout, and with `ended`: handlers still running are cut off.
     hard_stop: CancellationToken,
-    counters: Counters,
+    /// Cancelled when the run ends or is dropped.
+    ended: CancellationToken,
     metrics: Metrics,
     pending: PendingDeadLetters,
     /// The subscription's ack deadline: a held delivery's deadline is never extended by less.
@@ -308,6 +283,7 @@ where
             return Err(RunError::Subscribe(e));
         }
 
+        let ended = CancellationToken::new();
         let shared = Arc::new(Shared {
             service: self.service,
             origin: Arc::new(Origin {
@@ -317,8 +293,8 @@ where
             publisher: self.publisher,
             dlq_topic,
             guarantee: self.guarantee,
-            hard_stop: CancellationToken::new(),
-            counters: Counters::default(),
+            hard_stop: ended.child_token(),
+            ended,
             metrics: Metrics::new(&self.topic, options.group()),
             pending: PendingDeadLetters::default(),
             ack_deadline: options.deadline(),
@@ -342,9 +318,9 @@ where
         });
         // A permit per delivery in the runtime; all of them back means nothing is in flight.
         let permits = Arc::new(Semaphore::new(self.concurrency));
-        // Every task of this run: dropping the run (its task aborted) stops them all, leaving
-        // their deliveries unsettled for the broker to hand out again, as a crash would.
-        let mut tasks = JoinSet::new();
+        // Dropping the run (its task aborted) is a hard stop: running handlers are cut off and
+        // their deliveries nacked, queued ones nacked untouched, and the health task ends.
+        let _end_of_run = shared.ended.clone().drop_guard();
         // Ordered: each lane is a chain of batons, each delivery's task waiting for the one
         // before it on its lane (while keeping its own lease).
         let mut lanes = options.is_ordered().then(|| {
@@ -355,12 +331,16 @@ where
         let mut next_lane = 0usize;
 
         shared.control.running();
-        tasks.spawn(health(
-            shared.control.clone(),
-            self.backlog.clone(),
-            self.topic.clone(),
-            options.group().to_owned(),
-        ));
+        {
+            let shared = shared.clone();
+            let health = health(
+                shared.control.clone(),
+                self.backlog.clone(),
+                self.topic.clone(),
+                options.group().to_owned(),
+            );
+            tokio::spawn(async move { scoped(&shared, health).await });
+        }
         let mut paused = shared.control.paused.subscribe();
         let mut limiter = self.rate_limit.as_ref().map(Limiter::new);
         tokio::pin!(shutdown);
@@ -451,7 +431,6 @@ where
                     match again.await {
                         Ok(Some(new)) => {
                             sub = new;
-                            shared.counters.resubscribed.fetch_add(1, Ordering::Relaxed);
                             shared.metrics.resubscribed.increment(1);
                             shared
                                 .control
@@ -485,10 +464,7 @@ where
                 shared.control.running();
             }
             backoff = Duration::from_millis(50);
-            // Reaps finished tasks, so the set holds about what is in flight.
-            while tasks.try_join_next().is_some() {}
             let n = deliveries.len() as u64;
-            shared.counters.received.fetch_add(n, Ordering::Relaxed);
             shared
                 .control
                 .progress
@@ -500,7 +476,7 @@ where
                 match &mut lanes {
                     None => {
                         let shared = shared.clone();
-                        tasks.spawn(async move {
+                        tokio::spawn(async move {
                             process_isolated(&shared, delivery).await;
                             drop(permit);
                         });
@@ -519,10 +495,14 @@ where
                         };
                         let (turn, done) = Baton::take(&mut lanes[lane]);
                         let shared = shared.clone();
-                        tasks.spawn(async move {
+                        tokio::spawn(async move {
                             let mut delivery = delivery;
                             // The lane's previous delivery is settled first (or its task ended).
-                            lease::hold(shared.lease.as_ref(), &mut delivery, turn).await;
+                            tokio::select! {
+                                biased;
+                                () = turn => {}
+                                () = lease::renew(shared.lease.as_ref(), &mut delivery) => {}
+                            }
                             process_isolated(&shared, delivery).await;
                             drop(permit);
                             done.pass();
@@ -558,11 +538,20 @@ where
         {
             tracing::warn!(grace = ?HARD_STOP_GRACE, "closing the subscription timed out");
         }
-        let report = shared.counters.report();
+        let report = shared.control.progress.report();
         match failed {
             Some(error) => Err(RunError::Resubscribe { error, report }),
             None => Ok(report),
         }
+    }
+}
+
+/// Runs `task` until it completes or the run ends (see `Shared::ended`).
+async fn scoped<Svc>(shared: &Shared<Svc>, task: impl Future<Output = ()>) {
+    tokio::select! {
+        biased;
+        () = task => {}
+        () = shared.ended.cancelled() => {}
     }
 }
 
@@ -666,7 +655,11 @@ where
     // A delivery queued in a lane that had not started when the hard stop came goes back for
     // redelivery untouched (at-most-once included: it was never acked, so nothing is lost).
     if shared.hard_stop.is_cancelled() {
-        shared.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+        shared
+            .control
+            .progress
+            .abandoned
+            .fetch_add(1, Ordering::Relaxed);
         let _ = Box::pin(settle(shared, delivery, Settle::Nack(None))).await;
         return;
     }
@@ -701,15 +694,21 @@ where
     }
     let work = call(shared, msg.clone()).instrument(span);
     let outcome = tokio::select! {
-        o = lease::hold(shared.lease.as_ref(), &mut delivery, work) => Some(o),
+        biased;
+        o = work => Some(o),
         () = shared.hard_stop.cancelled() => None,
+        () = lease::renew(shared.lease.as_ref(), &mut delivery) => None,
     };
     if let Some(breaker) = &shared.breaker {
         breaker.record(outcome.as_ref().map(|o| matches!(o, Outcome::Ack)));
     }
     match outcome {
         None => {
-            shared.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+            shared
+                .control
+                .progress
+                .abandoned
+                .fetch_add(1, Ordering::Relaxed);
             let _ = Box::pin(settle(shared, delivery, Settle::Nack(None))).await;
         }
         Some(Outcome::Ack) => {
@@ -734,7 +733,11 @@ where
 /// Nacks for a retry, counting it.
 async fn redeliver<D: Delivery, Svc>(shared: &Shared<Svc>, delivery: D, delay: Option<Duration>) {
     if settle(shared, delivery, Settle::Nack(delay)).await.is_ok() {
-        shared.counters.redelivered.fetch_add(1, Ordering::Relaxed);
+        shared
+            .control
+            .progress
+            .redelivered
+            .fetch_add(1, Ordering::Relaxed);
         shared.metrics.redelivered.increment(1);
     }
 }
@@ -762,7 +765,7 @@ where
     let outcome = tokio::select! {
         o = call(shared, msg.clone()).instrument(span) => o,
         () = shared.hard_stop.cancelled() => {
-            shared.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+            shared.control.progress.abandoned.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("at-most-once: handler cut off at the drain timeout; its message was acked before handling and is not redelivered");
             return;
         }
@@ -815,7 +818,8 @@ async fn backoff<Svc>(shared: &Shared<Svc>, pause: Duration) -> Duration {
 
 fn count_dead_letter<Svc>(shared: &Shared<Svc>) {
     shared
-        .counters
+        .control
+        .progress
         .dead_lettered
         .fetch_add(1, Ordering::Relaxed);
     shared.metrics.dead_lettered.increment(1);
@@ -1019,7 +1023,11 @@ async fn settle<D: Delivery, Svc>(
                     .settled
                     .fetch_add(1, Ordering::Relaxed);
                 if matches!(how, Settle::Ack) {
-                    shared.counters.acked.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .control
+                        .progress
+                        .acked
+                        .fetch_add(1, Ordering::Relaxed);
                     shared.metrics.acked.increment(1);
                 }
                 return Ok(());
@@ -1031,7 +1039,8 @@ async fn settle<D: Delivery, Svc>(
             Err(e) => {
                 tracing::warn!(error = %e.error, "settling a delivery failed; the broker will redeliver it");
                 shared
-                    .counters
+                    .control
+                    .progress
                     .settle_failures
                     .fetch_add(1, Ordering::Relaxed);
                 shared.metrics.settle_failures.increment(1);

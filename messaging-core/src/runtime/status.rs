@@ -9,6 +9,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use super::RunReport;
+
 /// Where a consumer is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -171,15 +173,37 @@ pub(crate) struct Control {
     error: std::sync::Mutex<Option<String>>,
 }
 
-/// Counters the run updates (one relaxed atomic operation each) and the health tick reads.
+/// What a run counts (one relaxed atomic operation each): its [`RunReport`], and what the
+/// health tick reads.
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
     pub(crate) received: AtomicU64,
+    pub(crate) acked: AtomicU64,
+    pub(crate) redelivered: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) abandoned: AtomicU64,
+    pub(crate) settle_failures: AtomicU64,
+    /// Every successful ack or nack.
     pub(crate) settled: AtomicU64,
     pub(crate) in_flight: AtomicUsize,
     pub(crate) resubscribed: AtomicU64,
     /// `u64::MAX` while unknown.
     pub(crate) backlog: AtomicU64,
+}
+
+impl Progress {
+    pub(crate) fn report(&self) -> RunReport {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RunReport {
+            received: g(&self.received),
+            acked: g(&self.acked),
+            redelivered: g(&self.redelivered),
+            dead_lettered: g(&self.dead_lettered),
+            abandoned: g(&self.abandoned),
+            settle_failures: g(&self.settle_failures),
+            resubscribed: g(&self.resubscribed),
+        }
+    }
 }
 
 /// What the health tick remembers between ticks, to date receives and settles.

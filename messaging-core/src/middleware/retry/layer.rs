@@ -144,7 +144,8 @@ where
     let Some(limit) = timeout else {
         return run.await;
     };
-    match tokio::time::timeout(limit, run).await {
+    // Boxed: the timer stays out of the future of every call without a limit.
+    match Box::pin(tokio::time::timeout(limit, run)).await {
         Ok(result) => result,
         Err(_) => {
             metrics::counter!(

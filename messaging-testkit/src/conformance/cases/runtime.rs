@@ -491,9 +491,9 @@ impl Drop for DropFlag {
 }
 
 /// A handler running three ack deadlines keeps its delivery's lease: the group's other
-/// consumer never gets the message, which is handled once. A consumer that dies mid-handler
-/// (its run aborted: its tasks stop, nothing is settled) stops renewing, and the message is
-/// handed out again within about one deadline.
+/// consumer never gets the message, which is handled once. A consumer whose run is aborted
+/// mid-handler cuts the handler off and gives the message back: another consumer has it
+/// within one deadline.
 pub async fn runtime_long_handler_keeps_its_lease(ctx: &Ctx) -> CaseResult {
     let topic = ctx.topic("t");
     let deadline = ctx.settings.ack_deadline;
