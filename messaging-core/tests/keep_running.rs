@@ -788,3 +788,70 @@ async fn a_lease_no_longer_renewed_runs_out_within_one_deadline() {
     a.abort();
     b.abort();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_half_open_trial_spent_on_an_undecodable_message_is_given_back() {
+    // The trial delivery after the cooldown is not a CloudEvent: it is dead-lettered without
+    // running the handler, which says nothing about the downstream; another trial follows.
+    let broker = MemoryBroker::new();
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let h = healthy.clone();
+    let handler = handler_fn(move |_msg: Incoming| {
+        let h = h.clone();
+        async move {
+            if h.load(std::sync::atomic::Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err(HandlerError::permanent("downstream refuses"))
+            }
+        }
+    });
+    let breaker = CircuitBreaker {
+        failure_ratio: 0.5,
+        min_calls: 2,
+        window: Duration::from_secs(60),
+        cooldown: Duration::from_secs(10),
+    };
+    let (consumer, handle) = consumer_with(
+        &broker,
+        |b| {
+            b.retry(policy(0, RetryMode::InPlace))
+                .circuit_breaker(breaker)
+        },
+        handler,
+    );
+    let run = tokio::spawn(consumer.run(std::future::pending()));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    publish_n(&broker, 0..2).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(handle.status().circuit, Some("open"));
+    healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    broker.publish_raw(
+        "orders",
+        messaging_core::RawMessage {
+            body: b"not a cloudevent".to_vec(),
+            ..Default::default()
+        },
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    publish_n(&broker, 2..3).await;
+    assert_eq!(
+        broker.group_stats("orders", "g").map(|s| s.ready),
+        Some(2),
+        "the open circuit took nothing in, also not while the loop waited for a permit"
+    );
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert_eq!(
+        handle.status().circuit,
+        Some("closed"),
+        "a second trial, on a real message, closed the circuit: {:?}",
+        handle.status()
+    );
+    until(|| {
+        broker
+            .group_stats("orders", "g")
+            .is_some_and(|s| s.total() == 0)
+    })
+    .await;
+    run.abort();
+}

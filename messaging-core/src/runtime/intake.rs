@@ -203,6 +203,18 @@ impl Breaker {
         self.policy.cooldown
     }
 
+    /// Completes once the circuit is not closed: at once if it is open or trying now,
+    /// otherwise at its next transition.
+    pub(crate) async fn opened(&self) {
+        let notified = self.changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.is_open() {
+            return;
+        }
+        notified.await;
+    }
+
     /// Whether the circuit is open or trying (not closed).
     pub(crate) fn is_open(&self) -> bool {
         self.lock().state != State::Closed

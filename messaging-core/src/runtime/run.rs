@@ -410,6 +410,8 @@ where
                     release_trial(&shared, admitted);
                     continue;
                 }
+                // The circuit opened (by deliveries in flight) while waiting: take nothing.
+                () = circuit_opened(&shared, admitted) => continue,
                 r = sub.recv_batch(batch_permits.len()) => r,
             };
             let deliveries = match received {
@@ -462,6 +464,9 @@ where
             };
             if shared.control.is_reconnecting() {
                 shared.control.running();
+            }
+            if deliveries.is_empty() {
+                release_trial(&shared, admitted);
             }
             backoff = Duration::from_millis(50);
             let n = deliveries.len() as u64;
@@ -555,12 +560,19 @@ async fn scoped<Svc>(shared: &Shared<Svc>, task: impl Future<Output = ()>) {
     }
 }
 
+/// Completes when the circuit is (or becomes) open, for a receive that is not a trial — it may
+/// have opened, by deliveries in flight, while intake waited for a permit; never otherwise.
+async fn circuit_opened<Svc>(shared: &Shared<Svc>, admitted: usize) {
+    match &shared.breaker {
+        Some(breaker) if admitted > 1 => breaker.opened().await,
+        _ => std::future::pending().await,
+    }
+}
+
 /// Gives a half-open circuit's trial back when intake took nothing with it.
 fn release_trial<Svc>(shared: &Shared<Svc>, admitted: usize) {
     if admitted == 1 {
-        if let Some(breaker) = &shared.breaker {
-            breaker.record(None);
-        }
+        no_verdict(shared);
     }
 }
 
@@ -642,6 +654,7 @@ where
     in_flight.fetch_sub(1, Ordering::Relaxed);
     shared.metrics.in_flight.decrement(1.0);
     if let Err(p) = result {
+        no_verdict(shared);
         tracing::error!(topic = %shared.origin.topic, group = %shared.origin.group, panic = %p.message(), "processing a delivery panicked outside the handler; the broker redelivers it");
     }
 }
@@ -655,6 +668,7 @@ where
     // A delivery queued in a lane that had not started when the hard stop came goes back for
     // redelivery untouched (at-most-once included: it was never acked, so nothing is lost).
     if shared.hard_stop.is_cancelled() {
+        no_verdict(shared);
         shared
             .control
             .progress
@@ -667,11 +681,13 @@ where
     let event = match delivery.shared_event() {
         Ok(e) => e,
         Err(err) => {
+            no_verdict(shared);
             Box::pin(dead_letter_undecodable(shared, delivery, &err)).await;
             return;
         }
     };
     if let Some(failure) = shared.pending.take(&event) {
+        no_verdict(shared);
         // Decided before; only the dead-letter publish failed.
         let dead = dead_letter::dead_letter_event(&event, &failure, &shared.origin);
         Box::pin(publish_dead_letter(shared, delivery, dead, Some(failure))).await;
@@ -727,6 +743,14 @@ where
                 Box::pin(publish_dead_letter(shared, delivery, event, Some(failure))).await;
             }
         },
+    }
+}
+
+/// Tells the circuit breaker that a delivery ended without saying anything about the handler
+/// (undecodable, a pending dead letter, cut off), so a half-open circuit tries another.
+fn no_verdict<Svc>(shared: &Shared<Svc>) {
+    if let Some(breaker) = &shared.breaker {
+        breaker.record(None);
     }
 }
 
