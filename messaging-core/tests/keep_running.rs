@@ -509,40 +509,72 @@ async fn a_paused_consumer_takes_nothing_and_finishes_what_it_has() {
     run.abort();
 }
 
-#[tokio::test(start_paused = true)]
-async fn the_circuit_opens_on_failures_holds_messages_back_and_closes_after_a_good_trial() {
-    let broker = MemoryBroker::new();
-    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let runs: Runs = Arc::default();
-    let (h, r) = (healthy.clone(), runs.clone());
+/// A consumer without retries behind a circuit breaker (ratio 0.5 over a minute, `min_calls`,
+/// `cooldown`), whose handler records its runs in `runs` (if given) and fails while `healthy`
+/// is false — transiently when it records runs, permanently otherwise (so nothing is held back
+/// for redelivery).
+fn breaker_consumer(
+    broker: &MemoryBroker,
+    healthy: &Arc<std::sync::atomic::AtomicBool>,
+    runs: Option<&Runs>,
+    min_calls: u32,
+    cooldown: Duration,
+) -> (
+    Consumer<
+        messaging_testkit::MemorySubscriber,
+        messaging_core::middleware::retry::Retry<
+            impl tower_service::Service<
+                Incoming,
+                Response = (),
+                Error = HandlerError,
+                Future = impl Send,
+            > + Clone
+            + Send
+            + 'static,
+        >,
+    >,
+    ConsumerHandle,
+) {
+    let (h, r) = (healthy.clone(), runs.cloned());
     let handler = handler_fn(move |msg: Incoming| {
         let (h, r) = (h.clone(), r.clone());
         async move {
-            *r.lock()
-                .unwrap()
-                .entry(msg.event().id().to_owned())
-                .or_default() += 1;
-            if h.load(std::sync::atomic::Ordering::SeqCst) {
-                Ok(())
-            } else {
-                Err(HandlerError::transient("downstream is down"))
+            if let Some(r) = &r {
+                *r.lock()
+                    .unwrap()
+                    .entry(msg.event().id().to_owned())
+                    .or_default() += 1;
+            }
+            match (h.load(std::sync::atomic::Ordering::SeqCst), r.is_some()) {
+                (true, _) => Ok(()),
+                (false, true) => Err(HandlerError::transient("downstream is down")),
+                (false, false) => Err(HandlerError::permanent("downstream refuses")),
             }
         }
     });
     let breaker = CircuitBreaker {
         failure_ratio: 0.5,
-        min_calls: 4,
+        min_calls,
         window: Duration::from_secs(60),
-        cooldown: Duration::from_secs(20),
+        cooldown,
     };
-    let (consumer, handle) = consumer_with(
-        &broker,
+    consumer_with(
+        broker,
         |b| {
             b.retry(policy(0, RetryMode::InPlace))
                 .circuit_breaker(breaker)
         },
         handler,
-    );
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_circuit_opens_on_failures_holds_messages_back_and_closes_after_a_good_trial() {
+    let broker = MemoryBroker::new();
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let runs: Runs = Arc::default();
+    let (consumer, handle) =
+        breaker_consumer(&broker, &healthy, Some(&runs), 4, Duration::from_secs(20));
     let run = tokio::spawn(consumer.run(std::future::pending()));
     tokio::time::sleep(Duration::from_millis(10)).await;
     publish_n(&broker, 0..30).await;
@@ -795,31 +827,7 @@ async fn a_half_open_trial_spent_on_an_undecodable_message_is_given_back() {
     // running the handler, which says nothing about the downstream; another trial follows.
     let broker = MemoryBroker::new();
     let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let h = healthy.clone();
-    let handler = handler_fn(move |_msg: Incoming| {
-        let h = h.clone();
-        async move {
-            if h.load(std::sync::atomic::Ordering::SeqCst) {
-                Ok(())
-            } else {
-                Err(HandlerError::permanent("downstream refuses"))
-            }
-        }
-    });
-    let breaker = CircuitBreaker {
-        failure_ratio: 0.5,
-        min_calls: 2,
-        window: Duration::from_secs(60),
-        cooldown: Duration::from_secs(10),
-    };
-    let (consumer, handle) = consumer_with(
-        &broker,
-        |b| {
-            b.retry(policy(0, RetryMode::InPlace))
-                .circuit_breaker(breaker)
-        },
-        handler,
-    );
+    let (consumer, handle) = breaker_consumer(&broker, &healthy, None, 2, Duration::from_secs(10));
     let run = tokio::spawn(consumer.run(std::future::pending()));
     tokio::time::sleep(Duration::from_millis(10)).await;
     publish_n(&broker, 0..2).await;
