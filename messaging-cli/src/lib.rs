@@ -137,6 +137,10 @@ pub struct ConsumeArgs {
     /// Leave the events in the group (nack) instead of acking them.
     #[arg(long)]
     pub peek: bool,
+    /// Move messages that are not CloudEvents to the group's dead-letter topic (`<topic>.dlq`),
+    /// as a consumer runtime would, instead of returning them to the group.
+    #[arg(long)]
+    pub dead_letter: bool,
 }
 
 /// Where a new group starts.
@@ -537,8 +541,11 @@ async fn consume(
     };
     let mut options = SubscribeOptions::new(c.group.clone()).start_from(start);
     if let Some(max) = c.max {
-        options = options.prefetch(max.max(1));
+        // Room for `max` events plus skipped messages not yet given back (Kafka keeps a
+        // returned message in flight until its delay passes).
+        options = options.prefetch(max.max(1) + SKIP_ROOM);
     }
+    let mut skipped = 0usize;
     let subscriber = broker.subscriber();
     let mut sub = subscriber
         .subscribe(&c.topic, options.clone())
@@ -637,18 +644,108 @@ async fn consume(
                 }
             }
             Err(e) => {
-                // Not a CloudEvent: say so and leave it for a consumer that dead-letters it.
-                let _ = writeln!(
-                    err,
-                    "messaging: skipped an undecodable message (left in the group): {e}"
-                );
-                held.push(d);
+                // Not a CloudEvent. Never held: a window full of them would hide every event
+                // behind them.
+                skipped += 1;
+                let e = e.clone();
+                if c.dead_letter {
+                    let dlq = options.dead_letter_topic_for(&c.topic);
+                    if let Err(failure) =
+                        dead_letter_undecodable(broker, &c.topic, &c.group, &dlq, d, &e).await
+                    {
+                        break Err(failure);
+                    }
+                    let _ = writeln!(err, "messaging: moved an undecodable message to {dlq}: {e}");
+                } else {
+                    let _ = writeln!(
+                        err,
+                        "messaging: skipped an undecodable message (returned to the group for {}s; --dead-letter moves it to the dead-letter topic): {e}",
+                        SKIP_RETURN.as_secs()
+                    );
+                    if let Err(e) = d.nack(Some(SKIP_RETURN)).await {
+                        held.push(e.delivery);
+                    }
+                }
             }
         }
     };
+    if skipped > 0 {
+        let _ = writeln!(
+            err,
+            "messaging: {skipped} undecodable message(s) {}",
+            if c.dead_letter {
+                "moved to the dead-letter topic"
+            } else {
+                "skipped"
+            }
+        );
+    }
     give_back(held, &mut *err).await;
     let _ = sub.close().await;
     result
+}
+
+/// How long a skipped undecodable message stays away before the broker hands it out again.
+const SKIP_RETURN: Duration = Duration::from_secs(30);
+/// Window room for skipped messages not yet given back.
+const SKIP_ROOM: usize = 64;
+
+/// Dead-letters a message that is not a CloudEvent the way the consumer runtime does (an event
+/// of type `messaging.undecodable` carrying the raw message and the failure metadata, made
+/// smaller if the broker refuses its size), then acks it. Nothing is acked unpublished.
+async fn dead_letter_undecodable(
+    broker: &Broker,
+    topic: &str,
+    group: &str,
+    dlq: &str,
+    delivery: messaging::BoxDelivery,
+    error: &messaging::DecodeError,
+) -> Result<(), CliError> {
+    let origin = messaging::handler::Origin {
+        topic: topic.to_owned(),
+        group: group.to_owned(),
+    };
+    let mut event = dead_letter::undecodable_event(error, &origin, messaging::chrono::Utc::now());
+    // Kept from the start, as the consumer runtime does: where a topic keeps messages only for
+    // existing groups (RabbitMQ, SQS, memory), the dead-letter group must exist first.
+    if let Err(e) = broker
+        .subscriber()
+        .declare(dlq, SubscribeOptions::new(DEAD_LETTER_GROUP))
+        .await
+    {
+        let _ = delivery.nack(None).await;
+        return Err(CliError::Failed(format!("cannot declare {dlq}: {e}")));
+    }
+    let publisher = broker.publisher();
+    let mut tries = 0;
+    loop {
+        match publisher.publish(dlq, event.clone()).await {
+            Ok(_) => break,
+            Err(e) if e.is_transient() && tries < 5 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(200) * tries).await;
+            }
+            Err(e) if !e.is_transient() => match dead_letter::shrink(&event) {
+                Some(smaller) => event = smaller,
+                None => {
+                    let _ = delivery.nack(None).await;
+                    return Err(CliError::Failed(format!(
+                        "cannot dead-letter to {dlq}: {e}"
+                    )));
+                }
+            },
+            Err(e) => {
+                let _ = delivery.nack(None).await;
+                return Err(CliError::Failed(format!(
+                    "cannot dead-letter to {dlq}: {e}"
+                )));
+            }
+        }
+    }
+    delivery
+        .ack()
+        .await
+        .map_err(|e| CliError::Failed(format!("ack failed after dead-lettering: {}", e.error)))
 }
 
 /// Returns deliveries to their group; one that cannot be returned comes back by itself after

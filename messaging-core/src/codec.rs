@@ -63,6 +63,32 @@ impl RawMessage {
     }
 }
 
+/// One header value as a transport delivers it. Most transports carry strings (bytes); a typed
+/// transport such as AMQP also carries native values, which the CloudEvents AMQP binding
+/// requires a receiver to interpret like their canonical string forms: a timestamp or an
+/// integer (milliseconds since the epoch, the AMQP 1.0 timestamp) for `time`, an integer or a
+/// boolean for an extension of that type, binary data for a binary extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HeaderValue<'a> {
+    /// The canonical string form, as bytes (UTF-8 expected).
+    Text(&'a [u8]),
+    /// A boolean.
+    Bool(bool),
+    /// An integer. As `time`, milliseconds since the Unix epoch.
+    Int(i64),
+    /// A point in time.
+    Time(DateTime<Utc>),
+    /// Binary data (its canonical string form is base64).
+    Binary(&'a [u8]),
+}
+
+impl<'a> From<&'a [u8]> for HeaderValue<'a> {
+    fn from(bytes: &'a [u8]) -> Self {
+        HeaderValue::Text(bytes)
+    }
+}
+
 /// An encoded event borrowing from the event and the binding where it can.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoded<'a> {
@@ -351,29 +377,36 @@ impl Binding {
     /// Decodes from borrowed parts, so an adapter need not build a [`RawMessage`] for a message
     /// that decodes fine. The error carries no raw message; attach it with
     /// [`DecodeError::with_raw`].
-    pub fn decode_parts<'h>(
+    ///
+    /// Header values are bytes (`&[u8]`, the string form) or typed [`HeaderValue`]s.
+    pub fn decode_parts<'h, V: Into<HeaderValue<'h>>>(
         &self,
         content_type: Option<&str>,
-        headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
+        headers: impl IntoIterator<Item = (&'h str, V)>,
         body: &[u8],
     ) -> Result<Event, DecodeError> {
         match Self::mode_of(content_type)? {
             ContentMode::Structured => decode_structured(body),
-            ContentMode::Binary => {
-                let (mut event, ct) = self.decode_binary(content_type, headers)?;
-                attach(&mut event, ct, || body.to_vec(), body.is_empty());
-                Ok(event)
-            }
+            ContentMode::Binary => match self.decode_binary(content_type, headers) {
+                Ok((mut event, ct)) => {
+                    attach(&mut event, ct, || body.to_vec(), body.is_empty());
+                    Ok(event)
+                }
+                Err(e) if e.kind() == DecodeErrorKind::NotCloudEvent => {
+                    sniff_structured(content_type, body).unwrap_or(Err(e))
+                }
+                Err(e) => Err(e),
+            },
         }
     }
 
     /// Like [`decode_parts`](Self::decode_parts), taking the body by value: in binary mode the
     /// body becomes the event's data without a copy. On failure the body comes back with the
     /// error.
-    pub fn decode_parts_owned<'h>(
+    pub fn decode_parts_owned<'h, V: Into<HeaderValue<'h>>>(
         &self,
         content_type: Option<&str>,
-        headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
+        headers: impl IntoIterator<Item = (&'h str, V)>,
         body: Vec<u8>,
     ) -> Result<Event, (DecodeError, Vec<u8>)> {
         let mode = match Self::mode_of(content_type) {
@@ -388,6 +421,12 @@ impl Binding {
                     Ok((mut event, ct)) => {
                         attach(&mut event, ct, || body, empty);
                         Ok(event)
+                    }
+                    Err(e) if e.kind() == DecodeErrorKind::NotCloudEvent => {
+                        match sniff_structured(content_type, &body) {
+                            Some(result) => result.map_err(|e| (e, body)),
+                            None => Err((e, body)),
+                        }
                     }
                     Err(e) => Err((e, body)),
                 }
@@ -419,27 +458,23 @@ impl Binding {
     }
 
     /// Every attribute but the data; returns the event and the data's content type.
-    fn decode_binary<'h>(
+    fn decode_binary<'h, V: Into<HeaderValue<'h>>>(
         &self,
         content_type: Option<&str>,
-        headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
+        headers: impl IntoIterator<Item = (&'h str, V)>,
     ) -> Result<(Event, Option<String>), DecodeError> {
         let mut specversion = None;
         let mut b = EventBuilderV10::new();
         let mut seen: u16 = 0;
-        let mut header_ct: Option<&str> = None;
-        let mut extensions: Vec<(String, &str)> = Vec::new();
+        let mut header_ct: Option<Cow<'h, str>> = None;
+        let mut extensions: Vec<(String, Native<'h>)> = Vec::new();
+        let mut schema = None;
         let mut required = [false; 3];
         for (name, value) in headers {
             let Some(attr) = self.attribute_of(name) else {
                 continue;
             };
-            let value = std::str::from_utf8(value).map_err(|_| {
-                DecodeError::new(
-                    DecodeErrorKind::InvalidHeader,
-                    format!("header {name:?} is not utf-8"),
-                )
-            })?;
+            let value = Native::of(name, value.into())?;
             // Headers are almost always lowercase already: no allocation for those.
             let attr_lower: Cow<'_, str> = if attr.bytes().any(|b| b.is_ascii_uppercase()) {
                 Cow::Owned(attr.to_ascii_lowercase())
@@ -454,8 +489,8 @@ impl Binding {
                 seen |= 1 << i;
             }
             match attr_lower.as_ref() {
-                "specversion" => specversion = Some(value),
-                "id" | "source" | "type" if value.is_empty() => {
+                "specversion" => specversion = Some(value.into_text()),
+                "id" | "source" | "type" if value.is_empty_text() => {
                     return Err(DecodeError::new(
                         DecodeErrorKind::MissingAttribute,
                         format!("attribute {attr_lower:?} is empty"),
@@ -463,30 +498,21 @@ impl Binding {
                 }
                 "id" => {
                     required[0] = true;
-                    b = b.id(value);
+                    b = b.id(value.into_text());
                 }
                 "source" => {
                     required[1] = true;
-                    b = b.source(value);
+                    b = b.source(value.into_text().as_ref());
                 }
                 "type" => {
                     required[2] = true;
-                    b = b.ty(value);
+                    b = b.ty(value.into_text());
                 }
-                "subject" => b = b.subject(value),
-                "time" => {
-                    let t = DateTime::parse_from_rfc3339(value).map_err(|e| {
-                        invalid(format!(
-                            "attribute \"time\" is not rfc 3339 ({e}): {value:?}"
-                        ))
-                    })?;
-                    b = b.time(t.with_timezone(&Utc));
-                }
-                "dataschema" => {
-                    // Checked below, when the data is known.
-                    extensions.push(("dataschema".into(), value));
-                }
-                "datacontenttype" => header_ct = Some(value),
+                "subject" => b = b.subject(value.into_text()),
+                "time" => b = b.time(value.into_time()?),
+                // Checked below, when the data is known.
+                "dataschema" => schema = Some(value.into_text()),
+                "datacontenttype" => header_ct = Some(value.into_text()),
                 _ => {
                     if !is_valid_extension_name(&attr_lower) {
                         return Err(invalid(format!(
@@ -500,7 +526,7 @@ impl Binding {
                 }
             }
         }
-        match specversion {
+        match specversion.as_deref() {
             None => {
                 return Err(DecodeError::new(
                     DecodeErrorKind::NotCloudEvent,
@@ -524,30 +550,173 @@ impl Binding {
                 format!("attribute {:?} is missing", ["id", "source", "type"][i]),
             ));
         }
-        let ct = content_type.or(header_ct);
-        let mut schema = None;
+        let ct = content_type
+            .map(str::to_owned)
+            .or(header_ct.map(Cow::into_owned));
+        let schema = schema
+            .map(|value| {
+                url::Url::parse(&value)
+                    .map_err(|e| invalid(format!("attribute \"dataschema\" is not a uri ({e})")))
+            })
+            .transpose()?;
         for (name, value) in extensions {
-            if name == "dataschema" {
-                schema = Some(url::Url::parse(value).map_err(|e| {
-                    invalid(format!("attribute \"dataschema\" is not a uri ({e})"))
-                })?);
-            } else {
-                b = b.extension(&name, value);
-            }
+            b = b.extension(&name, value.into_extension());
         }
         let mut event = b.build().map_err(|e| invalid(e.to_string()))?;
         if schema.is_some() {
             event.set_dataschema(schema);
         }
-        Ok((event, ct.map(str::to_owned)))
+        Ok((event, ct))
     }
 }
 
-/// Sets the body as the event's data: no content type and no body means no data.
+/// A header value checked for what the CloudEvents type system can take from it.
+enum Native<'h> {
+    Text(Cow<'h, str>),
+    Bool(bool),
+    Int(i64),
+    Time(DateTime<Utc>),
+}
+
+impl<'h> Native<'h> {
+    fn of(name: &str, value: HeaderValue<'h>) -> Result<Self, DecodeError> {
+        Ok(match value {
+            HeaderValue::Text(bytes) => {
+                Native::Text(Cow::Borrowed(std::str::from_utf8(bytes).map_err(|_| {
+                    DecodeError::new(
+                        DecodeErrorKind::InvalidHeader,
+                        format!("header {name:?} is not utf-8"),
+                    )
+                })?))
+            }
+            HeaderValue::Bool(b) => Native::Bool(b),
+            HeaderValue::Int(i) => Native::Int(i),
+            HeaderValue::Time(t) => Native::Time(t),
+            HeaderValue::Binary(bytes) => Native::Text(Cow::Owned(
+                base64::engine::general_purpose::STANDARD.encode(bytes),
+            )),
+        })
+    }
+
+    fn is_empty_text(&self) -> bool {
+        matches!(self, Native::Text(t) if t.is_empty())
+    }
+
+    /// The canonical string form.
+    fn into_text(self) -> Cow<'h, str> {
+        match self {
+            Native::Text(t) => t,
+            Native::Bool(b) => Cow::Borrowed(if b { "true" } else { "false" }),
+            Native::Int(i) => Cow::Owned(i.to_string()),
+            Native::Time(t) => Cow::Owned(format_time(&t)),
+        }
+    }
+
+    /// `time`: an RFC 3339 string, a timestamp, or milliseconds since the epoch.
+    fn into_time(self) -> Result<DateTime<Utc>, DecodeError> {
+        match self {
+            Native::Text(value) => DateTime::parse_from_rfc3339(&value)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| {
+                    invalid(format!(
+                        "attribute \"time\" is not rfc 3339 ({e}): {value:?}"
+                    ))
+                }),
+            Native::Time(t) => Ok(t),
+            Native::Int(ms) => DateTime::from_timestamp_millis(ms).ok_or_else(|| {
+                invalid(format!(
+                    "attribute \"time\" {ms} ms since the epoch is out of range"
+                ))
+            }),
+            Native::Bool(b) => Err(invalid(format!(
+                "attribute \"time\" is the boolean {b}, not a timestamp"
+            ))),
+        }
+    }
+
+    fn into_extension(self) -> ExtensionValue {
+        match self {
+            Native::Text(t) => ExtensionValue::String(t.into_owned()),
+            Native::Bool(b) => ExtensionValue::Boolean(b),
+            Native::Int(i) => ExtensionValue::Integer(i),
+            Native::Time(t) => ExtensionValue::String(format_time(&t)),
+        }
+    }
+}
+
+/// A structured JSON event that arrived without a structured content type (producers that set
+/// no content type, or `application/json`): recognised by its body, a JSON object with a
+/// `specversion`. `None` when the body is not such an object.
+fn sniff_structured(content_type: Option<&str>, body: &[u8]) -> Option<Result<Event, DecodeError>> {
+    if content_type.is_some_and(|ct| !is_json(Some(ct))) {
+        return None;
+    }
+    let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    if body[start] != b'{' {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    if !value.as_object()?.contains_key("specversion") {
+        return None;
+    }
+    Some(structured_from_value(value))
+}
+
+/// Sets the body as the event's data: no content type and no body means no data. Data of a
+/// text content type that is valid UTF-8 becomes text, as structured mode would give it.
 fn attach(event: &mut Event, ct: Option<String>, body: impl FnOnce() -> Vec<u8>, empty: bool) {
     if ct.is_some() || !empty {
-        event.set_data_unchecked(Data::Binary(body()));
+        let body = body();
+        let data = if is_text(ct.as_deref()) {
+            match String::from_utf8(body) {
+                Ok(text) => Data::String(text),
+                Err(e) => Data::Binary(e.into_bytes()),
+            }
+        } else {
+            Data::Binary(body)
+        };
+        event.set_data_unchecked(data);
         event.set_datacontenttype(ct);
+    }
+}
+
+/// Whether `ct` names text other than JSON: `text/*`, XML and YAML types, or any type with a
+/// UTF-8 (or US-ASCII) `charset`. A charset other than those keeps the data binary.
+fn is_text(ct: Option<&str>) -> bool {
+    let Some(ct) = ct else {
+        return false;
+    };
+    if is_json(Some(ct)) {
+        return false;
+    }
+    // No allocation: this runs for every binary-mode message with a content type.
+    let mut parts = ct.split(';');
+    let essence = parts.next().unwrap_or_default().trim();
+    let charset = parts.filter_map(|p| p.split_once('=')).find_map(|(k, v)| {
+        k.trim()
+            .eq_ignore_ascii_case("charset")
+            .then(|| v.trim().trim_matches('"'))
+    });
+    // `get`, not indexing: a content type that is not ASCII must not panic.
+    let ends_with = |s: &str, suffix: &str| {
+        s.len()
+            .checked_sub(suffix.len())
+            .and_then(|i| s.get(i..))
+            .is_some_and(|t| t.eq_ignore_ascii_case(suffix))
+    };
+    match charset {
+        Some(c) => ["utf-8", "utf8", "us-ascii"]
+            .iter()
+            .any(|u| c.eq_ignore_ascii_case(u)),
+        None => {
+            essence
+                .get(..5)
+                .is_some_and(|t| t.eq_ignore_ascii_case("text/"))
+                || ends_with(essence, "+xml")
+                || ["application/xml", "application/yaml", "application/x-yaml"]
+                    .iter()
+                    .any(|t| essence.eq_ignore_ascii_case(t))
+        }
     }
 }
 
@@ -642,6 +811,10 @@ fn decode_structured(body: &[u8]) -> Result<Event, DecodeError> {
             format!("body is not json: {e}"),
         )
     })?;
+    structured_from_value(value)
+}
+
+fn structured_from_value(value: serde_json::Value) -> Result<Event, DecodeError> {
     let Some(obj) = value.as_object() else {
         return Err(DecodeError::new(
             DecodeErrorKind::InvalidStructured,

@@ -264,6 +264,20 @@ fn add_position(
     }
 }
 
+/// Commits settled positions synchronously, storing them first: librdkafka's auto-commit
+/// commits the *stored* offsets again when partitions are unassigned — after this commit — and
+/// a stored offset older than the commit (acks given since the last housekeeping, e.g. while a
+/// revoked partition waited for its in-flight deliveries) would move the group back and hand
+/// those messages out again.
+fn commit_settled(consumer: &BaseConsumer<Ctx>, positions: &TopicPartitionList, when: &str) {
+    if let Err(e) = consumer.store_offsets(positions) {
+        tracing::warn!(error = %e, "cannot store offsets {when}");
+    }
+    if let Err(e) = consumer.commit(positions, CommitMode::Sync) {
+        tracing::warn!(error = %e, "cannot commit {when}");
+    }
+}
+
 /// State shared by the poller thread, the subscription and its deliveries.
 struct Sub {
     broker: Arc<Shared>,
@@ -950,9 +964,7 @@ impl Sub {
             });
         }
         if commit.count() > 0 {
-            if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
-                tracing::warn!(error = %e, "cannot commit revoked partitions");
-            }
+            commit_settled(consumer, &commit, "revoked partitions");
         }
         let result = match consumer.rebalance_protocol() {
             rdkafka::consumer::RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
@@ -978,9 +990,7 @@ impl Sub {
             }
         }
         if commit.count() > 0 {
-            if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
-                tracing::warn!(error = %e, "cannot commit on close");
-            }
+            commit_settled(consumer, &commit, "on close");
         }
     }
 

@@ -869,7 +869,9 @@ async fn a_handler_longer_than_the_poll_interval_keeps_its_partition() {
     use messaging_core::handler::{HandlerError, Incoming, handler_fn};
     use messaging_core::runtime::{Consumer, ConsumerState};
 
-    let poll_interval = Duration::from_secs(6);
+    // Long enough that a member whose heartbeats are late on a loaded machine is not evicted
+    // (an eviction hands the message out again, whatever the poll interval).
+    let poll_interval = Duration::from_secs(10);
     let config = KafkaConfig {
         // Every client of the broker gets these; librdkafka checks the pair on each.
         properties: vec![
@@ -941,4 +943,90 @@ async fn a_handler_longer_than_the_poll_interval_keeps_its_partition() {
     let runs = runs.lock().unwrap().clone();
     assert_eq!(runs.len(), 1, "handled once: {runs:?} {a:?} {b:?}");
     assert_eq!(a.acked + b.acked, 1, "{a:?} {b:?}");
+}
+
+/// A partition revoked while a delivery is in flight waits for it (`revoke_timeout`), and the
+/// ack given during that wait is committed for good: the partition's next owner starts after
+/// it. (Found by the scale drill: every partition's last in-flight message was handled again
+/// after a graceful rebalance.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_given_while_its_partition_is_revoked_stays_committed() {
+    // Two partitions, so that the joining member is assigned one; the messages share a key
+    // and so a partition.
+    let config = KafkaConfig {
+        revoke_timeout: Duration::from_secs(30),
+        partitions: 2,
+        // A member whose heartbeats are late on a loaded machine must not be evicted: the
+        // test is about a revocation, not an expiry.
+        session_timeout: Duration::from_secs(20),
+        ..nisshi_config()
+    };
+    let broker = connect(config.clone()).await;
+    let topic = unique("revoke");
+    let options = SubscribeOptions::new(unique("g"));
+    let mut first = broker
+        .subscriber()
+        .subscribe(&topic, options.clone())
+        .await
+        .expect("subscribe");
+    let keyed = |i: usize| {
+        EventBuilder::new("/test", "kafka.test")
+            .id(format!("e{i}"))
+            .ordering_key("one-partition")
+            .json(&i)
+            .build()
+            .expect("event")
+    };
+    // Two messages: nothing but the held one is in flight when the revocation comes.
+    broker
+        .publisher()
+        .publish_batch(&topic, vec![keyed(0), keyed(1)])
+        .await
+        .expect("publish");
+    let d0 = recv(&mut first).await;
+    assert_eq!(index(&d0), 0);
+    d0.ack().await.expect("ack 0");
+    let held = recv(&mut first).await;
+    assert_eq!(index(&held), 1);
+    settle_commits().await;
+    // A second member joins: the first one's partition is revoked, and the revocation waits
+    // for the held delivery.
+    let other = connect(config).await;
+    let joining = {
+        let (topic, options) = (topic.clone(), options.clone());
+        tokio::spawn(async move { other.subscriber().subscribe(&topic, options).await })
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        !joining.is_finished(),
+        "the rebalance waits for the in-flight delivery"
+    );
+    held.ack().await.expect("ack 1 during the revocation");
+    let mut second = tokio::time::timeout(WAIT, joining)
+        .await
+        .expect("the rebalance completes once the delivery is settled")
+        .expect("join")
+        .expect("subscribe");
+    broker
+        .publisher()
+        .publish(&topic, keyed(2))
+        .await
+        .expect("publish");
+    let next = tokio::time::timeout(WAIT, async {
+        tokio::select! {
+            d = first.recv() => d,
+            d = second.recv() => d,
+        }
+    })
+    .await
+    .expect("a delivery in time")
+    .expect("recv");
+    assert_eq!(
+        index(&next),
+        2,
+        "the ack given during the revocation was lost"
+    );
+    next.ack().await.expect("ack 2");
+    first.close().await.expect("close");
+    second.close().await.expect("close");
 }

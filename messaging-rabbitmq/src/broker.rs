@@ -1,10 +1,13 @@
 //! The connection, topology declarations and the shared confirm channel.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use lapin::options::{
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -34,7 +37,12 @@ impl std::fmt::Debug for RabbitBroker {
 }
 
 pub(crate) struct Shared {
-    pub(crate) conn: Connection,
+    /// The connection in use, replaced by a new one once it failed; see
+    /// [`Shared::connection`].
+    conn: RwLock<Arc<Connection>>,
+    /// Held while a failed connection is being replaced (one caller replaces it), with
+    /// when the next attempt may be made after failed ones.
+    reconnect: tokio::sync::Mutex<Backoff>,
     pub(crate) config: RabbitConfig,
     pub(crate) binding: Binding,
     confirm: tokio::sync::Mutex<Option<Channel>>,
@@ -78,22 +86,19 @@ impl ConnectError {
 }
 
 impl RabbitBroker {
-    /// Connects, with lapin's automatic recovery enabled.
+    /// Connects, bounded by [`RabbitConfig::operation_timeout`]. A connection lost later is
+    /// replaced by a new one on the next call that needs it (see the crate docs, "Recovery").
     pub async fn connect(config: RabbitConfig) -> Result<Self, ConnectError> {
-        let props = ConnectionProperties::default()
-            .with_connection_name(LongString::from(config.connection_name.as_str()))
-            .enable_auto_recover();
-        let conn = Connection::connect(&config.uri, props)
-            .await
-            .map_err(|source| ConnectError {
-                uri: redact(&config.uri),
-                source,
-            })?;
+        let conn = connect(&config).await.map_err(|source| ConnectError {
+            uri: redact(&config.uri),
+            source,
+        })?;
         Ok(Self {
             shared: Arc::new(Shared {
-                conn,
+                conn: RwLock::new(Arc::new(conn)),
+                reconnect: tokio::sync::Mutex::new(Backoff::new(config.reconnect_max_delay)),
                 config,
-                binding: Binding::amqp(),
+                binding: crate::codec::binding(),
                 confirm: tokio::sync::Mutex::new(None),
                 exchanges: Mutex::default(),
                 warned: Mutex::default(),
@@ -127,13 +132,202 @@ impl RabbitBroker {
         self.shared.features()
     }
 
-    /// The underlying lapin connection, for what this crate does not cover.
-    pub fn connection(&self) -> &Connection {
-        &self.shared.conn
+    /// The lapin connection in use, for what this crate does not cover. The adapter
+    /// replaces it with a new one when it fails for good, so hold it only briefly.
+    pub fn connection(&self) -> Arc<Connection> {
+        self.shared.current()
     }
 }
 
+/// A new connection. lapin's own recovery stays off: it can stop for good (it gives up after
+/// 16 attempts, and a failure while restoring a channel fails the connection) or, seen on
+/// 4.12 after a node restart, wait forever with no socket; the adapter replaces a failed
+/// connection itself, and subscriptions consume again on the new one.
+async fn connect(config: &RabbitConfig) -> Result<Connection, lapin::Error> {
+    let props = ConnectionProperties::default()
+        .with_connection_name(LongString::from(config.connection_name.as_str()));
+    bounded(
+        config.operation_timeout,
+        Connection::connect(&config.uri, props),
+    )
+    .await
+}
+
+/// A consumer of a group's queue, on its own channel.
+pub(crate) struct Consuming {
+    /// The connection the channel is on.
+    pub(crate) conn: Arc<Connection>,
+    pub(crate) channel: Channel,
+    pub(crate) consumer: lapin::Consumer,
+    pub(crate) queue: String,
+}
+
+/// When a failed connection may be replaced next: 100 ms after a failed attempt, doubling up
+/// to `reconnect_max_delay`, jittered (backon, as `messaging_core::resubscribe`), so that a
+/// fleet of clients does not reconnect in step.
+#[derive(Debug)]
+struct Backoff {
+    failures: u32,
+    delays: backon::ExponentialBackoff,
+    next: Option<tokio::time::Instant>,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Self {
+        use backon::BackoffBuilder as _;
+        Self {
+            failures: 0,
+            // backon's jitter adds up to the delay again: halved, each wait is in the upper
+            // half of 100 ms × 2ⁿ, capped at `max`.
+            delays: backon::ExponentialBuilder::new()
+                .with_min_delay(Duration::from_millis(50))
+                .with_max_delay(max / 2)
+                .with_jitter()
+                .without_max_times()
+                .build(),
+            next: None,
+        }
+    }
+}
+
+/// `call`, failing as a transport error (transient) once `limit` has passed.
+pub(crate) async fn bounded<T>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, lapin::Error> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => Err(timed_out(limit)),
+    }
+}
+
+/// The error of a call to the broker that got no answer within `limit`.
+pub(crate) fn timed_out(limit: Duration) -> lapin::Error {
+    lapin::Error::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no answer from RabbitMQ within {limit:?}"),
+    ))
+}
+
 impl Shared {
+    fn current(&self) -> Arc<Connection> {
+        self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The connection to use: the current one unless it failed (lost, closed by the broker),
+    /// in which case a new one replaces it — one attempt at a time, and after failed
+    /// attempts not before a growing wait (100 ms doubling up to
+    /// [`RabbitConfig::reconnect_max_delay`]); a call in that wait fails at once, as
+    /// transient.
+    pub(crate) async fn connection(&self) -> Result<Arc<Connection>, lapin::Error> {
+        let failed = |c: &Connection| c.status().errored() || c.status().closed();
+        let conn = self.current();
+        if !failed(&conn) {
+            return Ok(conn);
+        }
+        let mut backoff = self.reconnect.lock().await;
+        let conn = self.current();
+        if !failed(&conn) {
+            return Ok(conn);
+        }
+        let now = tokio::time::Instant::now();
+        if let Some(next) = backoff.next.filter(|next| *next > now) {
+            return Err(lapin::Error::from(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                format!("RabbitMQ connection lost; reconnecting in {:?}", next - now),
+            )));
+        }
+        match connect(&self.config).await {
+            Ok(fresh) => {
+                let fresh = Arc::new(fresh);
+                *self.conn.write().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+                tracing::info!(
+                    uri = %redact(&self.config.uri),
+                    attempts = backoff.failures + 1,
+                    "reconnected to RabbitMQ"
+                );
+                *backoff = Backoff::new(self.config.reconnect_max_delay);
+                Ok(fresh)
+            }
+            Err(e) => {
+                let wait = backoff
+                    .delays
+                    .next()
+                    .unwrap_or(self.config.reconnect_max_delay);
+                backoff.failures = backoff.failures.saturating_add(1);
+                backoff.next = Some(tokio::time::Instant::now() + wait);
+                tracing::warn!(
+                    uri = %redact(&self.config.uri),
+                    error = %e,
+                    attempts = backoff.failures,
+                    "cannot reconnect to RabbitMQ; next attempt in {wait:?}"
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// A channel with a consumer of `topic`'s group queue (declared first, with the
+    /// exchange, on that channel), and the queue's name.
+    pub(crate) async fn open_consumer(
+        &self,
+        topic: &str,
+        options: &SubscribeOptions,
+    ) -> Result<Consuming, lapin::Error> {
+        let conn = self.connection().await?;
+        let mut ch = self.bounded(conn.create_channel()).await?;
+        // The channel is replaced if the broker closed it over a queue declared by an
+        // earlier version.
+        let queue = match self.declare_group_on(&mut ch, topic, options).await {
+            Ok(queue) => queue,
+            Err(e) => {
+                if ch.status().connected() {
+                    let _ = self
+                        .bounded(ch.close(200, ShortString::from("not subscribed")))
+                        .await;
+                }
+                return Err(e);
+            }
+        };
+        // An ordered queue hands out one message at a time: with more prefetched, a requeued
+        // message would come back behind the ones already in the client's buffer.
+        let prefetch = if options.is_ordered() {
+            1
+        } else {
+            u16::try_from(options.prefetch_limit()).unwrap_or(u16::MAX)
+        };
+        self.bounded(ch.basic_qos(prefetch, BasicQosOptions::default()))
+            .await?;
+        let consumer = self
+            .bounded(ch.basic_consume(
+                ShortString::from(queue.as_str()),
+                ShortString::from(""),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ))
+            .await?;
+        Ok(Consuming {
+            conn,
+            channel: ch,
+            consumer,
+            queue,
+        })
+    }
+
+    /// A new channel on the connection in use, bounded by the operation timeout.
+    pub(crate) async fn open_channel(&self) -> Result<Channel, lapin::Error> {
+        let conn = self.connection().await?;
+        self.bounded(conn.create_channel()).await
+    }
+
+    /// `call` bounded by the operation timeout.
+    pub(crate) async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, lapin::Error>>,
+    ) -> Result<T, lapin::Error> {
+        bounded(self.config.operation_timeout, call).await
+    }
+
     pub(crate) fn features(&self) -> Features {
         Features {
             consumer_groups: true,
@@ -158,8 +352,8 @@ impl Shared {
                 return Ok(ch.clone());
             }
         }
-        let ch = self.conn.create_channel().await.map_err(error::publish)?;
-        ch.confirm_select(ConfirmSelectOptions::default())
+        let ch = self.open_channel().await.map_err(error::publish)?;
+        self.bounded(ch.confirm_select(ConfirmSelectOptions::default()))
             .await
             .map_err(error::publish)?;
         *slot = Some(ch.clone());
@@ -180,7 +374,7 @@ impl Shared {
         {
             return Ok(());
         }
-        ch.exchange_declare(
+        self.bounded(ch.exchange_declare(
             ShortString::from(topic),
             ExchangeKind::Fanout,
             ExchangeDeclareOptions {
@@ -188,7 +382,7 @@ impl Shared {
                 ..ExchangeDeclareOptions::default()
             },
             FieldTable::default(),
-        )
+        ))
         .await?;
         self.exchanges
             .lock()
@@ -206,10 +400,13 @@ impl Shared {
         topic: &str,
         options: &SubscribeOptions,
     ) -> Result<String, lapin::Error> {
-        let mut ch = self.conn.create_channel().await?;
+        let mut ch = self.open_channel().await?;
         let declared = self.declare_group_on(&mut ch, topic, options).await;
         if ch.status().connected() {
-            if let Err(e) = ch.close(200, ShortString::from("declared")).await {
+            if let Err(e) = self
+                .bounded(ch.close(200, ShortString::from("declared")))
+                .await
+            {
                 tracing::debug!(error = %e, "closing the declaration channel");
             }
         }
@@ -232,7 +429,10 @@ impl Shared {
             let dlq_group = SubscribeOptions::new(DEAD_LETTER_GROUP);
             Box::pin(self.declare_group_on(ch, dlq, &dlq_group)).await?;
         }
-        match declare_queue(ch, &queue, plan.args.clone()).await {
+        match self
+            .bounded(declare_queue(ch, &queue, plan.args.clone()))
+            .await
+        {
             Ok(()) => {}
             Err(refused) if is_precondition_failed(&refused) => {
                 // The broker closed the channel. A queue an older version declared without
@@ -241,21 +441,25 @@ impl Shared {
                 let Some(legacy) = plan.legacy.clone() else {
                     return Err(refused);
                 };
-                *ch = self.conn.create_channel().await?;
-                if declare_queue(ch, &queue, legacy).await.is_err() {
+                *ch = self.open_channel().await?;
+                if self
+                    .bounded(declare_queue(ch, &queue, legacy))
+                    .await
+                    .is_err()
+                {
                     return Err(refused);
                 }
                 self.warn_legacy(&queue, &plan);
             }
             Err(e) => return Err(e),
         }
-        ch.queue_bind(
+        self.bounded(ch.queue_bind(
             ShortString::from(queue.as_str()),
             ShortString::from(topic),
             ShortString::from(""),
             QueueBindOptions::default(),
             FieldTable::default(),
-        )
+        ))
         .await?;
         Ok(queue)
     }
@@ -375,9 +579,9 @@ impl Shared {
     /// Whether the queue (or, `exchange`, the exchange) `name` exists: a passive declare on a
     /// channel of its own (a missing one closes the channel with NOT_FOUND).
     async fn exists(&self, name: &str, exchange: bool) -> Result<bool, lapin::Error> {
-        let ch = self.conn.create_channel().await?;
+        let ch = self.open_channel().await?;
         let result = if exchange {
-            ch.exchange_declare(
+            self.bounded(ch.exchange_declare(
                 ShortString::from(name),
                 ExchangeKind::Fanout,
                 ExchangeDeclareOptions {
@@ -385,18 +589,18 @@ impl Shared {
                     ..ExchangeDeclareOptions::default()
                 },
                 FieldTable::default(),
-            )
+            ))
             .await
             .map(|_| ())
         } else {
-            ch.queue_declare(
+            self.bounded(ch.queue_declare(
                 ShortString::from(name),
                 QueueDeclareOptions {
                     passive: true,
                     ..QueueDeclareOptions::default()
                 },
                 FieldTable::default(),
-            )
+            ))
             .await
             .map(|_| ())
         };
@@ -406,7 +610,9 @@ impl Shared {
             Err(e) => return Err(e),
         };
         if ch.status().connected() {
-            let _ = ch.close(200, ShortString::from("looked up")).await;
+            let _ = self
+                .bounded(ch.close(200, ShortString::from("looked up")))
+                .await;
         }
         Ok(found)
     }
@@ -587,26 +793,22 @@ fn shell_quote(s: &str) -> String {
 impl Inspect for RabbitBroker {
     /// Ready messages in the group's queue (RabbitMQ does not count unacked ones here).
     async fn depth(&self, topic: &str, group: &str) -> Result<Option<u64>, InspectError> {
-        let ch = self
-            .shared
-            .conn
-            .create_channel()
-            .await
-            .map_err(error::inspect)?;
+        let ch = self.shared.open_channel().await.map_err(error::inspect)?;
         let queue = self
             .shared
             .group_queue_name(topic, group, false)
             .await
             .map_err(error::inspect)?;
-        let result = ch
-            .queue_declare(
+        let result = self
+            .shared
+            .bounded(ch.queue_declare(
                 ShortString::from(queue.as_str()),
                 QueueDeclareOptions {
                     passive: true,
                     ..QueueDeclareOptions::default()
                 },
                 FieldTable::default(),
-            )
+            ))
             .await;
         let depth = match result {
             Ok(q) => Some(u64::from(q.message_count())),
@@ -614,7 +816,10 @@ impl Inspect for RabbitBroker {
             Err(e) if e.is_amqp_soft_error() => None,
             Err(e) => return Err(error::inspect(e)),
         };
-        let _ = ch.close(200, ShortString::from("inspected")).await;
+        let _ = self
+            .shared
+            .bounded(ch.close(200, ShortString::from("inspected")))
+            .await;
         Ok(depth)
     }
 }

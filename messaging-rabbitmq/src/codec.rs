@@ -5,8 +5,15 @@ use std::borrow::Cow;
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use messaging_core::codec::{Binding, ContentMode, EncodeError};
+use messaging_core::codec::{Binding, ContentMode, EncodeError, HeaderValue};
 use messaging_core::{DecodeError, Event, RawMessage};
+
+/// The binding of this transport: `cloudEvents:` headers when encoding; `cloudEvents:`,
+/// `cloudEvents_` (the AMQP binding's JMS-friendly form) and `ce-` (the RabbitMQ binding of
+/// Knative Eventing and the Python SDK) when decoding.
+pub(crate) fn binding() -> Binding {
+    Binding::amqp().with_alternate_prefix("ce-")
+}
 
 /// Header carrying attempts made before a delayed redelivery re-published the message.
 pub(crate) const ATTEMPT_HEADER: &str = "x-messaging-attempt";
@@ -37,20 +44,43 @@ pub(crate) fn encode<'a>(
     Ok((props, encoded.body, size))
 }
 
+/// A header's value in the codec's terms: strings as bytes, the AMQP types the CloudEvents
+/// binding maps (boolean, integers, timestamp, binary) natively. Other types (floats, decimals,
+/// arrays, tables, void) are no CloudEvents attribute type and are skipped.
+fn header_value(v: &AMQPValue) -> Option<HeaderValue<'_>> {
+    Some(match v {
+        AMQPValue::LongString(s) => HeaderValue::Text(s.as_bytes()),
+        AMQPValue::ShortString(s) => HeaderValue::Text(s.as_str().as_bytes()),
+        AMQPValue::Boolean(b) => HeaderValue::Bool(*b),
+        AMQPValue::ShortShortInt(n) => HeaderValue::Int(i64::from(*n)),
+        AMQPValue::ShortShortUInt(n) => HeaderValue::Int(i64::from(*n)),
+        AMQPValue::ShortInt(n) => HeaderValue::Int(i64::from(*n)),
+        AMQPValue::ShortUInt(n) => HeaderValue::Int(i64::from(*n)),
+        AMQPValue::LongInt(n) => HeaderValue::Int(i64::from(*n)),
+        AMQPValue::LongUInt(n) => HeaderValue::Int(i64::from(*n)),
+        AMQPValue::LongLongInt(n) => HeaderValue::Int(*n),
+        // AMQP 0-9-1 timestamps are seconds since the epoch.
+        AMQPValue::Timestamp(secs) => HeaderValue::Time(
+            i64::try_from(*secs)
+                .ok()
+                .and_then(|s| messaging_core::chrono::DateTime::from_timestamp(s, 0))?,
+        ),
+        AMQPValue::ByteArray(b) => HeaderValue::Binary(b.as_slice()),
+        _ => return None,
+    })
+}
+
+/// The bytes a dead letter keeps of a header: the string form of what [`header_value`] reads.
 fn value_bytes(v: &AMQPValue) -> Option<Cow<'_, [u8]>> {
     let text = |s: String| Some(Cow::Owned(s.into_bytes()));
-    match v {
-        AMQPValue::LongString(s) => Some(Cow::Borrowed(s.as_bytes())),
-        AMQPValue::ShortString(s) => Some(Cow::Borrowed(s.as_str().as_bytes())),
-        AMQPValue::Boolean(b) => text(b.to_string()),
-        AMQPValue::ShortShortInt(n) => text(n.to_string()),
-        AMQPValue::ShortShortUInt(n) => text(n.to_string()),
-        AMQPValue::ShortInt(n) => text(n.to_string()),
-        AMQPValue::ShortUInt(n) => text(n.to_string()),
-        AMQPValue::LongInt(n) => text(n.to_string()),
-        AMQPValue::LongUInt(n) => text(n.to_string()),
-        AMQPValue::LongLongInt(n) => text(n.to_string()),
-        AMQPValue::Timestamp(n) => text(n.to_string()),
+    match header_value(v)? {
+        HeaderValue::Text(b) | HeaderValue::Binary(b) => Some(Cow::Borrowed(b)),
+        HeaderValue::Bool(b) => text(b.to_string()),
+        HeaderValue::Int(n) => text(n.to_string()),
+        HeaderValue::Time(_) => match v {
+            AMQPValue::Timestamp(n) => text(n.to_string()),
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -78,22 +108,13 @@ pub(crate) fn decode(
     body: Vec<u8>,
 ) -> Result<Event, DecodeError> {
     let content_type = props.content_type().as_ref().map(ShortString::as_str);
-    let headers: Vec<(&str, Cow<'_, [u8]>)> = props
-        .headers()
-        .as_ref()
-        .map(|h| {
-            h.inner()
-                .iter()
-                .filter_map(|(k, v)| value_bytes(v).map(|b| (k.as_str(), b)))
-                .collect()
-        })
-        .unwrap_or_default();
+    let table = props.headers().as_ref().map(FieldTable::inner);
+    let headers = table
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| header_value(v).map(|v| (k.as_str(), v)));
     binding
-        .decode_parts_owned(
-            content_type,
-            headers.iter().map(|(k, v)| (*k, v.as_ref())),
-            body,
-        )
+        .decode_parts_owned(content_type, headers, body)
         .map(|mut event| {
             // A request through direct reply-to: the broker's address for the reply is the
             // AMQP `reply_to` property, which the core's `reply` reads as `replyto`.
@@ -110,9 +131,10 @@ pub(crate) fn decode(
         .map_err(|(e, body)| {
             e.with_raw(RawMessage {
                 content_type: content_type.map(str::to_owned),
-                headers: headers
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
+                headers: table
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(k, v)| value_bytes(v).map(|b| (k.to_string(), b.into_owned())))
                     .collect(),
                 body,
             })
@@ -143,6 +165,73 @@ mod tests {
         );
         let back = decode(&Binding::amqp(), &props, body.into_owned()).unwrap();
         assert_eq!((back.id(), back.ordering_key()), ("e1", Some("k")));
+    }
+
+    /// The AMQP binding: a receiver interprets the native AMQP type of each attribute as well as
+    /// its string form, under either prefix.
+    #[test]
+    fn native_amqp_types_decode_like_their_string_forms() {
+        use messaging_core::ExtensionValue;
+        let millis: i64 = 1_764_000_000_123;
+        for prefix in ["cloudEvents:", "cloudEvents_", "ce-"] {
+            let mut headers = FieldTable::default();
+            let mut put = |name: &str, v: AMQPValue| {
+                headers.insert(ShortString::from(format!("{prefix}{name}")), v);
+            };
+            put("specversion", AMQPValue::LongString("1.0".into()));
+            put("id", AMQPValue::LongString("e1".into()));
+            put("source", AMQPValue::ShortString("urn:python".into()));
+            put("type", AMQPValue::LongString("t".into()));
+            // What the Python SDK's AMQP binding sends: milliseconds since the epoch.
+            put("time", AMQPValue::LongLongInt(millis));
+            put("count", AMQPValue::LongInt(42));
+            put("big", AMQPValue::LongLongInt(1 << 40));
+            put("flag", AMQPValue::Boolean(true));
+            put("blob", AMQPValue::ByteArray(vec![0, 1, 255].into()));
+            put("stamp", AMQPValue::Timestamp(1_764_000_000));
+            let props = BasicProperties::default()
+                .with_content_type("text/plain".into())
+                .with_headers(headers);
+            let e = decode(&binding(), &props, b"hi".to_vec())
+                .unwrap_or_else(|err| panic!("{prefix}: {err}"));
+            assert_eq!(e.id(), "e1");
+            assert_eq!(
+                e.time().map(|t| t.timestamp_millis()),
+                Some(millis),
+                "{prefix}"
+            );
+            assert_eq!(e.extension("count"), Some(&ExtensionValue::Integer(42)));
+            assert_eq!(e.extension("big"), Some(&ExtensionValue::Integer(1 << 40)));
+            assert_eq!(e.extension("flag"), Some(&ExtensionValue::Boolean(true)));
+            assert_eq!(
+                e.extension("blob"),
+                Some(&ExtensionValue::String("AAH/".into()))
+            );
+            assert_eq!(
+                e.extension("stamp"),
+                Some(&ExtensionValue::String("2025-11-24T16:00:00Z".into()))
+            );
+        }
+        // An AMQP 0-9-1 timestamp (seconds) as the event time.
+        let mut headers = FieldTable::default();
+        for (k, v) in [
+            ("specversion", "1.0"),
+            ("id", "e2"),
+            ("source", "s"),
+            ("type", "t"),
+        ] {
+            headers.insert(
+                ShortString::from(format!("cloudEvents:{k}")),
+                AMQPValue::LongString(v.into()),
+            );
+        }
+        headers.insert(
+            "cloudEvents:time".into(),
+            AMQPValue::Timestamp(1_764_000_000),
+        );
+        let props = BasicProperties::default().with_headers(headers);
+        let e = decode(&Binding::amqp(), &props, Vec::new()).unwrap();
+        assert_eq!(e.time().map(|t| t.timestamp()), Some(1_764_000_000));
     }
 
     #[test]

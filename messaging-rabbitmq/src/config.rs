@@ -41,6 +41,19 @@ pub struct RabbitConfig {
     /// message gets this long from the end of sending, and only the unconfirmed ones fail; a
     /// nack with a delay waits this long for its delay copy's confirm, then requeues instead.
     pub confirm_timeout: Duration,
+    /// How long any other call to the broker may take — opening a channel, declaring a
+    /// topic or group, subscribing, acknowledging, closing (default 30 s). Past it the call
+    /// fails as transient ([`Unavailable`](messaging_core::PublishErrorKind::Unavailable)) instead of
+    /// waiting on a connection that cannot answer (a partitioned network, a node that
+    /// accepts TCP but does not speak AMQP, a connection recovering).
+    pub operation_timeout: Duration,
+    /// The longest wait between two attempts to open a new connection once the one in use
+    /// was lost (default 5 s). Attempts are made by the calls that need the connection
+    /// (a publish, a subscription's `recv`), one at a time, from 100 ms after a failed one,
+    /// doubling up to this, each wait jittered into its upper half; a call during the wait
+    /// fails at once as transient. There is no limit on attempts: a node down for an hour is
+    /// reconnected to once it is back.
+    pub reconnect_max_delay: Duration,
     /// Connection name shown by `rabbitmqctl list_connections` (default `messaging-rabbitmq`).
     pub connection_name: String,
     /// Deletes group queues unused (no consumer, not redeclared) for this long (`x-expires`);
@@ -68,6 +81,8 @@ impl RabbitConfig {
             max_payload: 16 * 1024 * 1024,
             mandatory: false,
             confirm_timeout: Duration::from_secs(30),
+            operation_timeout: Duration::from_secs(30),
+            reconnect_max_delay: Duration::from_secs(5),
             connection_name: "messaging-rabbitmq".into(),
             queue_expires: None,
             max_deliveries: DEFAULT_MAX_DELIVERIES,
@@ -96,6 +111,8 @@ impl fmt::Debug for RabbitConfig {
             .field("max_payload", &self.max_payload)
             .field("mandatory", &self.mandatory)
             .field("confirm_timeout", &self.confirm_timeout)
+            .field("operation_timeout", &self.operation_timeout)
+            .field("reconnect_max_delay", &self.reconnect_max_delay)
             .field("connection_name", &self.connection_name)
             .field("queue_expires", &self.queue_expires)
             .field("max_deliveries", &self.max_deliveries)

@@ -9,7 +9,7 @@ use messaging_core::{
 /// rather than the broker refusing the operation.
 fn is_transport(e: &lapin::Error) -> bool {
     // CONNECTION_FORCED (an operator or a node shutting down), RESOURCE_ERROR, INTERNAL_ERROR:
-    // the connection is gone or the broker is struggling; automatic recovery reconnects.
+    // the connection is gone or the broker is struggling; the adapter reconnects.
     if let lapin::ErrorKind::ProtocolError(amqp) = e.kind() {
         return matches!(amqp.get_id(), 320 | 506 | 541);
     }

@@ -84,7 +84,8 @@ impl RabbitPublisher {
         } else {
             (topic, "")
         };
-        ch.basic_publish(
+        let limit = self.shared.config.operation_timeout;
+        let sent = ch.basic_publish(
             ShortString::from(exchange),
             ShortString::from(routing_key),
             BasicPublishOptions {
@@ -93,9 +94,13 @@ impl RabbitPublisher {
             },
             body,
             props,
-        )
-        .await
-        .map_err(error::publish)
+        );
+        match tokio::time::timeout(limit, sent).await {
+            Ok(sent) => sent.map_err(error::publish),
+            // The frame may still go out: whether the broker got it is unknown.
+            Err(_) => Err(PublishError::new(PublishErrorKind::Timeout)
+                .with_detail(format!("not sent within {limit:?} (operation_timeout)"))),
+        }
     }
 
     fn timeout_error(&self) -> PublishError {

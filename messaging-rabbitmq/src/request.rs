@@ -58,17 +58,13 @@ impl std::fmt::Debug for DirectRequester {
 
 impl DirectRequester {
     pub(crate) async fn start(shared: Arc<Shared>) -> Result<Self, messaging_core::SubscribeError> {
-        let channel = shared
-            .conn
-            .create_channel()
+        let channel = shared.open_channel().await.map_err(error::subscribe)?;
+        shared
+            .bounded(channel.confirm_select(ConfirmSelectOptions::default()))
             .await
             .map_err(error::subscribe)?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(error::subscribe)?;
-        let mut consumer = channel
-            .basic_consume(
+        let mut consumer = shared
+            .bounded(channel.basic_consume(
                 ShortString::from(DIRECT_REPLY_TO),
                 ShortString::from(""),
                 BasicConsumeOptions {
@@ -76,7 +72,7 @@ impl DirectRequester {
                     ..BasicConsumeOptions::default()
                 },
                 FieldTable::default(),
-            )
+            ))
             .await
             .map_err(error::subscribe)?;
         let pending: Pending = Arc::default();
@@ -147,14 +143,14 @@ impl DirectRequester {
                 .await
                 .map_err(error::publish)?;
             let confirm = self
-                .channel
-                .basic_publish(
+                .shared
+                .bounded(self.channel.basic_publish(
                     ShortString::from(topic),
                     ShortString::from(""),
                     BasicPublishOptions::default(),
                     &body,
                     props,
-                )
+                ))
                 .await
                 .map_err(error::publish)?;
             match tokio::time::timeout(self.shared.config.confirm_timeout, confirm).await {

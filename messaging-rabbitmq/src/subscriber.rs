@@ -4,10 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation};
 use messaging_core::{
@@ -39,49 +36,20 @@ impl Subscriber for RabbitSubscriber {
         options: SubscribeOptions,
     ) -> Result<RabbitSubscription, SubscribeError> {
         self.check(&options)?;
-        let mut ch = self
+        let c = self
             .shared
-            .conn
-            .create_channel()
-            .await
-            .map_err(error::subscribe)?;
-        // Declared on the consumer's channel, so that lapin's recovery declares the queue
-        // again before it resumes consuming (the channel is replaced if the broker closed it
-        // over a queue declared by an earlier version).
-        let queue = match self.shared.declare_group_on(&mut ch, topic, &options).await {
-            Ok(queue) => queue,
-            Err(e) => {
-                if ch.status().connected() {
-                    let _ = ch.close(200, ShortString::from("not subscribed")).await;
-                }
-                return Err(error::subscribe(e));
-            }
-        };
-        // An ordered queue hands out one message at a time: with more prefetched, a requeued
-        // message would come back behind the ones already in the client's buffer.
-        let prefetch = if options.is_ordered() {
-            1
-        } else {
-            u16::try_from(options.prefetch_limit()).unwrap_or(u16::MAX)
-        };
-        ch.basic_qos(prefetch, BasicQosOptions::default())
-            .await
-            .map_err(error::subscribe)?;
-        let consumer = ch
-            .basic_consume(
-                ShortString::from(queue.as_str()),
-                ShortString::from(""),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
+            .open_consumer(topic, &options)
             .await
             .map_err(error::subscribe)?;
         Ok(RabbitSubscription {
             shared: self.shared.clone(),
-            channel: ch,
-            consumer,
+            conn: c.conn,
+            channel: c.channel,
+            consumer: c.consumer,
             topic: Arc::from(topic),
-            queue: Arc::from(queue.as_str()),
+            queue: Arc::from(c.queue.as_str()),
+            options,
+            lost: false,
             closed: false,
         })
     }
@@ -121,12 +89,22 @@ impl RabbitSubscriber {
 
 /// One consumer of a group's queue, on its own channel. Closing (or dropping) it closes the
 /// channel, and RabbitMQ requeues its unacked deliveries.
+///
+/// When the connection is lost, `recv` fails with a transient error
+/// ([`Unavailable`](ReceiveErrorKind::Unavailable)); the next `recv` consumes again on the
+/// broker's new connection (declaring the queue again first), or fails transiently while
+/// there is none yet.
 pub struct RabbitSubscription {
     shared: Arc<Shared>,
+    /// The connection the channel is on.
+    conn: Arc<lapin::Connection>,
     channel: Channel,
     consumer: lapin::Consumer,
     topic: Arc<str>,
     queue: Arc<str>,
+    options: SubscribeOptions,
+    /// The connection or channel was lost: the next `recv` opens a new consumer.
+    lost: bool,
     closed: bool,
 }
 
@@ -151,6 +129,31 @@ impl RabbitSubscription {
     fn closed() -> ReceiveError {
         ReceiveError::new(ReceiveErrorKind::Closed)
     }
+
+    /// Consumes again, on a new channel of the connection in use, after the old one was lost.
+    async fn resume(&mut self) -> Result<(), ReceiveError> {
+        let c = self
+            .shared
+            .open_consumer(&self.topic, &self.options)
+            .await
+            .map_err(error::receive)?;
+        tracing::info!(
+            queue = c.queue,
+            "consuming again after the connection was lost"
+        );
+        self.conn = c.conn;
+        self.channel = c.channel;
+        self.consumer = c.consumer;
+        self.queue = Arc::from(c.queue.as_str());
+        self.lost = false;
+        Ok(())
+    }
+
+    /// Whether the consumer ended because its channel or connection went away (rather than
+    /// the broker cancelling it: the queue was deleted).
+    fn transport_lost(&self) -> bool {
+        !self.channel.status().connected() && !self.conn.status().connected()
+    }
 }
 
 impl Subscription for RabbitSubscription {
@@ -160,10 +163,22 @@ impl Subscription for RabbitSubscription {
         if self.closed {
             return Err(Self::closed());
         }
+        if self.lost {
+            self.resume().await?;
+        }
         match self.consumer.next().await {
-            None => Err(Self::closed().with_detail("consumer cancelled or channel closed")),
-            Some(Err(e)) => Err(error::receive(e)),
             Some(Ok(d)) => Ok(self.wrap(d)),
+            Some(Err(e)) => {
+                let e = error::receive(e);
+                self.lost = e.is_transient();
+                Err(e)
+            }
+            None if self.transport_lost() => {
+                self.lost = true;
+                Err(ReceiveError::new(ReceiveErrorKind::Unavailable)
+                    .with_detail("the connection was lost; the next recv consumes again"))
+            }
+            None => Err(Self::closed().with_detail("consumer cancelled or channel closed")),
         }
     }
 
@@ -184,8 +199,11 @@ impl Subscription for RabbitSubscription {
         if !self.closed {
             self.closed = true;
             if let Err(e) = self
-                .channel
-                .close(200, ShortString::from("subscription closed"))
+                .shared
+                .bounded(
+                    self.channel
+                        .close(200, ShortString::from("subscription closed")),
+                )
                 .await
             {
                 tracing::debug!(error = %e, "closing the consumer channel");
@@ -294,16 +312,17 @@ impl RabbitDelivery {
             "x-expires".into(),
             AMQPValue::LongLongInt(ttl.saturating_add(60_000)),
         );
-        ch.queue_declare(
-            ShortString::from(delay_queue.as_str()),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            args,
-        )
-        .await
-        .map_err(|e| DelayFailure::NotPublished(error::delay_unpublished(e)))?;
+        self.shared
+            .bounded(ch.queue_declare(
+                ShortString::from(delay_queue.as_str()),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                args,
+            ))
+            .await
+            .map_err(|e| DelayFailure::NotPublished(error::delay_unpublished(e)))?;
         // The body moved into the event: encode it again (or take the raw bytes back from
         // the decode error), and carry the attempt count across.
         let (props, body) = match &self.body {
@@ -328,16 +347,27 @@ impl RabbitDelivery {
             AMQPValue::LongLongInt(i64::from(self.attempt)),
         );
         let props: BasicProperties = props.with_headers(headers);
-        let confirm = ch
-            .basic_publish(
-                ShortString::from(""),
-                ShortString::from(delay_queue.as_str()),
-                BasicPublishOptions::default(),
-                &body,
-                props,
-            )
-            .await
-            .map_err(|e| DelayFailure::NotPublished(error::delay_unpublished(e)))?;
+        let limit = self.shared.config.operation_timeout;
+        let sent = ch.basic_publish(
+            ShortString::from(""),
+            ShortString::from(delay_queue.as_str()),
+            BasicPublishOptions::default(),
+            &body,
+            props,
+        );
+        let confirm = match tokio::time::timeout(limit, sent).await {
+            Ok(sent) => {
+                sent.map_err(|e| DelayFailure::NotPublished(error::delay_unpublished(e)))?
+            }
+            // The frame may still go out.
+            Err(_) => {
+                return Err(DelayFailure::MaybePublished(
+                    AckError::new(AckErrorKind::Timeout).with_detail(format!(
+                        "delayed redelivery not sent within {limit:?} (operation_timeout)"
+                    )),
+                ));
+            }
+        };
         // From here on a copy may be in the delay queue: retrying would add another.
         let timeout = self.shared.config.confirm_timeout;
         match tokio::time::timeout(timeout, confirm).await {
@@ -378,7 +408,7 @@ impl RabbitDelivery {
             requeue: true,
             ..BasicNackOptions::default()
         };
-        match self.inner.acker.nack(options).await {
+        match self.shared.bounded(self.inner.acker.nack(options)).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(self.fail(AckError::new(AckErrorKind::Closed).with_detail(format!(
                 "channel closed after the delayed redelivery failed ({cause}); the broker requeues the message"
@@ -443,7 +473,11 @@ impl Delivery for RabbitDelivery {
     }
 
     async fn ack(self) -> Result<(), SettleError<Self>> {
-        match self.inner.acker.ack(BasicAckOptions::default()).await {
+        match self
+            .shared
+            .bounded(self.inner.acker.ack(BasicAckOptions::default()))
+            .await
+        {
             Ok(true) => Ok(()),
             Ok(false) => Err(self.fail(
                 AckError::new(AckErrorKind::Closed)
@@ -461,7 +495,11 @@ impl Delivery for RabbitDelivery {
             if let Err(failure) = self.redeliver_after(delay).await {
                 return self.requeue_instead(failure).await;
             }
-            return match self.inner.acker.ack(BasicAckOptions::default()).await {
+            return match self
+                .shared
+                .bounded(self.inner.acker.ack(BasicAckOptions::default()))
+                .await
+            {
                 Ok(true) => Ok(()),
                 // The copy waits in the delay queue and the original is requeued: a duplicate,
                 // never a loss.
@@ -473,7 +511,7 @@ impl Delivery for RabbitDelivery {
             requeue: true,
             ..BasicNackOptions::default()
         };
-        match self.inner.acker.nack(options).await {
+        match self.shared.bounded(self.inner.acker.nack(options)).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(self.fail(AckError::new(AckErrorKind::Closed))),
             Err(e) => Err(self.fail(error::ack(e))),

@@ -3,7 +3,6 @@
 //! message that was unacked when the node went down is delivered again. Its own test binary,
 //! so no other test runs while the node is down.
 
-use std::process::Command;
 use std::time::Duration;
 
 use messaging_core::{
@@ -13,16 +12,10 @@ use messaging_rabbitmq::{RabbitBroker, RabbitConfig};
 
 const URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-/// `rabbitmqctl`, bounded to 120 s so a node that does not come back fails the test instead
-/// of hanging it.
+/// `rabbitmqctl`, failing the test if it fails (a node that does not come back within 120 s
+/// included).
 fn rabbitmqctl(args: &[&str]) {
-    let status = Command::new("timeout")
-        .arg("120")
-        .arg("rabbitmqctl")
-        .args(args)
-        .status()
-        .expect("rabbitmqctl runs");
-    assert!(status.success(), "rabbitmqctl {args:?} failed");
+    messaging_testkit::outage::rabbitmqctl(args).unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,24 +11,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use messaging_core::SubscribeOptions;
-use messaging_testkit::outage::ride_out;
+use messaging_testkit::outage::{rabbitmqctl_async, ride_out};
 
 /// Held by each test: one restarts the node, which the others must not see.
 static NODE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// `rabbitmqctl`, bounded to 120 s, off the async workers.
-async fn rabbitmqctl(args: &'static [&'static str]) {
-    let status = tokio::task::spawn_blocking(move || {
-        Command::new("timeout")
-            .arg("120")
-            .arg("rabbitmqctl")
-            .args(args)
-            .status()
-    })
-    .await
-    .expect("rabbitmqctl task")
-    .expect("rabbitmqctl runs");
-    assert!(status.success(), "rabbitmqctl {args:?} failed");
+/// `rabbitmqctl`, failing the test if it fails.
+async fn rabbitmqctl(args: &[&str]) {
+    rabbitmqctl_async(args)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

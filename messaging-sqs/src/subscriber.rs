@@ -1,6 +1,7 @@
 //! Subscribing: a background poller per subscription long-polls the group's queue, a
 //! settler coalesces acks and nacks into batch calls.
 
+use base64::Engine as _;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -289,9 +290,12 @@ impl Poller {
                     .unwrap_or_default()
                     .into_iter()
                     .filter_map(|(k, v)| {
+                        // A `Binary` attribute as its CloudEvents string form, base64.
                         let bytes = match (v.string_value, v.binary_value) {
                             (Some(s), _) => s.into_bytes(),
-                            (None, Some(b)) => b.into_inner(),
+                            (None, Some(b)) => base64::engine::general_purpose::STANDARD
+                                .encode(b.as_ref())
+                                .into_bytes(),
                             (None, None) => return None,
                         };
                         Some((k, bytes))

@@ -593,20 +593,22 @@ async fn messages_waiting_in_the_prefetch_buffer_stay_invisible() {
             &topic,
             SubscribeOptions::new("g")
                 .prefetch(1000)
-                .ack_deadline(Duration::from_secs(2)),
+                // 4 s, not less: on two cores busy compiling, moto and this process can stall
+                // for a second, and a 2 s timeout then ran out under a handed-out message.
+                .ack_deadline(Duration::from_secs(4)),
         )
         .await
         .unwrap();
     let events: Vec<Event> = (0..40).map(|n| event(&format!("s{n}"))).collect();
     b.publisher().publish_batch(&topic, events).await.unwrap();
     let mut seen: std::collections::HashMap<String, Vec<u32>> = Default::default();
-    // 40 × 150 ms: three times the visibility timeout.
+    // 40 × 300 ms: three times the visibility timeout.
     while seen.len() < 40 {
         let d = recv(&mut sub).await;
         seen.entry(d.event().unwrap().id().to_owned())
             .or_default()
             .push(d.attempt());
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         d.ack().await.unwrap();
     }
     expect_nothing(&mut sub, Duration::from_secs(3)).await;

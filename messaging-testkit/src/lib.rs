@@ -10,6 +10,7 @@
 
 pub mod conformance;
 pub mod memory;
+pub mod netfault;
 pub mod outage;
 
 pub use memory::{

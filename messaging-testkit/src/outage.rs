@@ -30,6 +30,34 @@ pub fn broker_cache() -> PathBuf {
         .join("messaging-brokers")
 }
 
+/// Runs `rabbitmqctl args`, bounded to 120 s (a node that does not come back fails the caller
+/// instead of hanging it): how tests stop and start the RabbitMQ node the project's scripts
+/// run — through its own control tool, never a signal sent by process name. Blocks; async
+/// callers use [`rabbitmqctl_async`].
+pub fn rabbitmqctl(args: &[&str]) -> io::Result<()> {
+    let status = Command::new("timeout")
+        .arg("120")
+        .arg("rabbitmqctl")
+        .args(args)
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("rabbitmqctl {args:?}: {status}")))
+    }
+}
+
+/// [`rabbitmqctl`] off the async workers.
+pub async fn rabbitmqctl_async(args: &[&str]) -> io::Result<()> {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        rabbitmqctl(&args)
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
 /// A broker process started by the test, on a port of its own.
 #[derive(Debug)]
 pub struct BrokerProcess {

@@ -495,6 +495,8 @@ const RABBIT_OPTIONS: &[&str] = &[
     "max_payload",
     "mandatory",
     "confirm_timeout",
+    "operation_timeout",
+    "reconnect_max_delay",
     "connection_name",
     "queue_expires",
     "connect_timeout",
@@ -527,6 +529,12 @@ async fn rabbitmq(
     }
     if let Some(v) = o.duration("confirm_timeout")? {
         c.confirm_timeout = v;
+    }
+    if let Some(v) = o.duration("operation_timeout")? {
+        c.operation_timeout = v;
+    }
+    if let Some(v) = o.duration("reconnect_max_delay")? {
+        c.reconnect_max_delay = v;
     }
     if let Some(v) = o.string("connection_name") {
         c.connection_name = v;

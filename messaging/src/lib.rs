@@ -51,7 +51,8 @@
 //! **`amqp://USER:PASS@HOST:PORT/VHOST`**, **`amqps://…`** (feature `tls`) — RabbitMQ through
 //! `messaging-rabbitmq`; the virtual host is percent-encoded (`%2f` is `/`). Options:
 //! `queue_type` (`quorum`|`classic`), `content_mode`, `max_payload`, `mandatory`,
-//! `confirm_timeout`, `connection_name`, `queue_expires`; other query keys (`heartbeat`,
+//! `confirm_timeout`, `operation_timeout`, `reconnect_max_delay`, `connection_name`,
+//! `queue_expires`; other query keys (`heartbeat`,
 //! `frame_max`, `channel_max`…) are passed to the AMQP client.
 //!
 //! **`sqs://[ACCESS_KEY_ID:SECRET@][REGION]`** — AWS SQS/SNS through `messaging-sqs`. Options:

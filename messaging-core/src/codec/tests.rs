@@ -432,3 +432,99 @@ fn binary_mode_refuses_cloudevents_content_type_data() {
     assert!(kafka().encode(&e, ContentMode::Binary).is_err());
     assert!(kafka().encode(&e, ContentMode::Structured).is_ok());
 }
+
+#[test]
+fn text_data_in_binary_mode_comes_back_as_text() {
+    for ct in [
+        "text/plain",
+        "text/plain; charset=utf-8",
+        "text/csv",
+        "application/xml",
+        "application/atom+xml",
+    ] {
+        let raw = RawMessage {
+            content_type: Some(ct.into()),
+            headers: headers(&[
+                ("ce_specversion", "1.0"),
+                ("ce_id", "1"),
+                ("ce_source", "s"),
+                ("ce_type", "t"),
+            ]),
+            body: "héllo <b/>".as_bytes().to_vec(),
+        };
+        let e = kafka().decode(raw).unwrap();
+        assert_eq!(
+            e.data(),
+            Some(&Data::String("héllo <b/>".into())),
+            "{ct} data is text"
+        );
+        let structured: serde_json::Value = serde_json::from_slice(&encode_structured(&e)).unwrap();
+        assert_eq!(structured["data"], "héllo <b/>", "{ct}: {structured}");
+        assert!(structured.get("data_base64").is_none());
+    }
+    // Bytes that are not UTF-8, a charset other than UTF-8 and non-text types stay binary.
+    for (ct, body) in [
+        ("text/plain", &[0xff, 0xfe][..]),
+        ("text/plain; charset=iso-8859-1", b"caf\xe9"),
+        ("application/octet-stream", b"hello"),
+    ] {
+        let raw = RawMessage {
+            content_type: Some(ct.into()),
+            headers: headers(&[
+                ("ce_specversion", "1.0"),
+                ("ce_id", "1"),
+                ("ce_source", "s"),
+                ("ce_type", "t"),
+            ]),
+            body: body.to_vec(),
+        };
+        let e = kafka().decode(raw).unwrap();
+        assert_eq!(e.data(), Some(&Data::Binary(body.to_vec())), "{ct}");
+    }
+}
+
+#[test]
+fn a_structured_json_event_without_a_content_type_is_recognised_by_its_body() {
+    let body =
+        br#" {"specversion":"1.0","id":"e1","source":"boto3","type":"t","ext":7,"data":{"a":1}}"#;
+    for ct in [
+        None,
+        Some("application/json"),
+        Some("application/json; charset=utf-8"),
+    ] {
+        let raw = RawMessage {
+            content_type: ct.map(Into::into),
+            headers: Vec::new(),
+            body: body.to_vec(),
+        };
+        let e = kafka()
+            .decode(raw)
+            .unwrap_or_else(|err| panic!("{ct:?}: {err}"));
+        assert_eq!((e.id(), e.ty()), ("e1", "t"));
+        assert_eq!(e.extension("ext"), Some(&ExtensionValue::Integer(7)));
+        assert_eq!(
+            e.data_json::<serde_json::Value>().unwrap(),
+            serde_json::json!({"a": 1})
+        );
+    }
+    // A JSON object that names a specversion but is not a valid event says why.
+    let err = decode_err(None, &[], br#"{"specversion":"1.0","id":"e1"}"#);
+    assert_eq!(err.kind(), DecodeErrorKind::MissingAttribute);
+    // JSON without specversion, and a JSON event under a non-JSON content type, are not events.
+    let err = decode_err(None, &[], br#"{"id":"e1","source":"s","type":"t"}"#);
+    assert_eq!(err.kind(), DecodeErrorKind::NotCloudEvent);
+    let err = decode_err(Some("text/plain"), &[], body);
+    assert_eq!(err.kind(), DecodeErrorKind::NotCloudEvent);
+    // Binary-mode headers win over the body.
+    let raw = RawMessage {
+        content_type: None,
+        headers: headers(&[
+            ("ce_specversion", "1.0"),
+            ("ce_id", "h"),
+            ("ce_source", "s"),
+            ("ce_type", "t"),
+        ]),
+        body: body.to_vec(),
+    };
+    assert_eq!(kafka().decode(raw).unwrap().id(), "h");
+}
