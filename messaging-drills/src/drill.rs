@@ -40,6 +40,10 @@ pub struct Env {
     /// the same message (its check-and-mark runs without a lock on a threaded server). Real SQS
     /// does neither.
     pub emulator_gaps: Option<&'static str>,
+    /// Events a second the broker serves here with room to spare: the poison drill's stream
+    /// goes at this rate, so that a clean run and a poisoned one are paced alike and what the
+    /// ratio of their throughputs shows is the poison's effect on the rest of the stream.
+    pub rate: usize,
 }
 
 /// A drill that ran to its check; `problems` is empty when every promise held.
@@ -49,7 +53,8 @@ pub struct Outcome {
     pub row: Row,
     /// Broken promises, in words.
     pub problems: Vec<String>,
-    /// Clean events handled per second, from the first handled to the last.
+    /// Clean events handled per second in the steady part of the run (between the 10th and
+    /// the 90th percentile of the times their handlings ended).
     pub throughput: f64,
     /// The poison events that were published (the poison drill).
     pub poison: Vec<Published>,
@@ -163,11 +168,11 @@ impl Run {
     }
 
     fn publish_with(&mut self, workload: Workload) {
-        let publisher = self.broker.publisher();
+        let broker = self.broker.clone();
         let topic = self.spec.topic.clone();
         let out = self.published.clone();
         self.publisher = Some(tokio::spawn(async move {
-            publish(publisher, &topic, &workload, out, 20).await
+            publish(broker, &topic, &workload, out, 20).await
         }));
     }
 
@@ -285,7 +290,7 @@ impl Run {
             self.spec.ordered && self.order_caveat.is_none(),
             self.overlap_caveat.is_none(),
         ));
-        let ends: Vec<u64> = records
+        let mut ends: Vec<u64> = records
             .iter()
             .flat_map(|r| &r.lines)
             .filter_map(|l| match l {
@@ -293,11 +298,8 @@ impl Run {
                 _ => None,
             })
             .collect();
-        let span = match (ends.iter().min(), ends.iter().max()) {
-            (Some(first), Some(last)) => Duration::from_nanos(last - first),
-            _ => Duration::ZERO,
-        };
-        let throughput = verdict.handled as f64 / span.as_secs_f64().max(0.001);
+        ends.sort_unstable();
+        let throughput = steady_rate(&ends);
         let recoveries: Vec<Recovery> = recovery_of
             .iter()
             .map(|(victim, at)| recovery(&records, victim, *at))
@@ -328,6 +330,23 @@ impl Run {
             poison,
         })
     }
+}
+
+/// Handlings per second in the steady part of a run, from the sorted times at which
+/// handlings ended: between the 10th and the 90th percentile, so that neither the start (the
+/// workers joining, connections warming up) nor the tail (the last events, waiting for a
+/// retry or a slow handler) weighs in.
+fn steady_rate(ends: &[u64]) -> f64 {
+    let (from, to) = if ends.len() >= 20 {
+        (ends.len() / 10, ends.len() * 9 / 10)
+    } else {
+        (0, ends.len().saturating_sub(1))
+    };
+    let (Some(first), Some(last)) = (ends.get(from), ends.get(to)) else {
+        return 0.0;
+    };
+    let span = Duration::from_nanos(last - first);
+    (to - from) as f64 / span.as_secs_f64().max(0.001)
 }
 
 impl Drop for Run {
@@ -577,27 +596,24 @@ where
 /// timeout, or fails permanently (in turn), under a policy of one retry and a 500 ms handler
 /// timeout. Every poison event must end in the dead-letter topic with its reason
 /// (`handler-panicked`, `retries-exhausted`, `permanent-failure`), nothing clean may be lost,
-/// and the clean events' throughput is compared with a clean run of the same stream just
-/// before (the ratio goes in the table; `min_ratio` is asserted).
+/// and the clean events' throughput is compared with a clean run of the same stream at the
+/// same pace, at the same time (the ratio goes in the table; `min_ratio` is asserted).
 pub async fn poison(env: &Env, every: usize, min_ratio: f64) -> Result<Outcome, String> {
+    let batch = (env.rate / 50).clamp(1, 50);
     let workload = |poison_every, pad| Workload {
         messages: env.messages,
         keys: KEYS,
-        batch: 50,
-        pace: Duration::from_millis(20),
+        batch,
+        pace: Duration::from_secs_f64(batch as f64 / env.rate.max(1) as f64),
         poison_every,
         pad,
     };
+    // The clean run goes at the same time as the poisoned one, on a topic of its own with
+    // workers of its own: both see the same machine (two shared cores, the other brokers'
+    // drills), so the ratio of their throughputs is the poison's effect, not the noise
+    // between two runs made one after the other.
     let mut clean = Run::new(env, "clean", false, false, Duration::from_millis(5)).await?;
     clean.spec.poison_policy = true;
-    clean.spawn()?;
-    clean.spawn()?;
-    clean.publish_with(workload(0, 0));
-    let baseline = clean.finish("clean", String::new(), &[]).await?;
-    if !baseline.problems.is_empty() {
-        return Err(format!("the clean run failed: {:?}", baseline.problems));
-    }
-
     let mut run = Run::new(env, "poison", false, false, Duration::from_millis(5)).await?;
     run.spec.poison_policy = true;
     // The dead-letter topic's audit group exists before anything is dead-lettered.
@@ -611,8 +627,11 @@ pub async fn poison(env: &Env, every: usize, min_ratio: f64) -> Result<Outcome, 
     let subscriber = run.broker.subscriber();
     let pad = largest_pad(&run.broker, &format!("{}.probe", run.spec.topic)).await?;
     run.phase(format_args!("oversize events carry {pad} bytes of padding"));
+    clean.spawn()?;
+    clean.spawn()?;
     run.spawn()?;
     run.spawn()?;
+    clean.publish_with(workload(0, 0));
     run.publish_with(workload(every, pad));
     run.published_all().await?;
     let poison: Vec<Published> = run
@@ -632,6 +651,7 @@ pub async fn poison(env: &Env, every: usize, min_ratio: f64) -> Result<Outcome, 
             let reason = match p.poison.as_deref() {
                 Some("panic") => "handler-panicked",
                 Some("hang") => "retries-exhausted",
+                Some("undecodable") => "undecodable",
                 _ => "permanent-failure",
             };
             (p.id.clone(), reason)
@@ -652,22 +672,37 @@ pub async fn poison(env: &Env, every: usize, min_ratio: f64) -> Result<Outcome, 
         };
         let d = next.map_err(|e| format!("reading {dlq}: {e}"))?;
         if let Ok(event) = d.event() {
-            use messaging::AttributesReader as _;
+            use messaging::{AttributesReader as _, EventExt as _};
             let reason = event
                 .extension(messaging::middleware::dead_letter::REASON)
                 .map(|r| r.to_string())
                 .unwrap_or_default();
+            // Undecodable input has no id of its own: its dead letter carries the raw body,
+            // which names the event it stands for.
+            let id = if event.ty() == messaging::middleware::dead_letter::UNDECODABLE_TYPE {
+                let body = event.data_bytes().unwrap_or_default();
+                String::from_utf8_lossy(&body)
+                    .strip_prefix(crate::workload::UNDECODABLE_PREFIX)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("unexpected undecodable body {body:?}"))
+            } else {
+                event.id().to_owned()
+            };
             if event
                 .extension(messaging::middleware::dead_letter::TRUNCATED)
                 .is_some()
             {
-                truncated.insert(event.id().to_owned());
+                truncated.insert(id.clone());
             }
-            found.insert(event.id().to_owned(), reason);
+            found.insert(id, reason);
         }
         d.ack().await.map_err(|e| format!("ack on {dlq}: {e}"))?;
     }
     let _ = sub.close().await;
+    let baseline = clean.finish("clean", String::new(), &[]).await?;
+    if !baseline.problems.is_empty() {
+        return Err(format!("the clean run failed: {:?}", baseline.problems));
+    }
     let mut outcome = run.finish("poison mix", String::new(), &[]).await?;
     let ratio = outcome.throughput / baseline.throughput.max(f64::MIN_POSITIVE);
     let mut kinds = std::collections::BTreeMap::<&str, usize>::new();

@@ -61,7 +61,12 @@ impl Worker {
         let record = spec.dir.join(format!("{name}.rec"));
         let log = File::create(spec.dir.join(format!("{name}.log")))?;
         let mut cmd = Command::new(&spec.exe);
-        cmd.env("DRILL_URL", &spec.url)
+        // The default panic hook prints a symbolized backtrace under RUST_BACKTRACE=1 (this
+        // machine's default), on the panicking handler's runtime thread, reading the debug
+        // binary's 250 MiB of debug information: std's cost, not the runtime's, and one that
+        // made the poison drill's throughput depend on the environment. Workers run without.
+        cmd.env("RUST_BACKTRACE", "0")
+            .env("DRILL_URL", &spec.url)
             .env("DRILL_TOPIC", &spec.topic)
             .env("DRILL_GROUP", &spec.group)
             .env("DRILL_RECORD", &record)

@@ -4,7 +4,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use messaging_core::{DynPublisher, Event, EventBuilder};
+use messaging::Broker;
+use messaging_core::{Event, EventBuilder, RawMessage};
 use serde::{Deserialize, Serialize};
 
 /// The event type drill events carry.
@@ -30,9 +31,22 @@ pub struct Tick {
 
 /// The poison kinds, in the order a stream cycles through them: the handler panics, hangs,
 /// fails permanently; `garbled` events' data is not a [`Tick`] (the handler cannot decode
-/// it); `oversize` ones (only with [`Workload::pad`]) fail with data so large that the
-/// dead letter, with its metadata, is over the broker's limit.
-pub const POISON: [&str; 5] = ["panic", "hang", "fail", "garbled", "oversize"];
+/// it); `undecodable` ones are no CloudEvent at all (a plain text message published past the
+/// codec, [`Broker::publish_raw`]: the runtime cannot make an event of it); `oversize` ones
+/// (only with [`Workload::pad`]) fail with data so large that the dead letter, with its
+/// metadata, is over the broker's limit.
+pub const POISON: [&str; 6] = [
+    "panic",
+    "hang",
+    "fail",
+    "garbled",
+    "undecodable",
+    "oversize",
+];
+
+/// The body of an `undecodable` poison message: this prefix, then the event id it stands for
+/// (so its dead letter, a `messaging.undecodable` event carrying the body, can be matched).
+pub const UNDECODABLE_PREFIX: &str = "not a cloudevent: ";
 
 /// An event the broker accepted (its publish returned `Ok`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,19 +106,31 @@ impl Workload {
         };
         (tick, builder.build().expect("a drill event is valid"))
     }
+
+    /// The `n`th event's transport message if it is an `undecodable` poison event: plain text,
+    /// no CloudEvents attribute.
+    pub fn raw(&self, tick: &Tick) -> Option<RawMessage> {
+        (tick.poison.as_deref() == Some("undecodable")).then(|| RawMessage {
+            content_type: Some("text/plain".into()),
+            headers: Vec::new(),
+            body: format!("{UNDECODABLE_PREFIX}{}-{}", tick.key, tick.seq).into_bytes(),
+        })
+    }
 }
 
 /// Publishes the workload to `topic` in order, recording each accepted event in `out` as its
 /// publish returns. A batch the broker refuses in part is published again from its first
 /// refused event (keeping each key's order), up to `retries` times with a growing pause;
-/// returns how many publish calls failed.
+/// returns how many publish calls failed. An `undecodable` poison event ends a batch and is
+/// published on its own, raw.
 pub async fn publish(
-    publisher: Arc<dyn DynPublisher>,
+    broker: Broker,
     topic: &str,
     workload: &Workload,
     out: Arc<Mutex<Vec<Published>>>,
     retries: u32,
 ) -> Result<u64, String> {
+    let publisher = broker.publisher();
     let mut failures = 0;
     let mut next = 0;
     let mut attempt = 0;
@@ -114,22 +140,50 @@ pub async fn publish(
         if !workload.pace.is_zero() {
             tick.tick().await;
         }
-        let end = (next + workload.batch).min(workload.messages);
-        let (ticks, events): (Vec<Tick>, Vec<Event>) =
+        let mut end = (next + workload.batch).min(workload.messages);
+        let (mut ticks, mut events): (Vec<Tick>, Vec<Event>) =
             (next..end).map(|n| workload.event(n)).unzip();
-        let accepted = match publisher.publish_batch_dyn(topic, events).await {
-            Ok(_) => ticks.len(),
-            Err(e) => {
+        let raw = match ticks.iter().position(|t| workload.raw(t).is_some()) {
+            // The raw one alone.
+            Some(0) => {
+                end = next + 1;
+                ticks.truncate(1);
+                workload.raw(&ticks[0])
+            }
+            // Up to the raw one.
+            Some(i) => {
+                end = next + i;
+                ticks.truncate(i);
+                events.truncate(i);
+                None
+            }
+            None => None,
+        };
+        let sent = match raw {
+            Some(raw) => broker
+                .publish_raw(topic, &raw)
+                .await
+                .map(|_| ())
+                .map_err(|e| (e.is_transient(), 0, e.to_string())),
+            None => publisher
+                .publish_batch_dyn(topic, events)
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    // Accepted events before the first refused one stand; the rest go again.
+                    let first_failed = e.failed.iter().map(|f| f.0).min().unwrap_or(0);
+                    let why = format!("{:?}", e.failed.first().map(|f| &f.2));
+                    (e.is_transient(), first_failed, why)
+                }),
+        };
+        let accepted = match sent {
+            Ok(()) => ticks.len(),
+            Err((transient, first_failed, why)) => {
                 failures += 1;
                 attempt += 1;
-                if attempt > retries || !e.is_transient() {
-                    return Err(format!(
-                        "publishing events {next}..{end}: {:?}",
-                        e.failed.first().map(|f| &f.2)
-                    ));
+                if attempt > retries || !transient {
+                    return Err(format!("publishing events {next}..{end}: {why}"));
                 }
-                // Accepted events before the first refused one stand; the rest go again.
-                let first_failed = e.failed.iter().map(|f| f.0).min().unwrap_or(0);
                 tokio::time::sleep(Duration::from_millis(100) * attempt.min(20)).await;
                 first_failed
             }

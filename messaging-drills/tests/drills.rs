@@ -20,12 +20,14 @@ use messaging_drills::drill::{self, Env, Outcome};
 use messaging_drills::report::{secs, table, update_section};
 
 const REDIS: &str = "redis://127.0.0.1:6379";
-/// The least clean-event throughput, as a share of a clean run, the poison drill accepts. The
-/// measured ratio goes in the table; the bound is loose because two runs on two shared cores
-/// differ by more than the effect being measured (see docs/reliability.md).
-const POISON_MIN_RATIO: f64 = 0.5;
+/// The least clean-event throughput, as a share of a clean run paced alike, the poison drill
+/// accepts (the "within 20 %"); the measured ratio goes in the table.
+const POISON_MIN_RATIO: f64 = 0.8;
 
 fn env(name: &'static str, url: &str, messages: usize, deadline: Duration) -> Env {
+    // moto serves about 30 receive-and-delete calls a second; nisshi and RabbitMQ several
+    // thousand messages a second to two workers here.
+    let rate = if name == "sqs" { 12 } else { 1000 };
     // moto/sqs/models.py `receive_message`: a timed-out message is taken off the pending set
     // one at a time, so with two of a FIFO group's messages timed out, the first is skipped
     // (its group still looks pending) and the second is handed out; and its visibility check
@@ -44,6 +46,7 @@ fn env(name: &'static str, url: &str, messages: usize, deadline: Duration) -> En
         deadline,
         settle: Duration::from_secs(90),
         emulator_gaps,
+        rate,
     }
 }
 
@@ -65,23 +68,36 @@ async fn run_all(
 ) {
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut errors = Vec::new();
-    for (name, result) in [
-        ("kill", bounded(drill::kill(&env, false)).await),
-        ("kill idempotent", bounded(drill::kill(&env, true)).await),
-        ("scale", bounded(drill::scale(&env)).await),
-        ("terminate", bounded(drill::terminate(&env)).await),
-        // Ten poison events per stream.
-        (
-            "poison",
-            bounded(drill::poison(&env, env.messages / 10, POISON_MIN_RATIO)).await,
-        ),
-        (
-            "soak",
-            bounded_by(soak_duration() * 2 + DRILL_BOUND, soak).await,
-        ),
-        ("partition", bounded(partition).await),
-        ("restart", bounded(restart).await),
-    ] {
+    let mut results = Vec::new();
+    if wanted("kill") {
+        results.push(("kill", bounded(drill::kill(&env, false)).await));
+    }
+    if wanted("kill-idempotent") {
+        results.push(("kill idempotent", bounded(drill::kill(&env, true)).await));
+    }
+    if wanted("scale") {
+        results.push(("scale", bounded(drill::scale(&env)).await));
+    }
+    if wanted("terminate") {
+        results.push(("terminate", bounded(drill::terminate(&env)).await));
+    }
+    if wanted("poison") {
+        // Twelve poison events per stream: two of each kind.
+        let every = env.messages / 12;
+        let poison = drill::poison(&env, every, POISON_MIN_RATIO);
+        results.push(("poison", bounded(poison).await));
+    }
+    if wanted("soak") {
+        let bound = soak_duration() * 2 + DRILL_BOUND;
+        results.push(("soak", bounded_by(bound, soak).await));
+    }
+    if wanted("partition") {
+        results.push(("partition", bounded(partition).await));
+    }
+    if wanted("restart") {
+        results.push(("restart", bounded(restart).await));
+    }
+    for (name, result) in results {
         match result {
             Ok(o) => outcomes.push(o),
             Err(e) => errors.push(format!("{name}: {e}")),
@@ -104,6 +120,13 @@ async fn run_all(
         env.name,
         errors.join("\n")
     );
+}
+
+/// Whether the drill `name` runs: all of them, unless `MESSAGING_DRILLS` lists some
+/// (comma-separated: `kill`, `kill-idempotent`, `scale`, `terminate`, `poison`, `soak`,
+/// `partition`, `restart`), for running one by hand. The README's test command runs all.
+fn wanted(name: &str) -> bool {
+    std::env::var("MESSAGING_DRILLS").map_or(true, |v| v.split(',').any(|w| w.trim() == name))
 }
 
 /// The longest a drill may take (they take 5–40 s): past it, the drill fails and its workers

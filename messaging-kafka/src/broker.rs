@@ -6,11 +6,13 @@ use std::sync::{Arc, Mutex};
 
 use messaging_core::{
     Binding, DelaySupport, Features, Inspect, InspectError, InspectErrorKind, PublishError,
+    PublishErrorKind, RawMessage, Receipt,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -143,6 +145,51 @@ impl KafkaBroker {
     /// Creates `topic` with the configured partition count if it does not exist.
     pub async fn create_topic(&self, topic: &str) -> Result<(), PublishError> {
         self.shared.ensure_topics(&[topic]).await
+    }
+
+    /// Publishes `raw` as it is, past the CloudEvents codec: the body as the record value, each
+    /// header as a record header, the content type as the `content-type` header, no key — what
+    /// a producer that does not speak CloudEvents sends. For bridging such producers and for
+    /// testing what consumers do with their messages (a consumer runtime dead-letters a
+    /// message it cannot decode as `messaging.undecodable`). Creates the topic like
+    /// [`publisher`](Self::publisher) does; a message over `max_message_bytes` is refused
+    /// (`PayloadTooLarge`).
+    pub async fn publish_raw(
+        &self,
+        topic: &str,
+        raw: &RawMessage,
+    ) -> Result<Receipt, PublishError> {
+        let size = raw.body.len()
+            + raw.content_type.as_ref().map_or(0, |c| c.len() + 12)
+            + raw
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        let max = self.shared.config.max_message_bytes;
+        if size > max {
+            return Err(PublishError::new(PublishErrorKind::PayloadTooLarge)
+                .with_detail(format!("message of {size} bytes, limit {max}")));
+        }
+        self.shared.ensure_topics(&[topic]).await?;
+        let mut headers = OwnedHeaders::new_with_capacity(raw.headers.len() + 1);
+        if let Some(ct) = &raw.content_type {
+            headers = headers.insert(Header {
+                key: "content-type",
+                value: Some(ct.as_bytes()),
+            });
+        }
+        for (k, v) in &raw.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_slice()),
+            });
+        }
+        self.shared
+            .producer
+            .send_one(topic, None, &raw.body, headers)
+            .await
+            .map_err(error::publish)
     }
 
     /// Per-partition lag of `group` on `topic` and its retry topics; `None` if the group has

@@ -132,6 +132,31 @@ impl RabbitBroker {
         self.shared.features()
     }
 
+    /// Publishes `raw` as it is, past the CloudEvents codec, to `topic`'s exchange (declared
+    /// on first use, like [`publisher`](Self::publisher) does), with a publisher confirm:
+    /// the body as it is, each header as a long-string header, the content type as the
+    /// `content-type` property — what a producer that does not speak CloudEvents sends. For
+    /// bridging such producers and for testing what consumers do with their messages (a
+    /// consumer runtime dead-letters a message it cannot decode as `messaging.undecodable`).
+    /// A message over `max_payload` is refused (`PayloadTooLarge`).
+    pub async fn publish_raw(
+        &self,
+        topic: &str,
+        raw: &messaging_core::RawMessage,
+    ) -> Result<messaging_core::Receipt, PublishError> {
+        let (props, size) = crate::codec::encode_raw(raw);
+        let max = self.shared.config.max_payload;
+        if size > max {
+            return Err(
+                PublishError::new(messaging_core::PublishErrorKind::PayloadTooLarge)
+                    .with_detail(format!("{size} bytes, limit {max}")),
+            );
+        }
+        self.publisher()
+            .publish_props(topic, props, &raw.body)
+            .await
+    }
+
     /// The lapin connection in use, for what this crate does not cover. The adapter
     /// replaces it with a new one when it fails for good, so hold it only briefly.
     pub fn connection(&self) -> Arc<Connection> {

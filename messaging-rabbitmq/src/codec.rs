@@ -44,6 +44,28 @@ pub(crate) fn encode<'a>(
     Ok((props, encoded.body, size))
 }
 
+/// Lays out a message that is not a CloudEvent: each header as a long string, the content
+/// type as the `content-type` property, persistent; with its size as the broker counts it.
+pub(crate) fn encode_raw(raw: &RawMessage) -> (BasicProperties, usize) {
+    let mut headers = FieldTable::default();
+    let mut size = raw.body.len();
+    for (name, value) in &raw.headers {
+        size += name.len() + value.len();
+        headers.insert(
+            ShortString::from(name.as_str()),
+            AMQPValue::LongString(LongString::from(value.clone())),
+        );
+    }
+    let mut props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    if let Some(ct) = &raw.content_type {
+        size += ct.len();
+        props = props.with_content_type(ShortString::from(ct.as_str()));
+    }
+    (props, size)
+}
+
 /// A header's value in the codec's terms: strings as bytes, the AMQP types the CloudEvents
 /// binding maps (boolean, integers, timestamp, binary) natively. Other types (floats, decimals,
 /// arrays, tables, void) are no CloudEvents attribute type and are skipped.

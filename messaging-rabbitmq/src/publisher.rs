@@ -103,6 +103,21 @@ impl RabbitPublisher {
         }
     }
 
+    /// Publishes one laid-out message and waits for its confirm.
+    pub(crate) async fn publish_props(
+        &self,
+        topic: &str,
+        props: BasicProperties,
+        body: &[u8],
+    ) -> Result<Receipt, PublishError> {
+        let ch = self.channel(topic).await?;
+        let confirm = self.send(&ch, topic, props, body).await?;
+        match tokio::time::timeout(self.shared.config.confirm_timeout, confirm).await {
+            Ok(result) => confirmation(result),
+            Err(_) => Err(self.timeout_error()),
+        }
+    }
+
     fn timeout_error(&self) -> PublishError {
         PublishError::new(PublishErrorKind::Timeout).with_detail(format!(
             "no confirm within {:?}",
@@ -146,12 +161,7 @@ fn confirmation(result: lapin::Result<Confirmation>) -> Result<Receipt, PublishE
 impl Publisher for RabbitPublisher {
     async fn publish(&self, topic: &str, event: Event) -> Result<Receipt, PublishError> {
         let (props, body) = self.encode(&event)?;
-        let ch = self.channel(topic).await?;
-        let confirm = self.send(&ch, topic, props, &body).await?;
-        match tokio::time::timeout(self.shared.config.confirm_timeout, confirm).await {
-            Ok(result) => confirmation(result),
-            Err(_) => Err(self.timeout_error()),
-        }
+        self.publish_props(topic, props, &body).await
     }
 
     async fn publish_batch(

@@ -4,9 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, ExchangeKind};
 use messaging_core::{BoxFuture, DynPublisher, DynSubscriber, Features, RawMessage};
 use messaging_rabbitmq::{RabbitBroker, RabbitConfig};
 use messaging_testkit::conformance::{Harness, Settings};
@@ -72,46 +69,11 @@ impl Harness for RabbitHarness {
 
     fn publish_raw<'a>(&'a self, topic: &'a str, raw: RawMessage) -> Option<BoxFuture<'a, ()>> {
         Some(Box::pin(async move {
-            let ch = self
-                .broker()
+            self.broker()
                 .await
-                .connection()
-                .create_channel()
+                .publish_raw(topic, &raw)
                 .await
-                .expect("channel");
-            ch.exchange_declare(
-                ShortString::from(topic),
-                ExchangeKind::Fanout,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("exchange");
-            let mut headers = FieldTable::default();
-            for (k, v) in raw.headers {
-                headers.insert(
-                    ShortString::from(k),
-                    AMQPValue::LongString(LongString::from(v)),
-                );
-            }
-            let mut props = BasicProperties::default().with_headers(headers);
-            if let Some(ct) = raw.content_type {
-                props = props.with_content_type(ShortString::from(ct));
-            }
-            ch.basic_publish(
-                ShortString::from(topic),
-                ShortString::from(""),
-                BasicPublishOptions::default(),
-                &raw.body,
-                props,
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("confirm");
+                .expect("raw publish");
         }))
     }
 

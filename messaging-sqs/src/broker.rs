@@ -159,6 +159,28 @@ impl SqsBroker {
         self.shared.features()
     }
 
+    /// Publishes `raw` as it is, past the CloudEvents codec, to `topic` (an SNS topic, or a
+    /// queue in point-to-point topology, created like [`publisher`](Self::publisher) does):
+    /// the body as the message, each header as a `String` message attribute, the content type
+    /// as the `content-type` attribute — what a producer that does not speak CloudEvents
+    /// sends. For bridging such producers and for testing what consumers do with their
+    /// messages (a consumer runtime dead-letters a message it cannot decode as
+    /// `messaging.undecodable`). The body must be non-empty SQS text and at most 10
+    /// attributes are allowed (`Encode` otherwise); over the size limit is `PayloadTooLarge`.
+    pub async fn publish_raw(
+        &self,
+        topic: &str,
+        raw: &messaging_core::RawMessage,
+    ) -> Result<messaging_core::Receipt, messaging_core::PublishError> {
+        let out = crate::codec::encode_raw(raw, self.shared.config.max_payload())?;
+        let dest = self
+            .shared
+            .destination(topic, false)
+            .await
+            .map_err(crate::publisher::from_subscribe)?;
+        self.shared.send_one(&dest, out).await
+    }
+
     /// The SQS client, for what this crate does not cover.
     pub fn sqs(&self) -> &aws_sdk_sqs::Client {
         &self.shared.sqs

@@ -136,6 +136,62 @@ pub(crate) fn encode(
     })
 }
 
+/// Lays out a message that is not a CloudEvent, as a plain producer sends it: the body as it
+/// is (it must be SQS text: UTF-8 without control characters), each header as a `String`
+/// attribute, the content type as the `content-type` attribute. On FIFO destinations it is its
+/// own message group, deduplicated by the SHA-256 of its body and attributes.
+pub(crate) fn encode_raw(raw: &RawMessage, max: usize) -> Result<Outgoing, PublishError> {
+    let body = std::str::from_utf8(&raw.body)
+        .ok()
+        .filter(|b| !b.is_empty() && is_sqs_text(b))
+        .ok_or_else(|| {
+            PublishError::new(PublishErrorKind::Encode)
+                .with_detail("an SQS body must be non-empty UTF-8 text without control characters")
+        })?
+        .to_owned();
+    let mut attributes = Vec::with_capacity(raw.headers.len() + 1);
+    if let Some(ct) = &raw.content_type {
+        attributes.push((CONTENT_TYPE.to_owned(), ct.clone()));
+    }
+    for (name, value) in &raw.headers {
+        let value = String::from_utf8(value.clone()).map_err(|_| {
+            PublishError::new(PublishErrorKind::Encode)
+                .with_detail(format!("attribute {name} is not utf-8"))
+        })?;
+        attributes.push((name.clone(), value));
+    }
+    if attributes.len() > MAX_ATTRIBUTES {
+        return Err(
+            PublishError::new(PublishErrorKind::Encode).with_detail(format!(
+                "{} attributes, SQS delivers at most {MAX_ATTRIBUTES}",
+                attributes.len()
+            )),
+        );
+    }
+    let size = body.len()
+        + attributes
+            .iter()
+            .map(|(k, v)| k.len() + "String".len() + v.len())
+            .sum::<usize>();
+    if size > max {
+        return Err(PublishError::new(PublishErrorKind::PayloadTooLarge)
+            .with_detail(format!("{size} bytes with attributes, limit {max}")));
+    }
+    let mut parts: Vec<&str> = vec![&body];
+    for (k, v) in &attributes {
+        parts.push(k);
+        parts.push(v);
+    }
+    let dedup_id = full_hash(&parts);
+    Ok(Outgoing {
+        body,
+        attributes,
+        group_id: dedup_id.clone(),
+        dedup_id,
+        size,
+    })
+}
+
 use messaging_core::AttributesReader as _;
 
 /// Decodes a received message; a failure keeps the raw message (attributes as headers).

@@ -34,7 +34,7 @@ impl std::fmt::Debug for SqsPublisher {
     }
 }
 
-fn from_subscribe(e: SubscribeError) -> PublishError {
+pub(crate) fn from_subscribe(e: SubscribeError) -> PublishError {
     let kind = match e.kind() {
         SubscribeErrorKind::Unavailable => PublishErrorKind::Unavailable,
         SubscribeErrorKind::Timeout => PublishErrorKind::Timeout,

@@ -1,11 +1,9 @@
 //! The conformance suite against moto on 127.0.0.1:4566 (started by
 //! `scripts/brokers/moto.sh`). Fails with a clear message if it is unreachable.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_sns::types::MessageAttributeValue;
 use messaging_core::{BoxFuture, DelaySupport, DynPublisher, DynSubscriber, Features, RawMessage};
 use messaging_sqs::{SqsBroker, SqsConfig};
 use messaging_testkit::conformance::{Harness, Settings};
@@ -79,40 +77,11 @@ impl Harness for SqsHarness {
     /// headers as message attributes, the content type as `content-type`.
     fn publish_raw<'a>(&'a self, topic: &'a str, raw: RawMessage) -> Option<BoxFuture<'a, ()>> {
         Some(Box::pin(async move {
-            let broker = self.broker().await;
-            let arn = broker
-                .sns()
-                .create_topic()
-                .name(topic)
-                .send()
+            self.broker()
                 .await
-                .expect("topic")
-                .topic_arn()
-                .expect("arn")
-                .to_owned();
-            let mut attrs = HashMap::new();
-            let text = |v: &[u8]| {
-                MessageAttributeValue::builder()
-                    .data_type("String")
-                    .string_value(String::from_utf8_lossy(v))
-                    .build()
-                    .expect("attribute")
-            };
-            for (k, v) in &raw.headers {
-                attrs.insert(k.clone(), text(v));
-            }
-            if let Some(ct) = &raw.content_type {
-                attrs.insert("content-type".into(), text(ct.as_bytes()));
-            }
-            broker
-                .sns()
-                .publish()
-                .topic_arn(arn)
-                .message(String::from_utf8_lossy(&raw.body))
-                .set_message_attributes(Some(attrs))
-                .send()
+                .publish_raw(topic, &raw)
                 .await
-                .expect("publish");
+                .expect("raw publish");
         }))
     }
 

@@ -181,6 +181,45 @@ impl Broker {
             .backlog_from(self.clone())
     }
 
+    /// Publishes `raw` as it is, past the CloudEvents codec, as a producer that does not
+    /// speak CloudEvents would: the body, the headers and the content type on the broker's own
+    /// terms (Kafka record headers, AMQP long-string headers and `content-type` property, SQS
+    /// `String` message attributes). For bridging such producers into a topic, and for testing
+    /// what a service does with input it cannot decode (its consumer runtime dead-letters it
+    /// as `messaging.undecodable`). Each adapter's `publish_raw` says what it refuses.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use messaging::{Broker, Delivery, RawMessage, SubscribeOptions, Subscriber, Subscription};
+    ///
+    /// let broker = Broker::connect("memory://").await?;
+    /// let mut sub = broker.subscriber().subscribe("legacy", SubscribeOptions::new("audit")).await?;
+    /// let raw = RawMessage { content_type: Some("text/plain".into()), headers: vec![], body: b"hello".to_vec() };
+    /// broker.publish_raw("legacy", &raw).await?;
+    /// let delivery = sub.recv().await?;
+    /// assert_eq!(delivery.event().unwrap_err().raw().unwrap().body, b"hello");
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish_raw(
+        &self,
+        topic: &str,
+        raw: &messaging_core::RawMessage,
+    ) -> Result<messaging_core::Receipt, messaging_core::PublishError> {
+        match &self.kind {
+            #[cfg(feature = "memory")]
+            Kind::Memory(b) => {
+                b.publish_raw(topic, raw.clone());
+                Ok(messaging_core::Receipt::new())
+            }
+            #[cfg(feature = "kafka")]
+            Kind::Kafka(b) => b.publish_raw(topic, raw).await,
+            #[cfg(feature = "rabbitmq")]
+            Kind::Rabbit(b) => b.publish_raw(topic, raw).await,
+            #[cfg(feature = "sqs")]
+            Kind::Sqs(b) => b.publish_raw(topic, raw).await,
+        }
+    }
+
     /// The in-memory broker, if this is one (for fault injection in tests).
     #[cfg(feature = "memory")]
     pub fn as_memory(&self) -> Option<&messaging_testkit::MemoryBroker> {

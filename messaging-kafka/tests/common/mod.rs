@@ -14,8 +14,6 @@ use messaging_kafka::{
     KafkaBroker, KafkaConfig, KafkaPublisher, KafkaSubscriber, KafkaSubscription,
 };
 use messaging_testkit::conformance::{Harness, Settings};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 /// The test broker's address.
@@ -207,7 +205,6 @@ impl Subscriber for OnMock<KafkaSubscriber> {
 pub struct KafkaHarness {
     config: KafkaConfig,
     broker: tokio::sync::OnceCell<KafkaBroker>,
-    raw: std::sync::OnceLock<FutureProducer>,
     _mock: Option<Arc<MockGuard>>,
 }
 
@@ -233,7 +230,6 @@ impl KafkaHarness {
         Self {
             config,
             broker: tokio::sync::OnceCell::new(),
-            raw: std::sync::OnceLock::new(),
             _mock: mock,
         }
     }
@@ -295,39 +291,12 @@ impl Harness for KafkaHarness {
 
     fn publish_raw<'a>(&'a self, topic: &'a str, raw: RawMessage) -> Option<BoxFuture<'a, ()>> {
         Some(Box::pin(async move {
-            match &self._mock {
-                Some(mock) => mock.create(&[topic.to_owned()]),
-                None => self
-                    .broker()
-                    .await
-                    .create_topic(topic)
-                    .await
-                    .expect("create topic"),
+            if let Some(mock) = &self._mock {
+                mock.create(&[topic.to_owned()]);
             }
-            let producer = self.raw.get_or_init(|| {
-                rdkafka::ClientConfig::new()
-                    .set("bootstrap.servers", &self.config.bootstrap_servers)
-                    .create()
-                    .expect("raw producer")
-            });
-            let mut headers = OwnedHeaders::new();
-            if let Some(ct) = &raw.content_type {
-                headers = headers.insert(Header {
-                    key: "content-type",
-                    value: Some(ct.as_bytes()),
-                });
-            }
-            for (k, v) in &raw.headers {
-                headers = headers.insert(Header {
-                    key: k,
-                    value: Some(v.as_slice()),
-                });
-            }
-            let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(topic)
-                .payload(raw.body.as_slice())
-                .headers(headers);
-            producer
-                .send(record, Duration::from_secs(10))
+            self.broker()
+                .await
+                .publish_raw(topic, &raw)
                 .await
                 .expect("raw publish");
         }))
