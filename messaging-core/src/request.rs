@@ -179,6 +179,9 @@ pub enum RequestError {
     Timeout(Duration),
     /// The requester stopped listening for replies (its subscription closed).
     Closed,
+    /// The connection that would have carried the reply was lost while the request waited.
+    /// The request may have been handled; a retry goes over the new connection.
+    Disconnected,
 }
 
 impl fmt::Display for RequestError {
@@ -187,6 +190,9 @@ impl fmt::Display for RequestError {
             Self::Publish(e) => write!(f, "request not sent: {e}"),
             Self::Timeout(d) => write!(f, "no reply within {d:?}"),
             Self::Closed => f.write_str("requester stopped listening for replies"),
+            Self::Disconnected => f.write_str(
+                "connection lost before the reply came (the request may have been handled)",
+            ),
         }
     }
 }
@@ -205,7 +211,7 @@ impl RequestError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Publish(e) => e.is_transient(),
-            Self::Timeout(_) => true,
+            Self::Timeout(_) | Self::Disconnected => true,
             Self::Closed => false,
         }
     }

@@ -43,11 +43,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// [`reply`](messaging_core::request::reply) answers through it. A reply is matched to its
 /// request by causation ID; late and unknown replies are dropped. Replies are not persisted:
 /// if the requester is gone, the broker drops them.
+///
+/// When the channel is lost (the connection dropped, the broker restarted), the requests
+/// waiting on it fail with [`RequestError::Disconnected`] (transient: the request may have
+/// been handled, and its reply had nowhere to go), and the next request opens a new channel
+/// on the adapter's current connection.
 pub struct DirectRequester {
     shared: Arc<Shared>,
-    channel: Channel,
-    pending: Pending,
-    listener: tokio::task::JoinHandle<()>,
+    session: tokio::sync::Mutex<Arc<Session>>,
 }
 
 impl std::fmt::Debug for DirectRequester {
@@ -56,25 +59,40 @@ impl std::fmt::Debug for DirectRequester {
     }
 }
 
-impl DirectRequester {
-    pub(crate) async fn start(shared: Arc<Shared>) -> Result<Self, messaging_core::SubscribeError> {
-        let channel = shared.open_channel().await.map_err(error::subscribe)?;
-        shared
-            .bounded(channel.confirm_select(ConfirmSelectOptions::default()))
-            .await
-            .map_err(error::subscribe)?;
-        let mut consumer = shared
-            .bounded(channel.basic_consume(
-                ShortString::from(DIRECT_REPLY_TO),
-                ShortString::from(""),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            ))
-            .await
-            .map_err(error::subscribe)?;
+/// One reply channel: it consumes direct reply-to, publishes the requests, and holds the
+/// requests waiting for a reply on it.
+struct Session {
+    channel: Channel,
+    pending: Pending,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Session {
+    async fn open(shared: &Arc<Shared>) -> Result<Self, lapin::Error> {
+        let channel = shared.open_channel().await?;
+        let consuming = async {
+            shared
+                .bounded(channel.confirm_select(ConfirmSelectOptions::default()))
+                .await?;
+            shared
+                .bounded(channel.basic_consume(
+                    ShortString::from(DIRECT_REPLY_TO),
+                    ShortString::from(""),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..BasicConsumeOptions::default()
+                    },
+                    FieldTable::default(),
+                ))
+                .await
+        };
+        let mut consumer = match consuming.await {
+            Ok(consumer) => consumer,
+            Err(e) => {
+                close(channel, "requester not started");
+                return Err(e);
+            }
+        };
         let pending: Pending = Arc::default();
         let listening = pending.clone();
         let binding = shared.clone();
@@ -95,15 +113,59 @@ impl DirectRequester {
                     None => tracing::debug!(id = %event.id(), "late or unknown reply dropped"),
                 }
             }
-            // The channel is gone: waiters see their sender dropped.
+            // The channel is gone: its waiters see their sender dropped.
             lock(&listening).clear();
         });
         Ok(Self {
-            shared,
             channel,
             pending,
             listener,
         })
+    }
+
+    /// Whether replies can still arrive on this channel.
+    fn is_live(&self) -> bool {
+        self.channel.status().connected() && !self.listener.is_finished()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.listener.abort();
+        lock(&self.pending).clear();
+        if self.channel.status().connected() {
+            close(self.channel.clone(), "requester dropped");
+        }
+    }
+}
+
+/// Closes `channel` in the background, where a runtime is there to do it.
+fn close(channel: Channel, reason: &'static str) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            let _ = channel.close(200, ShortString::from(reason)).await;
+        });
+    }
+}
+
+impl DirectRequester {
+    pub(crate) async fn start(shared: Arc<Shared>) -> Result<Self, messaging_core::SubscribeError> {
+        let session = Session::open(&shared).await.map_err(error::subscribe)?;
+        Ok(Self {
+            shared,
+            session: tokio::sync::Mutex::new(Arc::new(session)),
+        })
+    }
+
+    /// The live reply channel, replacing a lost one with a new channel on the adapter's
+    /// current connection.
+    async fn session(&self) -> Result<Arc<Session>, PublishError> {
+        let mut current = self.session.lock().await;
+        if !current.is_live() {
+            tracing::debug!("reply channel lost; opening a new one");
+            *current = Arc::new(Session::open(&self.shared).await.map_err(error::publish)?);
+        }
+        Ok(current.clone())
     }
 
     /// Publishes `request` to `topic` and waits up to `timeout` for its reply.
@@ -113,9 +175,6 @@ impl DirectRequester {
         mut request: Event,
         timeout: Duration,
     ) -> Result<Event, RequestError> {
-        if !self.channel.status().connected() {
-            return Err(RequestError::Closed);
-        }
         request.set_extension(REPLY_TO, DIRECT_REPLY_TO);
         let (props, body, size) = codec::encode(
             &self.shared.binding,
@@ -130,21 +189,22 @@ impl DirectRequester {
                     .with_detail(format!("{size} bytes, limit {max}")),
             ));
         }
+        let session = self.session().await.map_err(RequestError::Publish)?;
         let props = props.with_reply_to(ShortString::from(DIRECT_REPLY_TO));
         let id = request.id().to_owned();
         let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(id.clone(), tx);
+        lock(&session.pending).insert(id.clone(), tx);
         let forget = || {
-            lock(&self.pending).remove(&id);
+            lock(&session.pending).remove(&id);
         };
         let sent = async {
             self.shared
-                .ensure_exchange(&self.channel, topic)
+                .ensure_exchange(&session.channel, topic)
                 .await
                 .map_err(error::publish)?;
             let confirm = self
                 .shared
-                .bounded(self.channel.basic_publish(
+                .bounded(session.channel.basic_publish(
                     ShortString::from(topic),
                     ShortString::from(""),
                     BasicPublishOptions::default(),
@@ -170,25 +230,12 @@ impl DirectRequester {
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(RequestError::Closed),
+            // The listener ended with the channel: the reply has nowhere to arrive.
+            Ok(Err(_)) => Err(RequestError::Disconnected),
             Err(_) => {
                 forget();
                 Err(RequestError::Timeout(timeout))
             }
-        }
-    }
-}
-
-impl Drop for DirectRequester {
-    fn drop(&mut self) {
-        self.listener.abort();
-        let channel = self.channel.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = channel
-                    .close(200, ShortString::from("requester dropped"))
-                    .await;
-            });
         }
     }
 }

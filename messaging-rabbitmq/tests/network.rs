@@ -135,3 +135,105 @@ async fn a_stalled_link_fails_every_call_in_bounded_time_and_heals() {
         "the delivery whose ack never reached the broker comes again: {seen:?}"
     );
 }
+
+/// A direct reply-to requester made before its connection was lost works again once the
+/// link is back: its channel moves to the adapter's new connection. (Before, every request
+/// after a loss failed with `Closed`, for as long as the requester lived.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requester_works_again_after_its_connection_is_replaced() {
+    use messaging_core::handler::{HandlerError, Incoming, handler_fn};
+    use messaging_core::request::reply;
+    use messaging_core::runtime::Consumer;
+    use messaging_core::{DynPublisher, EventExt as _};
+    use std::sync::Arc;
+
+    let proxy = TcpProxy::start(RABBITMQ.parse().unwrap()).expect("proxy");
+    let through_proxy = RabbitConfig {
+        confirm_timeout: OPERATION,
+        operation_timeout: OPERATION,
+        ..RabbitConfig::new(format!(
+            "amqp://guest:guest@127.0.0.1:{}/%2f?heartbeat=4",
+            proxy.port()
+        ))
+    };
+    let requesting = RabbitBroker::connect(through_proxy)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("RabbitMQ is not reachable at {RABBITMQ} (run scripts/brokers/rabbitmq.sh): {e}")
+        });
+    // The responder talks to the node directly: only the requester's link fails.
+    let responding = RabbitBroker::connect(RabbitConfig {
+        queue_expires: Some(Duration::from_secs(120)),
+        ..RabbitConfig::new(format!("amqp://guest:guest@{RABBITMQ}/%2f"))
+    })
+    .await
+    .expect("connect");
+    let topic = format!("net-req-{}", uuid::Uuid::new_v4().simple());
+    let group = SubscribeOptions::new("pricing");
+    responding
+        .subscriber()
+        .declare(&topic, group.clone())
+        .await
+        .expect("declare");
+    let out: Arc<dyn DynPublisher> = Arc::new(responding.publisher());
+    let answers = out.clone();
+    let server = Consumer::builder(responding.subscriber(), out, &topic, group).build(handler_fn(
+        move |msg: Incoming| {
+            let out = answers.clone();
+            async move {
+                reply(
+                    &*out,
+                    msg.event(),
+                    EventBuilder::new("pricing", "price.quoted").json(&"9.99"),
+                )
+                .await
+                .map_err(HandlerError::transient)?;
+                Ok::<(), HandlerError>(())
+            }
+        },
+    ));
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(server.run(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+
+    let requester = requesting.requester().await.expect("requester");
+    let ask = || event(&uuid::Uuid::new_v4().to_string());
+    let first = requester
+        .request(&topic, ask(), Duration::from_secs(20))
+        .await
+        .expect("a reply before the fault");
+    assert_eq!(first.data_json::<String>().unwrap(), "9.99");
+
+    // Every connection through the proxy is reset, and new ones are refused for a while.
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.heal();
+    let healed = Instant::now();
+    let deadline = healed + Duration::from_secs(60);
+    loop {
+        match requester
+            .request(&topic, ask(), Duration::from_secs(5))
+            .await
+        {
+            Ok(answer) => {
+                assert_eq!(answer.data_json::<String>().unwrap(), "9.99");
+                break;
+            }
+            Err(e) => {
+                assert!(e.is_transient(), "a lost connection is transient: {e}");
+                assert!(
+                    Instant::now() < deadline,
+                    "the requester did not answer again within 60 s of the link healing: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+    eprintln!(
+        "the requester answered again {:?} after the link healed",
+        healed.elapsed()
+    );
+    stop.send_replace(true);
+    server.await.unwrap().unwrap();
+}
