@@ -11,7 +11,7 @@ use crate::check::{Recovery, Verdict, check, recovery};
 use crate::process::{Worker, WorkerSpec};
 use crate::record::read_dir;
 use crate::report::{Row, secs};
-use crate::workload::{Published, Workload, publish};
+use crate::workload::{Published, WARM_UP, Workload, publish, warm_up_event};
 
 /// Where and how a broker's drills run.
 #[derive(Debug, Clone)]
@@ -182,7 +182,9 @@ impl Run {
         let mut ids = std::collections::HashSet::new();
         for r in &records {
             for l in &r.lines {
-                if let crate::record::Line::End(m) = l {
+                if let crate::record::Line::End(m) = l
+                    && !m.id.starts_with(WARM_UP)
+                {
                     ids.insert(m.id.clone());
                 }
             }
@@ -223,6 +225,45 @@ impl Run {
                 ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Publishes warm-up events until every worker has handled one, bounded: then every
+    /// worker is subscribed, owns its share (a Kafka group has settled its assignment) and
+    /// has its connections warm, so a stream published next is read from its first event.
+    async fn warm_up(&mut self, bound: Duration) -> Result<(), String> {
+        self.phase("warming up");
+        let publisher = self.broker.publisher();
+        let deadline = Instant::now() + bound;
+        let mut n = 0;
+        loop {
+            self.crashed()?;
+            let records = read_dir(&self.spec.dir).map_err(|e| e.to_string())?;
+            let warm = records
+                .iter()
+                .filter(|r| {
+                    r.lines.iter().any(
+                        |l| matches!(l, crate::record::Line::End(m) if m.id.starts_with(WARM_UP)),
+                    )
+                })
+                .count();
+            if warm >= self.workers.len() {
+                self.phase(format_args!("warm after {n} warm-up events"));
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{warm} of {} workers handled a warm-up event within {bound:?}",
+                    self.workers.len()
+                ));
+            }
+            let batch: Vec<_> = (n..n + 16).map(warm_up_event).collect();
+            n += 16;
+            publisher
+                .publish_batch_dyn(&self.spec.topic, batch)
+                .await
+                .map_err(|e| format!("warm-up publish: {e:?}"))?;
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
@@ -294,7 +335,7 @@ impl Run {
             .iter()
             .flat_map(|r| &r.lines)
             .filter_map(|l| match l {
-                crate::record::Line::End(m) => Some(m.at),
+                crate::record::Line::End(m) if !m.id.starts_with(WARM_UP) => Some(m.at),
                 _ => None,
             })
             .collect();
@@ -631,6 +672,10 @@ pub async fn poison(env: &Env, every: usize, min_ratio: f64) -> Result<Outcome, 
     clean.spawn()?;
     run.spawn()?;
     run.spawn()?;
+    // Both streams start once every worker of both runs is reading: otherwise a run whose
+    // group joined later reads a backlog at full speed, and the ratio shows the join times.
+    clean.warm_up(Duration::from_secs(60)).await?;
+    run.warm_up(Duration::from_secs(60)).await?;
     clean.publish_with(workload(0, 0));
     run.publish_with(workload(every, pad));
     run.published_all().await?;

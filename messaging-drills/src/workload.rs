@@ -61,6 +61,27 @@ pub struct Published {
     pub poison: Option<String>,
 }
 
+/// Ids of warm-up events: published before a drill's stream, until every worker handled
+/// one, and left out of the drill's record (neither counted nor checked).
+pub const WARM_UP: &str = "warm-";
+
+/// The `n`th warm-up event: a clean event on a key of its own (`warm-k<n % 16>`), so that
+/// warm-up reaches every partition a group's workers may own.
+pub fn warm_up_event(n: usize) -> Event {
+    let tick = Tick {
+        key: format!("{WARM_UP}k{}", n % 16),
+        seq: (n / 16) as u64,
+        poison: None,
+        pad: None,
+    };
+    EventBuilder::new(SOURCE, TYPE)
+        .id(format!("{WARM_UP}{n}"))
+        .ordering_key(tick.key.clone())
+        .json(&tick)
+        .build()
+        .expect("a warm-up event is valid")
+}
+
 /// The shape of a drill's stream.
 #[derive(Debug, Clone)]
 pub struct Workload {
