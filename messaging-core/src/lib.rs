@@ -55,6 +55,7 @@
 //! ```
 
 pub mod codec;
+pub mod connect;
 pub mod delivery;
 pub mod dynamic;
 pub mod error;
@@ -76,6 +77,7 @@ pub use cloudevents::event::ExtensionValue;
 pub use cloudevents::{AttributesReader, AttributesWriter, Data, Event};
 
 pub use codec::{Binding, ContentMode, DecodeError, DecodeErrorKind, RawMessage};
+pub use connect::{Adapter, BrokerUrl, ConfigError, ConnectError};
 pub use delivery::Delivery;
 pub use dynamic::{
     BoxDelivery, BoxFuture, BoxSubscription, DynDelivery, DynPublisher, DynSubscriber,

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use messaging_core::connect::{Adapter, BrokerUrl, ConfigError, ConnectError, Options, probe_tcp};
 use messaging_core::{
     Binding, DelaySupport, Features, Inspect, InspectError, InspectErrorKind, PublishError,
     PublishErrorKind, RawMessage, Receipt,
@@ -47,36 +48,6 @@ pub(crate) struct Shared {
     pub(crate) uncommitted_starts: Mutex<HashMap<(String, String, i32), i64>>,
 }
 
-/// Failure to set up the clients.
-#[derive(Debug)]
-pub struct ConnectError {
-    servers: String,
-    source: KafkaError,
-}
-
-impl std::fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "cannot reach Kafka at {}: {}", self.servers, self.source)
-    }
-}
-
-impl std::error::Error for ConnectError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
-    }
-}
-
-impl ConnectError {
-    /// Whether connecting again later can succeed (the cluster is unreachable, rather than
-    /// the configuration being invalid).
-    pub fn is_transient(&self) -> bool {
-        !matches!(
-            self.source,
-            KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_)
-        )
-    }
-}
-
 /// Lag of one partition of a group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionLag {
@@ -94,12 +65,19 @@ pub struct PartitionLag {
 }
 
 impl KafkaBroker {
-    /// Creates the clients and checks that the cluster answers (a metadata request bounded by
-    /// `config.subscribe_timeout`).
+    /// Creates the clients and checks that the cluster answers: a TCP connection to one of
+    /// the bootstrap servers (failing at once when none accepts), then a metadata request
+    /// bounded by `config.subscribe_timeout`. An error is transient unless librdkafka refused
+    /// the configuration.
     pub async fn connect(config: KafkaConfig) -> Result<Self, ConnectError> {
-        let fail = |source| ConnectError {
-            servers: config.bootstrap_servers.clone(),
-            source,
+        let servers = config.bootstrap_servers.clone();
+        probe_tcp("kafka", &servers, &servers, 9092).await?;
+        let fail = |source: KafkaError| {
+            let transient = !matches!(
+                source,
+                KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_)
+            );
+            ConnectError::unreachable("kafka", servers.clone(), transient, source)
         };
         let producer = Producer::new(&config).map_err(fail)?;
         let admin: AdminClient<DefaultClientContext> =
@@ -486,6 +464,39 @@ impl Shared {
             });
         }
         Ok(any.then_some(lags))
+    }
+}
+
+impl Adapter for KafkaBroker {
+    const NAME: &'static str = "kafka";
+    const SCHEMES: &'static [&'static str] = &["kafka", "kafkas"];
+    const OPTIONS: &'static [&'static str] = crate::config::OPTIONS;
+    type Config = KafkaConfig;
+    type Publisher = KafkaPublisher;
+    type Subscriber = KafkaSubscriber;
+
+    fn configure(url: &BrokerUrl, options: Options) -> Result<KafkaConfig, ConfigError> {
+        KafkaConfig::from_options(url, options)
+    }
+
+    async fn connect(config: KafkaConfig) -> Result<Self, ConnectError> {
+        Self::connect(config).await
+    }
+
+    fn publisher(&self) -> KafkaPublisher {
+        Self::publisher(self)
+    }
+
+    fn subscriber(&self) -> KafkaSubscriber {
+        Self::subscriber(self)
+    }
+
+    fn features(&self) -> Features {
+        Self::features(self)
+    }
+
+    async fn publish_raw(&self, topic: &str, raw: &RawMessage) -> Result<Receipt, PublishError> {
+        Self::publish_raw(self, topic, raw).await
     }
 }
 

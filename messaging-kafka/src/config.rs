@@ -12,12 +12,23 @@ use rdkafka::ClientConfig;
 /// Groups whose Kafka `group.id` is scoped to the topic (see [`KafkaConfig::group_id`]).
 const TOPIC_SCOPED_GROUPS: [&str; 2] = [DEAD_LETTER_GROUP, REQUESTER_GROUP];
 
-/// Whether the librdkafka property `name` holds a secret: the one rule of
-/// [`messaging_core::redact`] (`*.password`, `ssl.key.pem`, every `sasl.*` but the mechanism
-/// and user name, …).
-pub(crate) fn is_secret(name: &str) -> bool {
-    messaging_core::redact::is_secret(name)
-}
+/// The options [`KafkaConfig::from_options`] reads, besides any librdkafka property by its
+/// dotted name.
+pub const OPTIONS: &[&str] = &[
+    "partitions",
+    "replication",
+    "create_topics",
+    "commit_metadata",
+    "content_mode",
+    "max_message_bytes",
+    "commit_interval",
+    "revoke_timeout",
+    "session_timeout",
+    "subscribe_timeout",
+    "publish_timeout",
+    "retry_tiers",
+    "<any librdkafka property, e.g. sasl.mechanism>",
+];
 
 /// How to reach Kafka and how the adapter lays out topics and messages.
 ///
@@ -106,6 +117,94 @@ impl KafkaConfig {
         }
     }
 
+    /// The configuration a URL gives: `kafka://[USER:PASS@]HOST:PORT[,HOST:PORT…][?OPTIONS]`,
+    /// with `options` the URL's query and the configuration file's options ([`OPTIONS`]).
+    ///
+    /// `kafkas://` sets `security.protocol=ssl`; a user and password set SASL
+    /// (`sasl_plaintext`, or `sasl_ssl` with `kafkas://`) with mechanism `PLAIN`. Options with a
+    /// dot in their name are librdkafka properties, and win over what the URL implies
+    /// (`sasl.mechanism=SCRAM-SHA-512`).
+    ///
+    /// ```
+    /// use messaging_core::connect::{BrokerUrl, Options};
+    /// use messaging_kafka::KafkaConfig;
+    ///
+    /// let url: BrokerUrl = "kafkas://app:pw@k1:9093,k2:9093?partitions=8&sasl.mechanism=SCRAM-SHA-512".parse()?;
+    /// let config = KafkaConfig::from_options(&url, Options::from_url("kafka", &url))?;
+    /// assert_eq!(config.bootstrap_servers, "k1:9093,k2:9093");
+    /// assert_eq!(config.partitions, 8);
+    /// assert!(config.properties.contains(&("security.protocol".into(), "sasl_ssl".into())));
+    /// assert!(config.properties.contains(&("sasl.mechanism".into(), "SCRAM-SHA-512".into())));
+    /// # Ok::<(), messaging_core::ConfigError>(())
+    /// ```
+    pub fn from_options(
+        url: &messaging_core::connect::BrokerUrl,
+        mut o: messaging_core::connect::Options,
+    ) -> Result<Self, messaging_core::ConfigError> {
+        if url.hosts().is_empty() {
+            return Err(messaging_core::ConfigError::InvalidUrl {
+                url: url.to_string(),
+                reason: "no bootstrap servers: expected kafka://HOST:PORT[,HOST:PORT…]".into(),
+            });
+        }
+        let mut c = Self::new(url.hosts());
+        if let Some(v) = o.number("partitions")? {
+            c.partitions = v;
+        }
+        if let Some(v) = o.number("replication")? {
+            c.replication = v;
+        }
+        if let Some(v) = o.flag("create_topics")? {
+            c.create_topics = v;
+        }
+        if let Some(v) = o.flag("commit_metadata")? {
+            c.commit_metadata = v;
+        }
+        if let Some(v) = o.content_mode()? {
+            c.content_mode = v;
+        }
+        if let Some(v) = o.number("max_message_bytes")? {
+            c.max_message_bytes = v;
+        }
+        for (key, field) in [
+            ("commit_interval", &mut c.commit_interval),
+            ("revoke_timeout", &mut c.revoke_timeout),
+            ("session_timeout", &mut c.session_timeout),
+            ("subscribe_timeout", &mut c.subscribe_timeout),
+            ("publish_timeout", &mut c.publish_timeout),
+        ] {
+            if let Some(v) = o.duration(key)? {
+                *field = v;
+            }
+        }
+        if let Some(tiers) = o.durations("retry_tiers")? {
+            c.retry_tiers = tiers;
+        }
+        // Credentials in the URL are SASL; `kafkas://` is TLS. Explicit properties win.
+        let tls = url.scheme() == "kafkas";
+        let protocol = match (tls, url.user().is_some()) {
+            (false, false) => None,
+            (true, false) => Some("ssl"),
+            (false, true) => Some("sasl_plaintext"),
+            (true, true) => Some("sasl_ssl"),
+        };
+        if let Some(p) = protocol {
+            c = c.property("security.protocol", p);
+        }
+        if let Some(user) = url.user() {
+            c = c
+                .property("sasl.mechanism", "PLAIN")
+                .property("sasl.username", user)
+                .property("sasl.password", url.password().unwrap_or_default());
+        }
+        for (k, v) in o.drain(|k| k.contains('.')) {
+            c.properties.retain(|(name, _)| *name != k);
+            c = c.property(k, v);
+        }
+        o.finish(OPTIONS)?;
+        Ok(c)
+    }
+
     /// Adds a librdkafka property for every client.
     #[must_use]
     pub fn property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
@@ -186,7 +285,7 @@ impl fmt::Debug for KafkaConfig {
         let props: Vec<(&str, &str)> = self
             .properties
             .iter()
-            .map(|(k, v)| (k.as_str(), if is_secret(k) { "***" } else { v.as_str() }))
+            .map(|(k, v)| (k.as_str(), messaging_core::redact::shown(k, v)))
             .collect();
         f.debug_struct("KafkaConfig")
             .field("bootstrap_servers", &self.bootstrap_servers)

@@ -117,7 +117,8 @@ mod offsets;
 mod publisher;
 mod subscriber;
 
-pub use broker::{ConnectError, KafkaBroker, PartitionLag};
-pub use config::KafkaConfig;
+pub use broker::{KafkaBroker, PartitionLag};
+pub use config::{KafkaConfig, OPTIONS};
+pub use messaging_core::ConnectError;
 pub use publisher::KafkaPublisher;
 pub use subscriber::{KafkaDelivery, KafkaSubscriber, KafkaSubscription};

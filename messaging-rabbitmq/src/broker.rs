@@ -11,12 +11,15 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use messaging_core::connect::{
+    Adapter, BrokerUrl, ConfigError, ConnectError, Options, probe_tcp, redact_url,
+};
 use messaging_core::middleware::dead_letter::DEAD_LETTER_GROUP;
 use messaging_core::{
     Binding, DelaySupport, Features, Inspect, InspectError, PublishError, SubscribeOptions,
 };
 
-use crate::config::{QueueType, RabbitConfig, redact};
+use crate::config::{QueueType, RabbitConfig};
 use crate::error;
 use crate::names::{self, queue_name};
 use crate::publisher::RabbitPublisher;
@@ -54,44 +57,21 @@ pub(crate) struct Shared {
     queues: Mutex<HashMap<String, (String, String)>>,
 }
 
-/// Failure to connect.
-#[derive(Debug)]
-pub struct ConnectError {
-    uri: String,
-    source: lapin::Error,
-}
-
-impl std::fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "cannot connect to RabbitMQ at {}: {}",
-            self.uri, self.source
-        )
-    }
-}
-
-impl std::error::Error for ConnectError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
-    }
-}
-
-impl ConnectError {
-    /// Whether connecting again later can succeed (the broker is down or unreachable, rather
-    /// than refusing the credentials).
-    pub fn is_transient(&self) -> bool {
-        self.source.is_io_error()
-    }
-}
-
 impl RabbitBroker {
     /// Connects, bounded by [`RabbitConfig::operation_timeout`]. A connection lost later is
     /// replaced by a new one on the next call that needs it (see the crate docs, "Recovery").
+    ///
+    /// A TCP connection to the URI's host is tried first, so a broker that is down fails at
+    /// once (transient); refused credentials or a missing virtual host are permanent.
     pub async fn connect(config: RabbitConfig) -> Result<Self, ConnectError> {
-        let conn = connect(&config).await.map_err(|source| ConnectError {
-            uri: redact(&config.uri),
-            source,
+        let shown = redact_url(&config.uri);
+        if let Ok(url) = BrokerUrl::parse(&config.uri) {
+            let port = if url.scheme() == "amqps" { 5671 } else { 5672 };
+            probe_tcp("rabbitmq", &shown, url.hosts(), port).await?;
+        }
+        let conn = connect(&config).await.map_err(|source| {
+            let transient = source.is_io_error();
+            ConnectError::unreachable("rabbitmq", shown, transient, source)
         })?;
         Ok(Self {
             shared: Arc::new(Shared {
@@ -267,7 +247,7 @@ impl Shared {
                 let fresh = Arc::new(fresh);
                 *self.conn.write().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
                 tracing::info!(
-                    uri = %redact(&self.config.uri),
+                    uri = %redact_url(&self.config.uri),
                     attempts = backoff.failures + 1,
                     "reconnected to RabbitMQ"
                 );
@@ -282,7 +262,7 @@ impl Shared {
                 backoff.failures = backoff.failures.saturating_add(1);
                 backoff.next = Some(tokio::time::Instant::now() + wait);
                 tracing::warn!(
-                    uri = %redact(&self.config.uri),
+                    uri = %redact_url(&self.config.uri),
                     error = %e,
                     attempts = backoff.failures,
                     "cannot reconnect to RabbitMQ; next attempt in {wait:?}"
@@ -813,6 +793,43 @@ fn shell_escape(s: &str) -> String {
 /// `s` in single quotes.
 fn shell_quote(s: &str) -> String {
     format!("'{}'", shell_escape(s))
+}
+
+impl Adapter for RabbitBroker {
+    const NAME: &'static str = "rabbitmq";
+    const SCHEMES: &'static [&'static str] = &["amqp", "amqps"];
+    const OPTIONS: &'static [&'static str] = crate::config::OPTIONS;
+    type Config = RabbitConfig;
+    type Publisher = RabbitPublisher;
+    type Subscriber = RabbitSubscriber;
+
+    fn configure(url: &BrokerUrl, options: Options) -> Result<RabbitConfig, ConfigError> {
+        RabbitConfig::from_options(url, options)
+    }
+
+    async fn connect(config: RabbitConfig) -> Result<Self, ConnectError> {
+        Self::connect(config).await
+    }
+
+    fn publisher(&self) -> RabbitPublisher {
+        Self::publisher(self)
+    }
+
+    fn subscriber(&self) -> RabbitSubscriber {
+        Self::subscriber(self)
+    }
+
+    fn features(&self) -> Features {
+        Self::features(self)
+    }
+
+    async fn publish_raw(
+        &self,
+        topic: &str,
+        raw: &messaging_core::RawMessage,
+    ) -> Result<messaging_core::Receipt, PublishError> {
+        Self::publish_raw(self, topic, raw).await
+    }
 }
 
 impl Inspect for RabbitBroker {

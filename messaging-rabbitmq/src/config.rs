@@ -4,6 +4,22 @@ use std::fmt;
 use std::time::Duration;
 
 use messaging_core::ContentMode;
+use messaging_core::connect::{BrokerUrl, ConfigError, Options, redact_url};
+
+/// The options [`RabbitConfig::from_options`] reads; other query keys of the URL (`heartbeat`,
+/// `frame_max`, `channel_max`…) are the AMQP client's.
+pub const OPTIONS: &[&str] = &[
+    "queue_type",
+    "content_mode",
+    "max_payload",
+    "mandatory",
+    "confirm_timeout",
+    "operation_timeout",
+    "reconnect_max_delay",
+    "connection_name",
+    "queue_expires",
+    "max_deliveries",
+];
 
 /// Queue type of subscription groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -90,22 +106,70 @@ impl RabbitConfig {
     }
 }
 
-/// The URI without its password.
-pub(crate) fn redact(uri: &str) -> String {
-    match (uri.find("://"), uri.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &uri[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &uri[..scheme + 3], &uri[at..])
+impl RabbitConfig {
+    /// The configuration a URL gives: `amqp://USER:PASS@HOST:PORT/VHOST[?OPTIONS]` (or
+    /// `amqps://`), with `options` the URL's query and the configuration file's options
+    /// ([`OPTIONS`]). Query keys that are not ours stay in the URI for the AMQP client
+    /// (`heartbeat=10`); an option from the file must be one of ours.
+    ///
+    /// ```
+    /// use messaging_core::connect::{BrokerUrl, Options};
+    /// use messaging_rabbitmq::{QueueType, RabbitConfig};
+    ///
+    /// let url: BrokerUrl = "amqp://app:pw@h:5672/%2f?queue_type=classic&heartbeat=10".parse()?;
+    /// let config = RabbitConfig::from_options(&url, Options::from_url("rabbitmq", &url))?;
+    /// assert_eq!(config.queue_type, QueueType::Classic);
+    /// assert_eq!(config.uri, "amqp://app:pw@h:5672/%2f?heartbeat=10");
+    /// # Ok::<(), messaging_core::ConfigError>(())
+    /// ```
+    pub fn from_options(url: &BrokerUrl, mut o: Options) -> Result<Self, ConfigError> {
+        let mut c = Self::new(url.without_options(OPTIONS));
+        if let Some(v) = o.parsed("queue_type", "quorum or classic", |v| match v {
+            "quorum" => Some(QueueType::Quorum),
+            "classic" => Some(QueueType::Classic),
+            _ => None,
+        })? {
+            c.queue_type = v;
         }
-        _ => uri.to_owned(),
+        if let Some(v) = o.content_mode()? {
+            c.content_mode = v;
+        }
+        if let Some(v) = o.number("max_payload")? {
+            c.max_payload = v;
+        }
+        if let Some(v) = o.flag("mandatory")? {
+            c.mandatory = v;
+        }
+        for (key, field) in [
+            ("confirm_timeout", &mut c.confirm_timeout),
+            ("operation_timeout", &mut c.operation_timeout),
+            ("reconnect_max_delay", &mut c.reconnect_max_delay),
+        ] {
+            if let Some(v) = o.duration(key)? {
+                *field = v;
+            }
+        }
+        if let Some(v) = o.string("connection_name") {
+            c.connection_name = v;
+        }
+        if let Some(v) = o.duration("queue_expires")? {
+            c.queue_expires = Some(v);
+        }
+        if let Some(v) = o.number("max_deliveries")? {
+            c.max_deliveries = v;
+        }
+        // Everything else in the query is lapin's; options from the file must be ours.
+        let lapin_keys: Vec<&str> = url.query().iter().map(|(k, _)| k.as_str()).collect();
+        o.drain(|k| lapin_keys.contains(&k));
+        o.finish(OPTIONS)?;
+        Ok(c)
     }
 }
 
 impl fmt::Debug for RabbitConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RabbitConfig")
-            .field("uri", &redact(&self.uri))
+            .field("uri", &redact_url(&self.uri))
             .field("queue_type", &self.queue_type)
             .field("content_mode", &self.content_mode)
             .field("max_payload", &self.max_payload)

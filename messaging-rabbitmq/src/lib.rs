@@ -84,8 +84,9 @@ mod publisher;
 mod request;
 mod subscriber;
 
-pub use broker::{ConnectError, DEAD_LETTER_DELIVERY_LIMIT, RabbitBroker};
-pub use config::{DEFAULT_MAX_DELIVERIES, QueueType, RabbitConfig};
+pub use broker::{DEAD_LETTER_DELIVERY_LIMIT, RabbitBroker};
+pub use config::{DEFAULT_MAX_DELIVERIES, OPTIONS, QueueType, RabbitConfig};
+pub use messaging_core::ConnectError;
 pub use publisher::RabbitPublisher;
 pub use request::DirectRequester;
 pub use subscriber::{RabbitDelivery, RabbitSubscriber, RabbitSubscription};

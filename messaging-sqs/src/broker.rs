@@ -2,9 +2,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName;
+use messaging_core::connect::{Adapter, BrokerUrl, ConfigError, ConnectError, Options};
 use messaging_core::middleware::dead_letter::DEAD_LETTER_GROUP;
 use messaging_core::{
     Binding, DelaySupport, Features, Inspect, InspectError, InspectErrorKind, SubscribeError,
@@ -87,20 +87,10 @@ impl SqsBroker {
         let mut sns = aws_sdk_sns::Config::builder()
             .behavior_version(aws_sdk_sns::config::BehaviorVersion::latest())
             .region(region);
-        // One timeout for both clients: a long poll must fit in it.
-        let timeout = config
-            .call_timeout
-            .max(config.wait_time.min(Duration::from_secs(20)) + Duration::from_secs(10));
-        let timeouts = aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
-            .operation_timeout(timeout)
-            .build();
-        sqs = sqs.timeout_config(timeouts.clone());
-        sns = sns.timeout_config(timeouts);
-        // Transient failures (throttling, 5xx, dropped connections) are retried with the SDK's
-        // standard backoff, within the call timeout above; a config built by hand has none.
-        let retries = aws_sdk_sqs::config::retry::RetryConfig::standard().with_max_attempts(4);
-        sqs = sqs.retry_config(retries.clone());
-        sns = sns.retry_config(retries);
+        sqs = sqs.timeout_config(config.timeouts());
+        sns = sns.timeout_config(config.timeouts());
+        sqs = sqs.retry_config(SqsConfig::retries());
+        sns = sns.retry_config(SqsConfig::retries());
         if let Some(url) = &config.endpoint_url {
             sqs = sqs.endpoint_url(url);
             sns = sns.endpoint_url(url);
@@ -121,6 +111,51 @@ impl SqsBroker {
             aws_sdk_sns::Client::from_conf(sns.build()),
             config,
         )
+    }
+
+    /// Builds the clients — from `config`'s static credentials, or else from aws-config's
+    /// default chain (environment, profile, SSO, web identity, container and instance roles),
+    /// with the same call timeout and retries either way — and makes one cheap call
+    /// (`ListQueues`), so a wrong endpoint or refused credentials fail here, not at first use.
+    /// An endpoint that does not answer is transient; refused credentials are not.
+    pub async fn connect(config: SqsConfig) -> Result<Self, ConnectError> {
+        let broker = if config.credentials.is_some() {
+            Self::new(config)
+        } else {
+            let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .region(aws_config::Region::new(config.region.clone()))
+                .timeout_config(config.timeouts())
+                .retry_config(SqsConfig::retries());
+            if let Some(endpoint) = &config.endpoint_url {
+                loader = loader.endpoint_url(endpoint);
+            }
+            let shared = loader.load().await;
+            Self::from_clients(
+                aws_sdk_sqs::Client::new(&shared),
+                aws_sdk_sns::Client::new(&shared),
+                config,
+            )
+        };
+        broker
+            .sqs()
+            .list_queues()
+            .max_results(1)
+            .send()
+            .await
+            .map_err(|e| {
+                let transient = matches!(
+                    e,
+                    aws_sdk_sqs::error::SdkError::TimeoutError(_)
+                        | aws_sdk_sqs::error::SdkError::DispatchFailure(_)
+                );
+                ConnectError::unreachable(
+                    "sqs",
+                    broker.shared.config.shown(),
+                    transient,
+                    aws_sdk_sqs::error::DisplayErrorContext(e).to_string(),
+                )
+            })?;
+        Ok(broker)
     }
 
     /// Uses clients built elsewhere (e.g. from `aws-config`'s default credential chain);
@@ -729,6 +764,43 @@ fn standard_topic(topic: &str) -> SubscribeError {
          name it `<name>.fifo`, list it in SqsConfig::fifo_topics, or subscribe the ordered \
          group before anything publishes to it"
     ))
+}
+
+impl Adapter for SqsBroker {
+    const NAME: &'static str = "sqs";
+    const SCHEMES: &'static [&'static str] = &["sqs"];
+    const OPTIONS: &'static [&'static str] = crate::config::OPTIONS;
+    type Config = SqsConfig;
+    type Publisher = SqsPublisher;
+    type Subscriber = SqsSubscriber;
+
+    fn configure(url: &BrokerUrl, options: Options) -> Result<SqsConfig, ConfigError> {
+        SqsConfig::from_options(url, options)
+    }
+
+    async fn connect(config: SqsConfig) -> Result<Self, ConnectError> {
+        Self::connect(config).await
+    }
+
+    fn publisher(&self) -> SqsPublisher {
+        Self::publisher(self)
+    }
+
+    fn subscriber(&self) -> SqsSubscriber {
+        Self::subscriber(self)
+    }
+
+    fn features(&self) -> Features {
+        Self::features(self)
+    }
+
+    async fn publish_raw(
+        &self,
+        topic: &str,
+        raw: &messaging_core::RawMessage,
+    ) -> Result<messaging_core::Receipt, messaging_core::PublishError> {
+        Self::publish_raw(self, topic, raw).await
+    }
 }
 
 impl Inspect for SqsBroker {

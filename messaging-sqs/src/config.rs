@@ -5,6 +5,22 @@ use std::fmt;
 use std::time::Duration;
 
 use messaging_core::ContentMode;
+use messaging_core::connect::{BrokerUrl, ConfigError, Options};
+
+/// The options [`SqsConfig::from_options`] reads.
+pub const OPTIONS: &[&str] = &[
+    "endpoint",
+    "region",
+    "access_key_id",
+    "secret_access_key",
+    "topology",
+    "content_mode",
+    "wait_time",
+    "max_in_flight",
+    "fifo_topics",
+    "retention",
+    "call_timeout",
+];
 
 /// SNS's default largest message: 256 KiB.
 pub const SNS_MAX_PAYLOAD: usize = 256 * 1024;
@@ -60,9 +76,10 @@ pub struct SqsConfig {
     /// Endpoint URL for both services, for a local endpoint such as moto
     /// (`http://127.0.0.1:4566`); `None` (default) uses the AWS endpoints of the region.
     pub endpoint_url: Option<String>,
-    /// Static credentials; `None` (default) needs clients built elsewhere
-    /// ([`SqsBroker::from_clients`](crate::SqsBroker::from_clients), e.g. from `aws-config`'s
-    /// default chain).
+    /// Static credentials; `None` (default): [`SqsBroker::connect`](crate::SqsBroker::connect)
+    /// uses aws-config's default chain (environment, profile, SSO, web identity, container
+    /// and instance roles), or pass clients built elsewhere to
+    /// [`SqsBroker::from_clients`](crate::SqsBroker::from_clients).
     pub credentials: Option<StaticCredentials>,
     /// Topics as SNS topics with queues per group (default), or plain queues.
     pub topology: Topology,
@@ -91,7 +108,8 @@ pub struct SqsConfig {
     pub retention: Option<Duration>,
     /// Bound on one API call, retries included (default 30 s; receives get at least
     /// `wait_time` + 10 s). A call past it fails with a transient `Timeout` error. Applies to
-    /// clients built by [`SqsBroker::new`](crate::SqsBroker::new).
+    /// clients built by [`SqsBroker::new`](crate::SqsBroker::new) and
+    /// [`SqsBroker::connect`](crate::SqsBroker::connect).
     pub call_timeout: Duration,
 }
 
@@ -128,6 +146,108 @@ impl SqsConfig {
             }),
             ..Self::default()
         }
+    }
+
+    /// The configuration a URL gives: `sqs://[ACCESS_KEY_ID:SECRET@][REGION][?OPTIONS]`, with
+    /// `options` the URL's query and the configuration file's options ([`OPTIONS`]).
+    ///
+    /// Credentials come from the URL's user and password or the options `access_key_id` and
+    /// `secret_access_key` (both or neither); with neither, a local `endpoint` gets the dummy
+    /// credentials such endpoints accept, and otherwise
+    /// [`SqsBroker::connect`](crate::SqsBroker::connect) uses aws-config's default chain.
+    ///
+    /// ```
+    /// use messaging_core::connect::{BrokerUrl, Options};
+    /// use messaging_sqs::{SqsConfig, Topology};
+    ///
+    /// let url: BrokerUrl = "sqs://eu-west-1?topology=point_to_point&wait_time=1s".parse()?;
+    /// let config = SqsConfig::from_options(&url, Options::from_url("sqs", &url))?;
+    /// assert_eq!(config.region, "eu-west-1");
+    /// assert_eq!(config.topology, Topology::PointToPoint);
+    /// assert!(config.credentials.is_none()); // aws-config's default chain
+    /// # Ok::<(), messaging_core::ConfigError>(())
+    /// ```
+    pub fn from_options(url: &BrokerUrl, mut o: Options) -> Result<Self, ConfigError> {
+        let mut c = Self {
+            endpoint_url: o.string("endpoint"),
+            ..Self::default()
+        };
+        if let Some(region) = o.string("region") {
+            c.region = region;
+        } else if !url.hosts().is_empty() {
+            c.region = url.hosts().to_owned();
+        }
+        let key = o.string("access_key_id").or(url.user().map(str::to_owned));
+        let secret = o
+            .string("secret_access_key")
+            .or(url.password().map(str::to_owned));
+        c.credentials = match (key, secret) {
+            (Some(access_key_id), Some(secret_access_key)) => Some(StaticCredentials {
+                access_key_id,
+                secret_access_key,
+            }),
+            // A local endpoint (moto, LocalStack) takes any credentials.
+            (None, None) if c.endpoint_url.is_some() => Self::local("").credentials,
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::InvalidUrl {
+                    url: url.to_string(),
+                    reason: "give both the access key id and the secret access key, or neither"
+                        .into(),
+                });
+            }
+        };
+        if let Some(v) = o.parsed("topology", "sns_fanout or point_to_point", |v| match v {
+            "sns_fanout" => Some(Topology::SnsFanout),
+            "point_to_point" => Some(Topology::PointToPoint),
+            _ => None,
+        })? {
+            c.topology = v;
+        }
+        if let Some(v) = o.content_mode()? {
+            c.content_mode = v;
+        }
+        if let Some(v) = o.duration("wait_time")? {
+            c.wait_time = v;
+        }
+        if let Some(v) = o.number("max_in_flight")? {
+            c.max_in_flight = v;
+        }
+        if let Some(v) = o.list("fifo_topics") {
+            c.fifo_topics = v.into_iter().collect();
+        }
+        if let Some(v) = o.duration("retention")? {
+            c.retention = Some(v);
+        }
+        if let Some(v) = o.duration("call_timeout")? {
+            c.call_timeout = v;
+        }
+        o.finish(OPTIONS)?;
+        Ok(c)
+    }
+
+    /// Where the clients go, as errors show it.
+    pub(crate) fn shown(&self) -> String {
+        match &self.endpoint_url {
+            Some(endpoint) => format!("{endpoint} ({})", self.region),
+            None => format!("AWS {}", self.region),
+        }
+    }
+
+    /// The one bound on an API call of both clients: a long poll must fit in it.
+    pub(crate) fn timeouts(&self) -> aws_sdk_sqs::config::timeout::TimeoutConfig {
+        let timeout = self
+            .call_timeout
+            .max(self.wait_time.min(Duration::from_secs(20)) + Duration::from_secs(10));
+        aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
+            .operation_timeout(timeout)
+            .build()
+    }
+
+    /// Transient failures (throttling, 5xx, dropped connections) are retried with the SDK's
+    /// standard backoff, within the call timeout; a client config built by hand has none.
+    pub(crate) fn retries() -> aws_sdk_sqs::config::retry::RetryConfig {
+        aws_sdk_sqs::config::retry::RetryConfig::standard().with_max_attempts(4)
     }
 
     /// Whether `topic` is declared FIFO by name or by [`fifo_topics`](Self::fifo_topics).

@@ -195,6 +195,8 @@ mod publisher;
 mod subscriber;
 
 pub use broker::SqsBroker;
-pub use config::{SNS_MAX_PAYLOAD, SQS_MAX_PAYLOAD, SqsConfig, StaticCredentials, Topology};
+pub use config::{
+    OPTIONS, SNS_MAX_PAYLOAD, SQS_MAX_PAYLOAD, SqsConfig, StaticCredentials, Topology,
+};
 pub use publisher::SqsPublisher;
 pub use subscriber::{SqsDelivery, SqsSubscriber, SqsSubscription};

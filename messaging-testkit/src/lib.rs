@@ -14,6 +14,6 @@ pub mod netfault;
 pub mod outage;
 
 pub use memory::{
-    Faults, GroupStats, MemoryBroker, MemoryBrokerBuilder, MemoryDelivery, MemoryPublisher,
-    MemorySubscriber, MemorySubscription,
+    Faults, GroupStats, MemoryBroker, MemoryBrokerBuilder, MemoryConfig, MemoryDelivery,
+    MemoryPublisher, MemorySubscriber, MemorySubscription,
 };

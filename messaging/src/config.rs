@@ -10,8 +10,7 @@ use messaging_core::runtime::ConsumerSettings;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::errors::ConfigError;
-use crate::url::BrokerUrl;
+use messaging_core::connect::{BrokerUrl, ConfigError, redact_url};
 
 /// The environment variable naming the broker URL.
 pub const URL_VAR: &str = "MESSAGING_URL";
@@ -103,21 +102,11 @@ impl BrokerConfig {
 
 impl fmt::Debug for BrokerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let url = self.url.as_deref().map(|u| match BrokerUrl::parse(u) {
-            Ok(u) => u.to_string(),
-            Err(_) => crate::url::redact_unparsed(u),
-        });
+        let url = self.url.as_deref().map(redact_url);
         let options: BTreeMap<&str, &str> = self
             .options
             .iter()
-            .map(|(k, v)| {
-                let shown = if crate::url::is_secret(k) {
-                    "***"
-                } else {
-                    v.as_str()
-                };
-                (k.as_str(), shown)
-            })
+            .map(|(k, v)| (k.as_str(), messaging_core::redact::shown(k, v)))
             .collect();
         f.debug_struct("BrokerConfig")
             .field("url", &url)

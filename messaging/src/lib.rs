@@ -77,13 +77,9 @@
 
 mod broker;
 mod config;
-mod errors;
-mod url;
 
 pub use broker::Broker;
 pub use config::{BrokerConfig, CONFIG_VAR, ENV_PREFIX, Settings, URL_VAR};
-pub use errors::{ConfigError, ConnectError};
-pub use url::BrokerUrl;
 
 pub use messaging_core::*;
 

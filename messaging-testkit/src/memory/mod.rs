@@ -18,10 +18,13 @@
 //! Every timer uses tokio's clock, so tests under `#[tokio::test(start_paused = true)]` run
 //! backoffs and deadlines instantly.
 
+mod adapter;
 mod faults;
 mod group;
 mod publisher;
 mod subscription;
+
+pub use adapter::MemoryConfig;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64};

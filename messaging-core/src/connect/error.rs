@@ -1,6 +1,6 @@
 //! Errors of choosing and connecting a broker. None of them shows a password or secret key.
 
-use messaging_core::Unsupported;
+use crate::Unsupported;
 
 /// Bad configuration: a URL, an option, a configuration file or an environment override. Not
 /// transient: the same configuration fails again.
@@ -16,12 +16,12 @@ pub enum ConfigError {
         reason: String,
     },
     /// No broker has this scheme.
-    #[error(
-        "unknown broker scheme {scheme:?}: expected memory://, kafka://, kafkas://, amqp://, amqps:// or sqs://"
-    )]
+    #[error("unknown broker scheme {scheme:?}: expected one of {known}")]
     UnknownScheme {
         /// The scheme.
         scheme: String,
+        /// The schemes there are, e.g. `memory://, kafka://, amqp://`.
+        known: String,
     },
     /// The scheme names a broker whose adapter is not compiled in.
     #[error(
@@ -104,6 +104,45 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
+    /// The broker at `url` (shown without secrets) cannot be reached or refused; `transient`
+    /// says whether trying again later can succeed.
+    pub fn unreachable(
+        broker: &'static str,
+        url: impl Into<String>,
+        transient: bool,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Unreachable {
+            broker,
+            url: url.into(),
+            transient,
+            source: source.into(),
+        }
+    }
+
+    /// The same error, naming `url` (without secrets) as where it happened: the URL the user
+    /// gave, rather than the one the adapter built from it.
+    pub fn with_url(self, url: &str) -> Self {
+        match self {
+            Self::Unreachable {
+                broker,
+                transient,
+                source,
+                ..
+            } => Self::Unreachable {
+                broker,
+                url: url.to_owned(),
+                transient,
+                source,
+            },
+            Self::Unsupported { source, .. } => Self::Unsupported {
+                url: url.to_owned(),
+                source,
+            },
+            other => other,
+        }
+    }
+
     /// Whether trying again later can succeed.
     pub fn is_transient(&self) -> bool {
         matches!(

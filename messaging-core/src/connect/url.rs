@@ -1,18 +1,11 @@
 //! Broker URLs: parsing, options, and the redacted form shown in `Debug`, logs and errors.
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::time::Duration;
 
 use percent_encoding::percent_decode_str;
 
-use crate::errors::ConfigError;
-
-/// Query keys whose values are secrets, besides the URL's password: the one rule of
-/// [`messaging_core::redact`], shared with every adapter.
-pub(crate) fn is_secret(key: &str) -> bool {
-    messaging_core::redact::is_secret(key)
-}
+use super::error::ConfigError;
+use crate::redact::is_secret;
 
 /// A parsed broker URL: `scheme://[user[:password]@]hosts[/path][?key=value&…]`.
 ///
@@ -21,13 +14,13 @@ pub(crate) fn is_secret(key: &str) -> bool {
 /// `***`; the secrets are readable only through the accessors that need them.
 ///
 /// ```
-/// use messaging::BrokerUrl;
+/// use messaging_core::connect::BrokerUrl;
 ///
 /// let url: BrokerUrl = "amqp://app:s3cret@127.0.0.1:5672/%2f?queue_type=classic".parse()?;
 /// assert_eq!(url.scheme(), "amqp");
 /// assert_eq!(url.to_string(), "amqp://app:***@127.0.0.1:5672/%2f?queue_type=classic");
 /// assert!(!format!("{url:?}").contains("s3cret"));
-/// # Ok::<(), messaging::ConfigError>(())
+/// # Ok::<(), messaging_core::connect::ConfigError>(())
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct BrokerUrl {
@@ -137,8 +130,9 @@ impl BrokerUrl {
         &self.query
     }
 
-    /// The URL as written, less the query keys in `drop` (for handing a URI on to a client).
-    pub(crate) fn without_options(&self, drop: &[&str]) -> String {
+    /// The URL as written, secrets included, less the query keys in `drop`: for handing a
+    /// URI on to a client (the AMQP client takes its own options from the query).
+    pub fn without_options(&self, drop: &[&str]) -> String {
         let mut out = format!("{}://", self.scheme);
         if let Some(u) = &self.raw_userinfo {
             out.push_str(u);
@@ -191,6 +185,22 @@ impl fmt::Debug for BrokerUrl {
     }
 }
 
+/// `url` as it may be shown: parsed, without its password and secret options; a URL that does
+/// not parse loses everything between `://` and the last `@`, and its whole query.
+///
+/// ```
+/// use messaging_core::connect::redact_url;
+///
+/// assert_eq!(redact_url("amqp://app:pw@h:5672/%2f"), "amqp://app:***@h:5672/%2f");
+/// assert_eq!(redact_url("amqp:/app:pw@h?password=x"), "amqp:/***@h");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    match BrokerUrl::parse(url) {
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => redact_unparsed(url),
+    }
+}
+
 /// Best-effort redaction of a URL that did not parse: drops everything between `://` and the
 /// last `@`, and the whole query.
 pub(crate) fn redact_unparsed(url: &str) -> String {
@@ -209,125 +219,6 @@ pub(crate) fn redact_unparsed(url: &str) -> String {
             )
         }
         None => without_query.to_owned(),
-    }
-}
-
-/// The options of one broker: the configuration file's `options`, then the URL's query on
-/// top. Each accessor takes the option it reads; [`finish`](Self::finish) fails on what no
-/// one took, so a misspelt option is an error rather than silently ignored.
-pub(crate) struct Options {
-    broker: &'static str,
-    values: BTreeMap<String, String>,
-}
-
-impl Options {
-    pub(crate) fn new(
-        broker: &'static str,
-        file: &BTreeMap<String, String>,
-        url: &BrokerUrl,
-    ) -> Self {
-        let mut values = file.clone();
-        values.extend(url.query.iter().cloned());
-        Self { broker, values }
-    }
-
-    fn invalid(&self, key: &str, value: &str, expected: &str) -> ConfigError {
-        ConfigError::InvalidOption {
-            broker: self.broker,
-            key: key.to_owned(),
-            value: if is_secret(key) {
-                "***".to_owned()
-            } else {
-                value.to_owned()
-            },
-            expected: expected.to_owned(),
-        }
-    }
-
-    /// Takes `key` as a string.
-    pub(crate) fn string(&mut self, key: &str) -> Option<String> {
-        self.values.remove(key)
-    }
-
-    /// Takes `key`, parsed by `parse`; `expected` describes valid values.
-    pub(crate) fn parsed<T>(
-        &mut self,
-        key: &str,
-        expected: &str,
-        parse: impl FnOnce(&str) -> Option<T>,
-    ) -> Result<Option<T>, ConfigError> {
-        match self.values.remove(key) {
-            None => Ok(None),
-            Some(v) => parse(v.trim())
-                .map(Some)
-                .ok_or_else(|| self.invalid(key, &v, expected)),
-        }
-    }
-
-    /// Takes `key` as a number.
-    pub(crate) fn number<T: std::str::FromStr>(
-        &mut self,
-        key: &str,
-    ) -> Result<Option<T>, ConfigError> {
-        self.parsed(key, "a number", |v| v.parse().ok())
-    }
-
-    /// Takes `key` as `true`/`false`.
-    pub(crate) fn flag(&mut self, key: &str) -> Result<Option<bool>, ConfigError> {
-        self.parsed(key, "true or false", |v| match v {
-            "true" | "1" | "yes" => Some(true),
-            "false" | "0" | "no" => Some(false),
-            _ => None,
-        })
-    }
-
-    /// Takes `key` as a duration (`500ms`, `30s`, `1m`).
-    pub(crate) fn duration(&mut self, key: &str) -> Result<Option<Duration>, ConfigError> {
-        self.parsed(key, "a duration such as 500ms, 30s or 1m", |v| {
-            humantime::parse_duration(v).ok()
-        })
-    }
-
-    /// Takes `key` as a comma-separated list.
-    pub(crate) fn list(&mut self, key: &str) -> Option<Vec<String>> {
-        self.values.remove(key).map(|v| {
-            v.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
-    }
-
-    /// Takes `content_mode` (`binary` or `structured`).
-    pub(crate) fn content_mode(
-        &mut self,
-    ) -> Result<Option<messaging_core::ContentMode>, ConfigError> {
-        self.parsed("content_mode", "binary or structured", |v| match v {
-            "binary" => Some(messaging_core::ContentMode::Binary),
-            "structured" => Some(messaging_core::ContentMode::Structured),
-            _ => None,
-        })
-    }
-
-    /// Takes every remaining option whose key `accept`s, in key order.
-    pub(crate) fn drain(&mut self, accept: impl Fn(&str) -> bool) -> Vec<(String, String)> {
-        let keys: Vec<String> = self.values.keys().filter(|k| accept(k)).cloned().collect();
-        keys.into_iter()
-            .filter_map(|k| self.values.remove_entry(&k))
-            .collect()
-    }
-
-    /// Fails if an option was not taken, naming it and the ones this broker knows.
-    pub(crate) fn finish(self, known: &[&str]) -> Result<(), ConfigError> {
-        match self.values.into_keys().next() {
-            None => Ok(()),
-            Some(key) => Err(ConfigError::UnknownOption {
-                broker: self.broker,
-                key,
-                known: known.join(", "),
-            }),
-        }
     }
 }
 
@@ -394,16 +285,5 @@ mod tests {
             url.without_options(&["queue_type"]),
             "amqp://guest:gu%40st@127.0.0.1:5672/%2f?heartbeat=10"
         );
-    }
-
-    #[test]
-    fn options_reject_bad_values_and_unknown_keys() {
-        let url = BrokerUrl::parse("memory://?max_payload=lots&sasl_password=pw&typo=1").unwrap();
-        let mut o = Options::new("memory", &BTreeMap::new(), &url);
-        let err = o.number::<usize>("max_payload").unwrap_err();
-        assert!(err.to_string().contains("max_payload"), "{err}");
-        assert_eq!(o.string("sasl_password").as_deref(), Some("pw"));
-        let err = o.finish(&["max_payload"]).unwrap_err();
-        assert!(err.to_string().contains("`typo`"), "{err}");
     }
 }
