@@ -122,19 +122,7 @@ impl SqsBroker {
         let broker = if config.credentials.is_some() {
             Self::new(config)
         } else {
-            let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .region(aws_config::Region::new(config.region.clone()))
-                .timeout_config(config.timeouts())
-                .retry_config(SqsConfig::retries());
-            if let Some(endpoint) = &config.endpoint_url {
-                loader = loader.endpoint_url(endpoint);
-            }
-            let shared = loader.load().await;
-            Self::from_clients(
-                aws_sdk_sqs::Client::new(&shared),
-                aws_sdk_sns::Client::new(&shared),
-                config,
-            )
+            Self::from_default_chain(config).await
         };
         broker
             .sqs()
@@ -156,6 +144,24 @@ impl SqsBroker {
                 )
             })?;
         Ok(broker)
+    }
+
+    /// Clients from aws-config's default credential chain, with the call timeout and retries
+    /// that [`new`](Self::new) gives its clients.
+    async fn from_default_chain(config: SqsConfig) -> Self {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(config.region.clone()))
+            .timeout_config(config.timeouts())
+            .retry_config(SqsConfig::retries());
+        if let Some(endpoint) = &config.endpoint_url {
+            loader = loader.endpoint_url(endpoint);
+        }
+        let shared = loader.load().await;
+        Self::from_clients(
+            aws_sdk_sqs::Client::new(&shared),
+            aws_sdk_sns::Client::new(&shared),
+            config,
+        )
     }
 
     /// Uses clients built elsewhere (e.g. from `aws-config`'s default credential chain);
@@ -830,5 +836,42 @@ impl Inspect for SqsBroker {
             .map(|a| a.values().filter_map(|v| v.parse::<u64>().ok()).sum())
             .unwrap_or(0);
         Ok(Some(total))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The facade used to build default-chain clients itself, with a timeout but without
+    /// the retries `SqsBroker::new` sets: both paths now get the same settings.
+    #[tokio::test]
+    async fn the_default_chain_gets_the_timeouts_and_retries_of_static_credentials() {
+        let config = SqsConfig {
+            call_timeout: Duration::from_secs(7),
+            wait_time: Duration::from_secs(1),
+            ..SqsConfig::local("http://127.0.0.1:1")
+        };
+        let fixed = SqsBroker::new(config.clone());
+        let chained = SqsBroker::from_default_chain(SqsConfig {
+            credentials: None,
+            ..config
+        })
+        .await;
+        for broker in [&fixed, &chained] {
+            let sqs = broker.sqs().config();
+            let sns = broker.sns().config();
+            assert_eq!(sqs.retry_config().map(|r| r.max_attempts()), Some(4));
+            assert_eq!(sns.retry_config().map(|r| r.max_attempts()), Some(4));
+            for timeouts in [sqs.timeout_config(), sns.timeout_config()] {
+                assert_eq!(
+                    timeouts.and_then(|t| t.operation_timeout()),
+                    Some(Duration::from_secs(11)),
+                    "wait_time + 10 s, above call_timeout"
+                );
+            }
+        }
     }
 }

@@ -6,9 +6,9 @@
 //! use messaging_sqs::{SqsBroker, SqsConfig};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! // moto or LocalStack on 127.0.0.1:4566; for AWS use `SqsConfig::default()` with a region
-//! // and `SqsBroker::from_clients` with clients from `aws-config`.
-//! let broker = SqsBroker::new(SqsConfig::local("http://127.0.0.1:4566"));
+//! // moto or LocalStack on 127.0.0.1:4566; for AWS, `SqsConfig::default()` with a region:
+//! // without static credentials `connect` uses aws-config's default chain.
+//! let broker = SqsBroker::connect(SqsConfig::local("http://127.0.0.1:4566")).await?;
 //! let mut billing = broker
 //!     .subscriber()
 //!     .subscribe("orders", SubscribeOptions::new("billing"))

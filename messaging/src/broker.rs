@@ -270,3 +270,34 @@ fn adapter_for(scheme: &str) -> Result<&'static AdapterEntry, ConfigError> {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(all(
+        feature = "memory",
+        feature = "kafka",
+        feature = "rabbitmq",
+        feature = "sqs"
+    ))]
+    fn every_scheme_has_its_adapter_in_a_full_build() {
+        for (scheme, feature) in FEATURES {
+            let entry = adapter_for(scheme).unwrap_or_else(|e| panic!("{scheme}: {e}"));
+            assert_eq!(entry.name, *feature, "{scheme}");
+        }
+        let names: Vec<_> = ADAPTERS.iter().map(|a| a.name).collect();
+        assert_eq!(names, ["memory", "kafka", "rabbitmq", "sqs"]);
+    }
+
+    #[test]
+    fn an_unknown_scheme_names_the_known_ones() {
+        let err = adapter_for("nats").unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownScheme { .. }), "{err}");
+        let shown = err.to_string();
+        for scheme in ["memory://", "kafka://", "amqps://", "sqs://"] {
+            assert!(shown.contains(scheme), "{shown}");
+        }
+    }
+}

@@ -52,7 +52,7 @@
 //! `messaging-rabbitmq`; the virtual host is percent-encoded (`%2f` is `/`). Options:
 //! `queue_type` (`quorum`|`classic`), `content_mode`, `max_payload`, `mandatory`,
 //! `confirm_timeout`, `operation_timeout`, `reconnect_max_delay`, `connection_name`,
-//! `queue_expires`; other query keys (`heartbeat`,
+//! `queue_expires`, `max_deliveries`; other query keys (`heartbeat`,
 //! `frame_max`, `channel_max`…) are passed to the AMQP client.
 //!
 //! **`sqs://[ACCESS_KEY_ID:SECRET@][REGION]`** — AWS SQS/SNS through `messaging-sqs`. Options:
@@ -65,6 +65,11 @@
 //! refused credentials fail at start-up.
 //!
 //! Durations are written `500ms`, `30s`, `1m`.
+//!
+//! Each adapter reads its own options (`KafkaConfig::from_options`,
+//! `RabbitConfig::from_options`, `SqsConfig::from_options`, the testkit's `MemoryConfig`), as
+//! its [`Adapter`] implementation; this crate only maps the URL
+//! scheme to the adapter and applies `connect_timeout`.
 //!
 //! # Declared guarantees
 //!

@@ -11,12 +11,13 @@
 //! ```
 //! use messaging_core::connect::{Adapter, BrokerUrl, ConfigError, ConnectError, Options};
 //! # use messaging_core::{Features, Inspect, InspectError, PublishError, RawMessage, Receipt};
-//! # #[derive(Clone)] struct Nats; # #[derive(Clone)] struct NatsPublisher; # #[derive(Clone)] struct NatsSubscriber;
+//! # #[derive(Clone)] struct Nats;
+//! # #[derive(Clone)] struct NatsPublisher;
+//! # #[derive(Clone)] struct NatsSubscriber;
 //! # impl Inspect for Nats { async fn depth(&self, _: &str, _: &str) -> Result<Option<u64>, InspectError> { Ok(None) } }
 //! # impl messaging_core::Publisher for NatsPublisher {
 //! #     async fn publish(&self, _: &str, _: messaging_core::Event) -> Result<Receipt, PublishError> { Ok(Receipt::new()) }
 //! #     async fn publish_batch(&self, _: &str, _: Vec<messaging_core::Event>) -> Result<Vec<Receipt>, messaging_core::PublishBatchError> { Ok(vec![]) }
-//! #     async fn flush(&self) -> Result<(), PublishError> { Ok(()) }
 //! #     async fn close(&self) -> Result<(), PublishError> { Ok(()) }
 //! #     fn features(&self) -> Features { Features::new("nats") }
 //! # }

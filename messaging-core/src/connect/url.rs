@@ -192,7 +192,7 @@ impl fmt::Debug for BrokerUrl {
 /// use messaging_core::connect::redact_url;
 ///
 /// assert_eq!(redact_url("amqp://app:pw@h:5672/%2f"), "amqp://app:***@h:5672/%2f");
-/// assert_eq!(redact_url("amqp:/app:pw@h?password=x"), "amqp:/***@h");
+/// assert_eq!(redact_url("amqp:/app:pw@h?password=x"), "amqp:***@h");
 /// ```
 pub fn redact_url(url: &str) -> String {
     match BrokerUrl::parse(url) {
