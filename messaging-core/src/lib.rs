@@ -70,6 +70,7 @@ pub mod redact;
 pub mod request;
 pub mod runtime;
 pub mod subscriber;
+pub mod sync;
 
 pub use chrono;
 pub use cloudevents;

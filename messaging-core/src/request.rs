@@ -95,7 +95,7 @@ async fn listen<S>(
                         .extension_str(REPLY_TOKEN)
                         .and_then(|t| t.parse::<u64>().ok());
                     let waiter = event.causation_id().and_then(|id| {
-                        let mut map = pending.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut map = crate::sync::lock(&pending);
                         let waiters = map.get_mut(id)?;
                         let at = match token {
                             Some(token) => waiters.iter().position(|(t, _)| *t == token)?,
@@ -283,7 +283,7 @@ impl Requester {
             .or_default()
             .push((token, tx));
         let forget = || {
-            let mut map = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut map = crate::sync::lock(&self.pending);
             if let Some(waiters) = map.get_mut(&id) {
                 waiters.retain(|(t, _)| *t != token);
                 if waiters.is_empty() {

@@ -211,7 +211,7 @@ impl Shared {
             return Ok(());
         }
         let missing: Vec<&str> = {
-            let known = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+            let known = messaging_core::sync::lock(&self.topics);
             topics
                 .iter()
                 .copied()

@@ -42,7 +42,7 @@ impl Reports {
     }
 
     fn set(&self, index: usize, result: Result<Receipt, KafkaError>) {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())[index] = Some(result);
+        messaging_core::sync::lock(&self.slots)[index] = Some(result);
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.waker.wake();
         }
@@ -61,7 +61,7 @@ impl Reports {
             }
         })
         .await;
-        std::mem::take(&mut *self.slots.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *messaging_core::sync::lock(&self.slots))
     }
 }
 

@@ -305,10 +305,7 @@ struct Sub {
     stop: AtomicBool,
 }
 
-/// Locks `m`, whose data stays consistent across a panic while held.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use messaging_core::sync::lock;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -323,7 +320,7 @@ fn closed_error() -> AckError {
 
 impl Sub {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     fn is_retry_topic(&self, topic: &str) -> bool {

@@ -216,7 +216,7 @@ pub(crate) fn timed_out(limit: Duration) -> lapin::Error {
 
 impl Shared {
     fn current(&self) -> Arc<Connection> {
-        self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
+        messaging_core::sync::read(&self.conn).clone()
     }
 
     /// The connection to use: the current one unless it failed (lost, closed by the broker),
@@ -245,7 +245,7 @@ impl Shared {
         match connect(&self.config).await {
             Ok(fresh) => {
                 let fresh = Arc::new(fresh);
-                *self.conn.write().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+                *messaging_core::sync::write(&self.conn) = fresh.clone();
                 tracing::info!(
                     uri = %redact_url(&self.config.uri),
                     attempts = backoff.failures + 1,

@@ -29,9 +29,7 @@ pub(crate) fn is_reply_address(topic: &str) -> bool {
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Event>>>>;
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use messaging_core::sync::lock;
 
 /// Sends requests and waits for their replies over direct reply-to; made by
 /// [`RabbitBroker::requester`](crate::RabbitBroker::requester).

@@ -243,9 +243,7 @@ impl SqsBroker {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use messaging_core::sync::lock;
 
 type SubResult<T> = Result<T, SubscribeError>;
 

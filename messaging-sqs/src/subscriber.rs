@@ -119,9 +119,7 @@ impl SubShared {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use messaging_core::sync::lock;
 
 impl Subscriber for SqsSubscriber {
     type Subscription = SqsSubscription;

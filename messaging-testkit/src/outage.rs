@@ -276,7 +276,7 @@ where
         .build(handler_fn(move |msg: Incoming| {
             let s = s.clone();
             async move {
-                let mut seen = s.lock().unwrap_or_else(|e| e.into_inner());
+                let mut seen = messaging_core::sync::lock(&s);
                 let entry = seen
                     .entry(msg.event().id().to_owned())
                     .or_insert((0, Instant::now()));
@@ -319,7 +319,7 @@ where
                 loop {
                     match publisher.publish_dyn(&topic, event.clone()).await {
                         Ok(_) => {
-                            acked.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+                            messaging_core::sync::lock(&acked).push(id);
                             break;
                         }
                         Err(e) if e.is_transient() && Instant::now() < end => {
@@ -336,9 +336,7 @@ where
     // Everything published before the outage is handled first, so the recovery is measured
     // from a quiet consumer.
     let quiet_end = Instant::now() + settle;
-    while seen.lock().unwrap_or_else(|e| e.into_inner()).len() < before
-        && Instant::now() < quiet_end
-    {
+    while messaging_core::sync::lock(&seen).len() < before && Instant::now() < quiet_end {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     outage.await;
@@ -353,7 +351,7 @@ where
     let end = Instant::now() + settle;
     loop {
         let missing = {
-            let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            let seen = messaging_core::sync::lock(&seen);
             acked_ids.iter().any(|id| !seen.contains_key(id))
         };
         if !missing || Instant::now() > end {
@@ -373,7 +371,7 @@ where
         .expect("the consumer's task")
         .expect("the consumer ran to its shutdown");
     watcher.abort();
-    let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let seen = messaging_core::sync::lock(&seen).clone();
     let mut lost: Vec<String> = acked_ids
         .iter()
         .filter(|id| !seen.contains_key(*id))

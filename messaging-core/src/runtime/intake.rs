@@ -221,7 +221,7 @@ impl Breaker {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
-        self.window.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.window)
     }
 
     fn transition(&self, w: &mut Window, to: State) {

@@ -996,7 +996,7 @@ impl PendingDeadLetters {
     }
 
     fn remember(&self, event: &cloudevents::Event, failure: Failure) {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = crate::sync::lock(&self.map);
         if map.len() >= PENDING_MAX {
             let evict = map.keys().next().cloned();
             if let Some(k) = evict {
@@ -1011,7 +1011,7 @@ impl PendingDeadLetters {
         if self.len.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = crate::sync::lock(&self.map);
         let failure = map.remove(&Self::key(original));
         self.len.store(map.len(), Ordering::Relaxed);
         failure

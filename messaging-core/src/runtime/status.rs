@@ -281,7 +281,7 @@ impl Control {
         let before = self.base.swap(base, Ordering::Relaxed);
         let changed = before != base;
         if changed || error.is_some() {
-            *self.error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+            *crate::sync::lock(&self.error) = error;
         }
         if changed {
             self.publish();
@@ -290,7 +290,7 @@ impl Control {
 
     /// Records the circuit breaker's state, and whether it blocks intake.
     pub(crate) fn set_circuit(&self, name: &'static str, blocks: bool) {
-        *self.circuit.lock().unwrap_or_else(|e| e.into_inner()) = Some(name);
+        *crate::sync::lock(&self.circuit) = Some(name);
         self.circuit_blocks.store(blocks, Ordering::Relaxed);
         self.publish();
     }
@@ -333,8 +333,8 @@ impl Control {
             n => Some(n),
         };
         s.paused = *self.paused.borrow();
-        s.circuit = *self.circuit.lock().unwrap_or_else(|e| e.into_inner());
-        s.error = self.error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        s.circuit = *crate::sync::lock(&self.circuit);
+        s.error = crate::sync::lock(&self.error).clone();
         let blocked = s.paused || self.circuit_blocks.load(Ordering::Relaxed);
         let mut stalled = false;
         if let Some(seen) = seen {

@@ -73,7 +73,7 @@ impl FaultState {
     }
 
     pub(crate) fn register(&self, consumer: &Arc<Consumer>) {
-        let mut list = self.consumers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list = messaging_core::sync::lock(&self.consumers);
         list.retain(|c| c.strong_count() > 0);
         list.push(Arc::downgrade(consumer));
     }
@@ -135,7 +135,7 @@ impl Faults {
     /// deliveries return to their groups.
     pub fn close_subscriptions(&self) {
         let consumers: Vec<_> = {
-            let mut list = self.0.consumers.lock().unwrap_or_else(|e| e.into_inner());
+            let mut list = messaging_core::sync::lock(&self.0.consumers);
             std::mem::take(&mut *list)
         };
         for consumer in consumers.iter().filter_map(Weak::upgrade) {

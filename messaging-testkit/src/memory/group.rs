@@ -178,7 +178,7 @@ pub(crate) fn later(now: Instant, d: Duration) -> Instant {
 
 fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a lock leaves consistent data (no invariant spans an await).
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    messaging_core::sync::lock(m)
 }
 
 impl Group {

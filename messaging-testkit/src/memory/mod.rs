@@ -190,13 +190,13 @@ impl MemoryBroker {
     /// Counts of one group's messages; `None` if the group does not exist.
     pub fn group_stats(&self, topic: &str, group: &str) -> Option<GroupStats> {
         let t = self.inner.existing_topic(topic)?;
-        let groups = t.groups.read().unwrap_or_else(|e| e.into_inner());
+        let groups = messaging_core::sync::read(&t.groups);
         groups.iter().find(|g| g.name == group).map(|g| g.stats())
     }
 
     /// The topics that exist, sorted.
     pub fn topics(&self) -> Vec<String> {
-        let topics = self.inner.topics.read().unwrap_or_else(|e| e.into_inner());
+        let topics = messaging_core::sync::read(&self.inner.topics);
         let mut names: Vec<String> = topics.keys().cloned().collect();
         names.sort();
         names
@@ -219,7 +219,7 @@ impl Inspect for MemorySubscriber {
 
 impl BrokerInner {
     fn existing_topic(&self, name: &str) -> Option<Arc<Topic>> {
-        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        let topics = messaging_core::sync::read(&self.topics);
         topics.get(name).cloned()
     }
 
@@ -227,7 +227,7 @@ impl BrokerInner {
         if let Some(t) = self.existing_topic(name) {
             return t;
         }
-        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        let mut topics = messaging_core::sync::write(&self.topics);
         topics
             .entry(name.to_owned())
             .or_insert_with(|| {
@@ -252,7 +252,7 @@ impl BrokerInner {
             std::sync::atomic::Ordering::Relaxed,
         );
         let mut full = Vec::new();
-        let groups = topic.groups.read().unwrap_or_else(|e| e.into_inner());
+        let groups = messaging_core::sync::read(&topic.groups);
         if let Some((last, rest)) = groups.split_last() {
             for g in rest {
                 if g.enqueue(payloads.clone()) {
@@ -272,7 +272,7 @@ impl BrokerInner {
         options: &SubscribeOptions,
     ) -> Result<Arc<Group>, SubscribeError> {
         let topic = self.topic(topic);
-        let mut groups = topic.groups.write().unwrap_or_else(|e| e.into_inner());
+        let mut groups = messaging_core::sync::write(&topic.groups);
         if let Some(g) = groups.iter().find(|g| g.name == options.group()) {
             if g.ordered != options.is_ordered() || g.max_deliveries != options.delivery_limit() {
                 return Err(SubscribeError::new(SubscribeErrorKind::Rejected).with_detail(format!(

@@ -75,7 +75,7 @@ const FIRST_FAILURES_MAX: usize = 10_000;
 
 impl FirstFailures {
     fn record(&self, id: &str, now: DateTime<Utc>) -> DateTime<Utc> {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = crate::sync::lock(&self.map);
         if map.len() >= FIRST_FAILURES_MAX && !map.contains_key(id) {
             map.clear();
         }
@@ -88,7 +88,7 @@ impl FirstFailures {
         if self.len.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = crate::sync::lock(&self.map);
         let first = map.remove(id);
         self.len.store(map.len(), Ordering::Relaxed);
         first
