@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use messaging::middleware::dead_letter::{self, DEAD_LETTER_GROUP, DeadLetterMetadata};
+use messaging::dead_letter::{self, DEAD_LETTER_GROUP, DeadLetterMetadata};
 use messaging::request::Requester;
 use messaging::{
     AttributesReader, Broker, ConnectError, Delivery, Event, EventBuilder, Inspect, Publisher,

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use messaging::dead_letter::DeadLetterMetadata;
 use messaging::handler::{HandlerError, Incoming, handler_fn};
-use messaging::middleware::dead_letter::DeadLetterMetadata;
 use messaging::middleware::retry::RetryPolicy;
 use messaging::request::reply;
 use messaging::{

@@ -56,6 +56,7 @@
 
 pub mod codec;
 pub mod connect;
+pub mod dead_letter;
 pub mod delivery;
 pub mod dynamic;
 pub mod error;

@@ -162,32 +162,65 @@ impl SubscribeOptions {
         &self.group
     }
 
-    /// Whether per-key ordering is required.
+    /// Whether per-key ordering is required (set by [`ordered`](Self::ordered)).
     pub fn is_ordered(&self) -> bool {
         self.ordered
     }
 
-    /// The ack deadline.
-    pub fn deadline(&self) -> Duration {
+    /// The ack deadline (set by [`ack_deadline`](Self::ack_deadline)).
+    pub fn get_ack_deadline(&self) -> Duration {
         self.ack_deadline
     }
 
-    /// The prefetch limit.
+    /// The prefetch limit if it was set by [`prefetch`](Self::prefetch), `None` for the
+    /// default.
+    pub fn get_prefetch(&self) -> Option<usize> {
+        self.prefetch
+    }
+
+    /// The prefetch limit in effect: the one [set](Self::prefetch) or [`DEFAULT_PREFETCH`].
     pub fn prefetch_limit(&self) -> usize {
         self.prefetch.unwrap_or(DEFAULT_PREFETCH)
     }
 
-    /// The prefetch limit if it was [set](Self::prefetch), `None` for the default.
+    /// Where a new group starts (set by [`start_from`](Self::start_from)).
+    pub fn get_start_from(&self) -> StartFrom {
+        self.start_from
+    }
+
+    /// The broker-native delivery limit, if any (set by
+    /// [`max_deliveries`](Self::max_deliveries)).
+    pub fn get_max_deliveries(&self) -> Option<u32> {
+        self.max_deliveries
+    }
+
+    /// The broker-native dead-letter topic if it was set by
+    /// [`dead_letter_topic`](Self::dead_letter_topic); see
+    /// [`dead_letter_topic_for`](Self::dead_letter_topic_for) for the one in effect.
+    pub fn get_dead_letter_topic(&self) -> Option<&str> {
+        self.dead_letter_topic.as_deref()
+    }
+
+    /// The former name of [`get_ack_deadline`](Self::get_ack_deadline).
+    #[deprecated(note = "named like its setter: `get_ack_deadline`")]
+    pub fn deadline(&self) -> Duration {
+        self.ack_deadline
+    }
+
+    /// The former name of [`get_prefetch`](Self::get_prefetch).
+    #[deprecated(note = "named like its setter: `get_prefetch`")]
     pub fn explicit_prefetch(&self) -> Option<usize> {
         self.prefetch
     }
 
-    /// Where a new group starts.
+    /// The former name of [`get_start_from`](Self::get_start_from).
+    #[deprecated(note = "named like its setter: `get_start_from`")]
     pub fn start(&self) -> StartFrom {
         self.start_from
     }
 
-    /// The broker-native delivery limit, if any.
+    /// The former name of [`get_max_deliveries`](Self::get_max_deliveries).
+    #[deprecated(note = "named like its setter: `get_max_deliveries`")]
     pub fn delivery_limit(&self) -> Option<u32> {
         self.max_deliveries
     }

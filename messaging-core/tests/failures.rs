@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use messaging_core::dead_letter::{self, DeadLetterMetadata, ReplayOptions};
 use messaging_core::handler::{HandlerError, Incoming, handler_fn};
-use messaging_core::middleware::dead_letter::{self, DeadLetterMetadata, ReplayOptions};
 use messaging_core::middleware::idempotency::{
     Claim, IdempotencyLayer, IdempotencyStore, MemoryStore,
 };

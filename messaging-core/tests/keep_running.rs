@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use messaging_core::dead_letter::DeadLetterMetadata;
 use messaging_core::handler::{HandlerError, Incoming, handler_fn};
-use messaging_core::middleware::dead_letter::DeadLetterMetadata;
 use messaging_core::middleware::retry::RetryMode;
 use messaging_core::runtime::{
     CircuitBreaker, Consumer, ConsumerHandle, ConsumerState, LeasePolicy, RateLimit, RunError,

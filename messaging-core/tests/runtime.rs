@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use messaging_core::dead_letter::{self, DeadLetterMetadata, ReplayOptions};
 use messaging_core::handler::{HandlerError, Incoming, handler_fn};
-use messaging_core::middleware::dead_letter::{self, DeadLetterMetadata, ReplayOptions};
 use messaging_core::middleware::idempotency::{IdempotencyLayer, MemoryStore};
 use messaging_core::middleware::retry::{RetryMode, RetryPolicy};
 use messaging_core::runtime::{Consumer, Correlated, Guarantee, RunReport};
@@ -1052,4 +1052,76 @@ async fn declared_requirements_fail_start_up_naming_broker_and_capability() {
     .build_idempotent(IdempotencyLayer::new(Arc::new(MemoryStore::new())), ok);
     let report = consumer.run(async {}).await.unwrap();
     assert_eq!(report.acked, 0);
+}
+
+/// A layer that logs `tag` for every call through it.
+#[derive(Clone)]
+struct Tag(&'static str, Arc<Mutex<Vec<&'static str>>>);
+
+impl<S> tower_layer::Layer<S> for Tag {
+    type Service = Tagged<S>;
+    fn layer(&self, inner: S) -> Tagged<S> {
+        Tagged(self.clone(), inner)
+    }
+}
+
+#[derive(Clone)]
+struct Tagged<S>(Tag, S);
+
+impl<S: tower_service::Service<Incoming>> tower_service::Service<Incoming> for Tagged<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.1.poll_ready(cx)
+    }
+    fn call(&mut self, msg: Incoming) -> S::Future {
+        self.0.1.lock().unwrap().push(self.0.0);
+        self.1.call(msg)
+    }
+}
+
+/// User layers run under the one retry layer, around every attempt, the first added
+/// outermost; the retry layer is built from the consumer's policy, the one that names the
+/// dead-letter topic, so the attempts the layers see are the policy's.
+#[tokio::test(start_paused = true)]
+async fn user_layers_run_under_the_retry_layer_built_from_the_consumer_policy() {
+    let broker = MemoryBroker::new();
+    let calls: Calls = Arc::default();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let consumer = Consumer::builder(
+        broker.subscriber(),
+        publisher(&broker),
+        "orders",
+        SubscribeOptions::new("g"),
+    )
+    .retry(RetryPolicy {
+        dlq: Some("orders-parked".into()),
+        ..policy(2, RetryMode::InPlace)
+    })
+    .layer(Tag("outer", log.clone()))
+    .layer(Tag("inner", log.clone()))
+    .build(failing_handler(calls.clone(), usize::MAX, false));
+    let run = tokio::spawn(consumer.run(until_dead_lettered(broker.clone(), "orders-parked", 1)));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    broker
+        .publisher()
+        .publish("orders", event(1))
+        .await
+        .unwrap();
+    let report = run.await.unwrap().unwrap();
+    assert_eq!(
+        total_calls(&calls),
+        3,
+        "the first attempt and max_retries 2"
+    );
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["outer", "inner", "outer", "inner", "outer", "inner"],
+        "every attempt passes through both layers, the first added outermost"
+    );
+    assert_eq!(report.dead_lettered, 1);
 }

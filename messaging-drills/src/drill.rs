@@ -719,12 +719,12 @@ pub async fn poison(env: &Env, every: usize, min_ratio: f64) -> Result<Outcome, 
         if let Ok(event) = d.event() {
             use messaging::{AttributesReader as _, EventExt as _};
             let reason = event
-                .extension(messaging::middleware::dead_letter::REASON)
+                .extension(messaging::dead_letter::REASON)
                 .map(|r| r.to_string())
                 .unwrap_or_default();
             // Undecodable input has no id of its own: its dead letter carries the raw body,
             // which names the event it stands for.
-            let id = if event.ty() == messaging::middleware::dead_letter::UNDECODABLE_TYPE {
+            let id = if event.ty() == messaging::dead_letter::UNDECODABLE_TYPE {
                 let body = event.data_bytes().unwrap_or_default();
                 String::from_utf8_lossy(&body)
                     .strip_prefix(crate::workload::UNDECODABLE_PREFIX)
@@ -733,10 +733,7 @@ pub async fn poison(env: &Env, every: usize, min_ratio: f64) -> Result<Outcome, 
             } else {
                 event.id().to_owned()
             };
-            if event
-                .extension(messaging::middleware::dead_letter::TRUNCATED)
-                .is_some()
-            {
+            if event.extension(messaging::dead_letter::TRUNCATED).is_some() {
                 truncated.insert(id.clone());
             }
             found.insert(id, reason);

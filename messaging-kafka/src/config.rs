@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use messaging_core::ContentMode;
-use messaging_core::middleware::dead_letter::DEAD_LETTER_GROUP;
+use messaging_core::dead_letter::DEAD_LETTER_GROUP;
 use messaging_core::naming::short_hash;
 use messaging_core::request::REQUESTER_GROUP;
 use rdkafka::ClientConfig;

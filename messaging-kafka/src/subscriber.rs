@@ -1306,7 +1306,7 @@ impl Subscriber for KafkaSubscriber {
             .set("enable.auto.offset.store", "false")
             .set(
                 "auto.offset.reset",
-                match options.start() {
+                match options.get_start_from() {
                     StartFrom::Earliest => "earliest",
                     StartFrom::New => "latest",
                 },
@@ -1325,7 +1325,7 @@ impl Subscriber for KafkaSubscriber {
             topic: Arc::from(topic),
             ordered: options.is_ordered(),
             prefetch: options.prefetch_limit(),
-            start: options.start(),
+            start: options.get_start_from(),
             group: group.to_owned(),
             retry_topics,
             drained,

@@ -742,7 +742,7 @@ async fn overlapping_topic_and_group_names_never_share_a_retry_topic() {
 /// other (a delivery held by one is not revoked when the other subscribes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_groups_of_different_topics_do_not_rebalance_each_other() {
-    use messaging_core::middleware::dead_letter::DEAD_LETTER_GROUP;
+    use messaging_core::dead_letter::DEAD_LETTER_GROUP;
     let broker = connect(single_partition()).await;
     let (dlq1, dlq2) = (unique("svc1") + ".dlq", unique("svc2") + ".dlq");
     let mut s1 = broker
@@ -772,7 +772,7 @@ async fn dead_letter_groups_of_different_topics_do_not_rebalance_each_other() {
 /// replayed before the upgrade are not handed out again, and depth counts from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dead_letter_group_continues_from_its_legacy_commits() {
-    use messaging_core::middleware::dead_letter::DEAD_LETTER_GROUP;
+    use messaging_core::dead_letter::DEAD_LETTER_GROUP;
     let broker = connect(single_partition()).await;
     let dlq = unique("legacy") + ".dlq";
     broker.create_topic(&dlq).await.expect("topic");

@@ -14,7 +14,7 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use messaging_core::connect::{
     Adapter, BrokerUrl, ConfigError, ConnectError, Options, probe_tcp, redact_url,
 };
-use messaging_core::middleware::dead_letter::DEAD_LETTER_GROUP;
+use messaging_core::dead_letter::DEAD_LETTER_GROUP;
 use messaging_core::{
     Binding, DelaySupport, Features, Inspect, InspectError, PublishError, SubscribeOptions,
 };
@@ -643,7 +643,7 @@ impl Shared {
             args.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
         }
         // RabbitMQ counts redeliveries: a limit of N allows N + 1 deliveries.
-        let (dead_letter_topic, delivery_limit, legacy) = match options.delivery_limit() {
+        let (dead_letter_topic, delivery_limit, legacy) = match options.get_max_deliveries() {
             // Asked for: the same arguments every version declared.
             Some(max) => (
                 Some(options.dead_letter_topic_for(topic)),

@@ -75,7 +75,7 @@ impl RabbitSubscriber {
     /// Whether this adapter can serve `options`.
     fn check(&self, options: &SubscribeOptions) -> Result<(), SubscribeError> {
         options.validate(&self.shared.features())?;
-        if options.is_ordered() && options.delivery_limit().is_some() {
+        if options.is_ordered() && options.get_max_deliveries().is_some() {
             // Ordered groups are classic queues (see the crate docs), which have no delivery limit.
             return Err(
                 SubscribeError::new(messaging_core::SubscribeErrorKind::Unsupported).with_detail(

@@ -368,8 +368,8 @@ async fn starting_a_consumer_leaves_waiting_dead_letters_untouched() {
     use std::sync::Arc;
 
     use messaging_core::DynPublisher;
+    use messaging_core::dead_letter::DEAD_LETTER_GROUP;
     use messaging_core::handler::{HandlerError, Incoming, handler_fn};
-    use messaging_core::middleware::dead_letter::DEAD_LETTER_GROUP;
     use messaging_core::runtime::Consumer;
 
     let broker = connect(config()).await;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use lapin::options::{BasicConsumeOptions, BasicRejectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use messaging_core::middleware::dead_letter::DEAD_LETTER_GROUP;
+use messaging_core::dead_letter::DEAD_LETTER_GROUP;
 use messaging_core::{
     AttributesReader, Delivery, EventBuilder, Inspect, Publisher, SubscribeErrorKind,
     SubscribeOptions, Subscriber, Subscription,

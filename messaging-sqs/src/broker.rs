@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use aws_sdk_sqs::types::QueueAttributeName;
 use messaging_core::connect::{Adapter, BrokerUrl, ConfigError, ConnectError, Options};
-use messaging_core::middleware::dead_letter::DEAD_LETTER_GROUP;
+use messaging_core::dead_letter::DEAD_LETTER_GROUP;
 use messaging_core::{
     Binding, DelaySupport, Features, Inspect, InspectError, InspectErrorKind, SubscribeError,
     SubscribeErrorKind, SubscribeOptions,
@@ -456,7 +456,7 @@ impl Shared {
             attrs.push((QueueAttributeName::Policy, policy.to_string()));
         }
         let mut dead_letter = None;
-        if let Some(max) = options.delivery_limit() {
+        if let Some(max) = options.get_max_deliveries() {
             let dlq_topic = options.dead_letter_topic_for(topic);
             let dlq_options = SubscribeOptions::new(DEAD_LETTER_GROUP).ordered(fifo);
             let dlq = Box::pin(self.declare_group(&dlq_topic, &dlq_options))

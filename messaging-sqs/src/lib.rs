@@ -134,11 +134,11 @@
 //! With [`SubscribeOptions::max_deliveries`](messaging_core::SubscribeOptions::max_deliveries)
 //! `= n`, the group's queue gets a `RedrivePolicy` with `maxReceiveCount = n + 1` towards the
 //! queue of the dead-letter topic's
-//! [`DEAD_LETTER_GROUP`](messaging_core::middleware::dead_letter::DEAD_LETTER_GROUP) (created
+//! [`DEAD_LETTER_GROUP`](messaging_core::dead_letter::DEAD_LETTER_GROUP) (created
 //! with it). The poller forwards a message received for the (n + 1)-th time to the dead-letter
 //! topic through SNS — with the dead-letter metadata (`dlqreason` `retries-exhausted`,
 //! `dlqtopic`, `dlqgroup`...), so every group of the dead-letter topic sees it and
-//! [`replay`](messaging_core::middleware::dead_letter::replay) knows where it came from — and
+//! [`replay`](messaging_core::dead_letter::replay) knows where it came from — and
 //! deletes it, without handing it to the consumer. If no poller runs (the consumer crashes on
 //! the message every time) or the forward fails, SQS itself moves the message to the
 //! dead-letters queue on the next receive: the native backstop. Natively moved messages carry
@@ -150,7 +150,7 @@
 //! the subscription is refused with `Unsupported`, naming the dead-letter topic.
 //!
 //! Replay does not need `StartMessageMoveTask` (which moto lacks): the core's
-//! [`replay`](messaging_core::middleware::dead_letter::replay) receives from the dead-letters
+//! [`replay`](messaging_core::dead_letter::replay) receives from the dead-letters
 //! queue, publishes, and acks (deletes) only after the publish succeeded; its large prefetch
 //! (it holds the messages it skips) does not make it read ahead (see *Receiving*), and the
 //! messages it skips it keeps invisible until it ends. [`SqsBroker`]

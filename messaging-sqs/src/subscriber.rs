@@ -12,8 +12,8 @@ use aws_sdk_sqs::types::{
     MessageSystemAttributeName,
 };
 use messaging_core::chrono::Utc;
+use messaging_core::dead_letter::{dead_letter_event, undecodable_event};
 use messaging_core::handler::{DeadLetterReason, Failure, Origin};
-use messaging_core::middleware::dead_letter::{dead_letter_event, undecodable_event};
 use messaging_core::{
     AckError, AckErrorKind, DecodeError, Delivery, Event, Features, ReceiveError, ReceiveErrorKind,
     SettleError, SubscribeError, SubscribeOptions, Subscriber, Subscription,
@@ -163,9 +163,9 @@ impl Subscriber for SqsSubscriber {
             // one unsettled delivery, so a nacked message comes back before the rest of its key.
             batch: if options.is_ordered() { 1 } else { MAX_BATCH },
             prefetch: options.prefetch_limit(),
-            deadline: options.deadline(),
+            deadline: options.get_ack_deadline(),
             wait: secs(self.shared.config.wait_time.min(Duration::from_secs(20))),
-            max_deliveries: options.delivery_limit(),
+            max_deliveries: options.get_max_deliveries(),
             dead_letter: group.dead_letter.clone(),
             group: options.group().to_owned(),
         };

@@ -10,8 +10,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use messaging_core::dead_letter::{DEAD_LETTER_GROUP, DeadLetterMetadata};
 use messaging_core::handler::{HandlerError, Incoming, handler_fn};
-use messaging_core::middleware::dead_letter::{DEAD_LETTER_GROUP, DeadLetterMetadata};
 use messaging_core::middleware::retry::RetryPolicy;
 use messaging_core::runtime::Consumer;
 use messaging_core::{

@@ -6,9 +6,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use messaging_core::middleware::dead_letter::{
-    self, DEAD_LETTER_GROUP, DeadLetterMetadata, ReplayOptions,
-};
+use messaging_core::dead_letter::{self, DEAD_LETTER_GROUP, DeadLetterMetadata, ReplayOptions};
 use messaging_core::{
     AttributesReader, ContentMode, Delivery, Event, EventBuilder, EventExt, Inspect,
     PublishErrorKind, Publisher, SubscribeErrorKind, SubscribeOptions, Subscriber, Subscription,

@@ -178,8 +178,8 @@ impl Broker {
     /// A consumer of `topic` on this broker, with the configured retry policy, requirements
     /// and consumer settings (`retry_policy:`, `requires:`, `consumer:`); dead letters go
     /// through this broker's publisher, and the consumer's status reads its backlog from this
-    /// broker (where it can tell). Add the handler with `build`, `build_idempotent` or
-    /// `build_stack`.
+    /// broker (where it can tell). Add layers with `layer` and the handler with `build` or
+    /// `build_idempotent`.
     pub fn consumer(
         &self,
         topic: impl Into<String>,

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
+use messaging::dead_letter::{self, DeadLetterMetadata, ReplayOptions};
 use messaging::handler::{HandlerError, Incoming, handler_fn};
-use messaging::middleware::dead_letter::{self, DeadLetterMetadata, ReplayOptions};
 use messaging::middleware::retry::RetryPolicy;
 use messaging::{Delivery, EventBuilder, Publisher, SubscribeOptions, Subscriber, Subscription};
 use messaging_examples::{OrderCreated, Shutdown, broker, fresh, wait_until};

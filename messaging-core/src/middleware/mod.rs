@@ -3,9 +3,9 @@
 //! - [`retry`]: decides every failure — retry in place or redeliver with backoff, or
 //!   dead-letter — following a [`RetryPolicy`](retry::RetryPolicy) with the seed's shape.
 //! - [`idempotency`]: absorbs duplicate deliveries, keyed by the event `id` or a header.
-//! - [`dead_letter`]: the one dead-letter metadata format, replay from a dead-letter queue,
-//!   and its depth.
+//!
+//! Dead letters themselves (their metadata format, replay, depth) are not a layer: see
+//! [`crate::dead_letter`].
 
-pub mod dead_letter;
 pub mod idempotency;
 pub mod retry;

@@ -112,9 +112,10 @@ use crate::dynamic::DynPublisher;
 use crate::features::Requirements;
 use crate::handler::Incoming;
 use crate::inspect::{Inspect, InspectError};
-use crate::middleware::idempotency::{IdempotencyLayer, IdempotencyStore, Idempotent};
+use crate::middleware::idempotency::{Idempotency, IdempotencyLayer, IdempotencyStore};
 use crate::middleware::retry::{Retry, RetryLayer, RetryPolicy};
 use crate::subscriber::{SubscribeOptions, Subscriber};
+use tower_layer::{Identity, Layer, Stack};
 
 pub use context::{Correlated, current};
 pub use intake::{CircuitBreaker, RateLimit};
@@ -249,9 +250,29 @@ impl<Sub, Svc> std::fmt::Debug for Consumer<Sub, Svc> {
     }
 }
 
-/// Builds a [`Consumer`] with the standard stack: retry (deciding every failure) around an
-/// optional idempotency layer around the handler.
-pub struct ConsumerBuilder<Sub> {
+/// Builds a [`Consumer`] with the standard stack: one retry layer, built from the consumer's
+/// [policy](Self::retry), deciding every failure; under it the user's [layers](Self::layer),
+/// in the order added (the first added is the outermost); under those the optional
+/// idempotency layer ([`build_idempotent`](Self::build_idempotent)), then the handler.
+///
+/// ```
+/// use std::time::Duration;
+/// use messaging_core::handler::{HandlerError, Incoming, handler_fn};
+/// use messaging_core::middleware::retry::RetryPolicy;
+/// use messaging_core::runtime::Consumer;
+/// use messaging_core::SubscribeOptions;
+/// # use messaging_core::dynamic::DynPublisher;
+/// # fn demo<S: messaging_core::Subscriber>(subscriber: S, publisher: std::sync::Arc<dyn DynPublisher>) {
+/// # #[derive(Clone)] struct Timeout;
+/// # impl<S: Clone> tower_layer::Layer<S> for Timeout { type Service = S; fn layer(&self, s: S) -> S { s } }
+/// let consumer = Consumer::builder(subscriber, publisher, "orders", SubscribeOptions::new("billing"))
+///     .retry(RetryPolicy::default())
+///     .layer(Timeout) // any tower layer; runs under the retry layer, around each attempt
+///     .build(handler_fn(|_event: Incoming| async { Ok::<(), HandlerError>(()) }));
+/// # let _ = consumer;
+/// # }
+/// ```
+pub struct ConsumerBuilder<Sub, L = Identity> {
     subscriber: Sub,
     publisher: Arc<dyn DynPublisher>,
     topic: String,
@@ -263,9 +284,10 @@ pub struct ConsumerBuilder<Sub> {
     requires: Requirements,
     settings: ConsumerSettings,
     backlog: Option<Arc<dyn Backlog>>,
+    layers: L,
 }
 
-impl<Sub> std::fmt::Debug for ConsumerBuilder<Sub> {
+impl<Sub, L> std::fmt::Debug for ConsumerBuilder<Sub, L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConsumerBuilder")
             .field("topic", &self.topic)
@@ -294,11 +316,12 @@ impl Consumer<(), ()> {
             requires: Requirements::default(),
             settings: ConsumerSettings::default(),
             backlog: None,
+            layers: Identity::new(),
         }
     }
 }
 
-impl<Sub: Subscriber> ConsumerBuilder<Sub> {
+impl<Sub: Subscriber, L> ConsumerBuilder<Sub, L> {
     /// The retry policy (default: [`RetryPolicy::default`]); also names the dead-letter topic.
     #[must_use]
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
@@ -386,32 +409,66 @@ impl<Sub: Subscriber> ConsumerBuilder<Sub> {
         self
     }
 
-    /// A consumer running `handler` under the retry policy.
-    pub fn build<H>(self, handler: H) -> Consumer<Sub, Retry<H>>
-    where
-        H: tower_service::Service<Incoming, Response = (), Error = crate::handler::HandlerError>,
-    {
-        let retry = RetryLayer::new(self.policy.clone());
-        self.finish(tower_layer::Layer::layer(&retry, handler))
+    /// Adds `layer` under the retry layer, around each attempt of the handler: a timeout,
+    /// metrics, a tracing span, anything written as a tower layer. Layers added first are
+    /// outermost, as in `tower::ServiceBuilder`. There is one retry layer, built from
+    /// [`retry`](Self::retry)'s policy — the policy that also names the dead-letter topic —
+    /// so a layer must not retry on its own.
+    #[must_use]
+    pub fn layer<T>(self, layer: T) -> ConsumerBuilder<Sub, Stack<T, L>> {
+        ConsumerBuilder {
+            subscriber: self.subscriber,
+            publisher: self.publisher,
+            topic: self.topic,
+            options: self.options,
+            policy: self.policy,
+            concurrency: self.concurrency,
+            guarantee: self.guarantee,
+            drain_timeout: self.drain_timeout,
+            requires: self.requires,
+            settings: self.settings,
+            backlog: self.backlog,
+            layers: Stack::new(layer, self.layers),
+        }
     }
 
-    /// An effectively-once consumer: `handler` behind `idempotency`, under the retry policy.
+    /// A consumer running `handler` under the [layers](Self::layer) and the retry policy.
+    pub fn build<H>(self, handler: H) -> Consumer<Sub, Retry<L::Service>>
+    where
+        L: Layer<H>,
+        L::Service:
+            tower_service::Service<Incoming, Response = (), Error = crate::handler::HandlerError>,
+    {
+        let retry = RetryLayer::new(self.policy.clone());
+        let stack = self.layers.layer(handler);
+        self.finish(retry.layer(stack))
+    }
+
+    /// An effectively-once consumer: `handler` behind `idempotency` (innermost, right around
+    /// the handler), under the [layers](Self::layer) and the retry policy.
     pub fn build_idempotent<H, St>(
         mut self,
         idempotency: IdempotencyLayer<St>,
         handler: H,
-    ) -> Consumer<Sub, Retry<Idempotent<H, St>>>
+    ) -> Consumer<Sub, Retry<L::Service>>
     where
         H: tower_service::Service<Incoming, Response = (), Error = crate::handler::HandlerError>,
         St: IdempotencyStore,
+        L: Layer<Idempotency<H, St>>,
+        L::Service:
+            tower_service::Service<Incoming, Response = (), Error = crate::handler::HandlerError>,
     {
         self.guarantee = Guarantee::EffectivelyOnce;
-        let retry = RetryLayer::new(self.policy.clone());
-        let stack = tower_layer::Layer::layer(&idempotency, handler);
-        self.finish(tower_layer::Layer::layer(&retry, stack))
+        self.build(idempotency.layer(handler))
     }
 
-    /// A consumer running a custom stack, whose top decides every outcome.
+    /// A consumer running a custom stack, whose top decides every outcome, with no retry layer
+    /// of the consumer's. The policy given to [`retry`](Self::retry) still names the
+    /// dead-letter topic, so a retry layer inside `service` with another policy disagrees with
+    /// it; [`layer`](Self::layer) and [`build`](Self::build) cannot.
+    #[deprecated(
+        note = "add layers with `layer` and the handler with `build`: the one retry layer is then built from the consumer's policy"
+    )]
     pub fn build_stack<Svc>(self, service: Svc) -> Consumer<Sub, Svc> {
         self.finish(service)
     }

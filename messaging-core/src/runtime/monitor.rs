@@ -3,8 +3,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::dead_letter::DEAD_LETTER_GROUP;
 use crate::inspect::Inspect;
-use crate::middleware::dead_letter::DEAD_LETTER_GROUP;
 
 /// Until `stop` completes, sets every `interval`:
 /// `messaging_consumer_lag{topic, group}` (messages the group still holds; on log brokers,

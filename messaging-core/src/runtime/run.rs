@@ -22,13 +22,13 @@ use super::lease::{self, Lease};
 use super::status::{Control, Seen};
 use super::{Consumer, Guarantee, context};
 use crate::codec::DecodeError;
+use crate::dead_letter::{self, DEAD_LETTER_GROUP};
 use crate::delivery::Delivery;
 use crate::dynamic::DynPublisher;
 use crate::error::{ErrorKind as _, ReceiveErrorKind, SubscribeError, SubscribeErrorKind};
 use crate::event::EventExt;
 use crate::features::{DelaySupport, Features, Unsupported};
 use crate::handler::{DeadLetterReason, Failure, Incoming, Origin, Outcome, catch_panic, panicked};
-use crate::middleware::dead_letter::{self, DEAD_LETTER_GROUP};
 use crate::middleware::retry::RetryMode;
 use crate::subscriber::{SubscribeOptions, Subscriber, Subscription};
 
@@ -232,7 +232,7 @@ where
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<RunReport, RunError> {
         let features = self.subscriber.features();
-        let prefetch = match self.options.explicit_prefetch() {
+        let prefetch = match self.options.get_prefetch() {
             Some(p) => p.max(self.concurrency),
             None if features.ack_deadline => self.concurrency + DEADLINE_READ_AHEAD,
             None => self.options.prefetch_limit().max(self.concurrency),
@@ -297,9 +297,9 @@ where
             ended,
             metrics: Metrics::new(&self.topic, options.group()),
             pending: PendingDeadLetters::default(),
-            ack_deadline: options.deadline(),
+            ack_deadline: options.get_ack_deadline(),
             lease: self.lease.for_deadline(
-                options.deadline(),
+                options.get_ack_deadline(),
                 features.ack_deadline && features.extend_deadline,
                 &[
                     ("topic", self.topic.clone()),

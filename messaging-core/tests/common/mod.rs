@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use messaging_core::middleware::dead_letter;
+use messaging_core::dead_letter;
 use messaging_core::middleware::retry::{RetryMode, RetryPolicy};
 use messaging_core::{
     Delivery, DynPublisher, Event, EventBuilder, SubscribeOptions, Subscriber, Subscription,

@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, RwLock};
 
-use messaging_core::middleware::dead_letter::DEAD_LETTER_GROUP;
+use messaging_core::dead_letter::DEAD_LETTER_GROUP;
 use messaging_core::{
     Binding, DelaySupport, Features, Inspect, InspectError, RawMessage, SubscribeError,
     SubscribeErrorKind, SubscribeOptions,
@@ -274,7 +274,8 @@ impl BrokerInner {
         let topic = self.topic(topic);
         let mut groups = messaging_core::sync::write(&topic.groups);
         if let Some(g) = groups.iter().find(|g| g.name == options.group()) {
-            if g.ordered != options.is_ordered() || g.max_deliveries != options.delivery_limit() {
+            if g.ordered != options.is_ordered() || g.max_deliveries != options.get_max_deliveries()
+            {
                 return Err(SubscribeError::new(SubscribeErrorKind::Rejected).with_detail(format!(
                     "group {:?} of topic {:?} exists with other ordering or delivery-limit settings",
                     options.group(),
@@ -288,13 +289,13 @@ impl BrokerInner {
             options.group().to_owned(),
             topic.name.clone(),
             options.is_ordered(),
-            options.delivery_limit(),
+            options.get_max_deliveries(),
             dead_letter_topic.clone(),
             self.queue_capacity,
         ));
         groups.push(g.clone());
         drop(groups);
-        if options.delivery_limit().is_some() && dead_letter_topic != *topic.name {
+        if options.get_max_deliveries().is_some() && dead_letter_topic != *topic.name {
             // Like a dead-letter exchange bound to a queue: dead letters are kept from the
             // start, in the group the dead-letter tools read.
             self.group(

@@ -114,7 +114,7 @@ impl Subscriber for MemorySubscriber {
             consumer,
             faults: inner.faults.clone(),
             binding: inner.binding.clone(),
-            ack_deadline: options.deadline(),
+            ack_deadline: options.get_ack_deadline(),
             prefetch: options.prefetch_limit(),
         })
     }

@@ -1,4 +1,4 @@
-//! `IdempotencyLayer` / `Idempotent<S>`.
+//! `IdempotencyLayer` / `Idempotency<S>`.
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -24,7 +24,7 @@ pub enum KeyFrom {
     Extension(String),
 }
 
-/// Wraps a handler in [`Idempotent`].
+/// Wraps a handler in [`Idempotency`].
 #[derive(Debug)]
 pub struct IdempotencyLayer<St> {
     store: Arc<St>,
@@ -127,10 +127,10 @@ fn push_escaped(key: &mut String, part: &str) {
 }
 
 impl<S, St> Layer<S> for IdempotencyLayer<St> {
-    type Service = Idempotent<S, St>;
+    type Service = Idempotency<S, St>;
 
-    fn layer(&self, inner: S) -> Idempotent<S, St> {
-        Idempotent {
+    fn layer(&self, inner: S) -> Idempotency<S, St> {
+        Idempotency {
             inner,
             layer: Arc::new(IdempotencyLayer {
                 store: self.store.clone(),
@@ -146,12 +146,12 @@ impl<S, St> Layer<S> for IdempotencyLayer<St> {
 /// Skips messages whose key was processed before; see the [module docs](super) for the order
 /// of claim, process, mark and ack.
 #[derive(Debug)]
-pub struct Idempotent<S, St> {
+pub struct Idempotency<S, St> {
     inner: S,
     layer: Arc<IdempotencyLayer<St>>,
 }
 
-impl<S: Clone, St> Clone for Idempotent<S, St> {
+impl<S: Clone, St> Clone for Idempotency<S, St> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -160,7 +160,7 @@ impl<S: Clone, St> Clone for Idempotent<S, St> {
     }
 }
 
-impl<S, St> Service<Incoming> for Idempotent<S, St>
+impl<S, St> Service<Incoming> for Idempotency<S, St>
 where
     S: Service<Incoming, Response = (), Error = HandlerError> + Clone + Send + 'static,
     S::Future: Send,

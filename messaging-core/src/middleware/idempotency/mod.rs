@@ -39,8 +39,12 @@ use std::time::Duration;
 
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
-pub use layer::{IdempotencyLayer, Idempotent, KeyFrom};
+pub use layer::{Idempotency, IdempotencyLayer, KeyFrom};
 pub use memory::MemoryStore;
+
+/// The former name of [`Idempotency`].
+#[deprecated(note = "renamed to `Idempotency`, like `Retry`")]
+pub type Idempotent<S, St> = Idempotency<S, St>;
 
 /// What claiming a key found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,18 +3,16 @@
 //! request-reply.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use messaging_core::dead_letter::{self, DEAD_LETTER_GROUP, DeadLetterMetadata, ReplayOptions};
 use messaging_core::handler::{HandlerError, Incoming, handler_fn};
-use messaging_core::middleware::dead_letter::{
-    self, DEAD_LETTER_GROUP, DeadLetterMetadata, ReplayOptions,
-};
 use messaging_core::middleware::idempotency::{IdempotencyLayer, MemoryStore};
-use messaging_core::middleware::retry::{RetryLayer, RetryMode, RetryPolicy};
+use messaging_core::middleware::retry::{RetryMode, RetryPolicy};
 use messaging_core::request::{RequestError, Requester, reply};
-use messaging_core::runtime::{Consumer, ConsumerBuilder, Guarantee, RunReport};
+use messaging_core::runtime::{Consumer, ConsumerBuilder, RunReport};
 use messaging_core::{
     AttributesReader, BoxSubscription, Delivery, DynSubscriber, EventBuilder, RawMessage,
     SubscribeOptions,
@@ -282,31 +280,21 @@ pub async fn runtime_idempotent_consumer_absorbs_duplicates(ctx: &Ctx) -> CaseRe
     let log: Log = Arc::default();
     let store = Arc::new(MemoryStore::new());
     declare(ctx, &topic, "g").await;
-    // Deliveries are counted above the idempotency layer: the run ends once all three were
-    // decided (the duplicate too, which never reaches the handler), not when the handler ran
-    // twice — a duplicate slower to arrive than `quiet` would otherwise be left unacked.
-    let decided = Arc::new(AtomicUsize::new(0));
-    let stack = tower_layer::Layer::layer(
-        &RetryLayer::new(RetryPolicy::default()),
-        tower_layer::Layer::layer(
-            &IdempotencyLayer::new(store),
-            flaky(log.clone(), HashSet::new(), 0, false),
-        ),
-    );
+    // The run ends once all three deliveries were settled (the duplicate too, which never
+    // reaches the handler), not when the handler ran twice — a duplicate slower to arrive
+    // than `quiet` would otherwise be left unacked.
+    //
     // One at a time: a copy that arrives while the first is still being handled finds the
     // key claimed and, by the idempotency contract, waits out the claim's lease (5 min) — seen
     // on Kafka under CI load with concurrency 2. Sequential copies are what this case proves.
-    let consumer = builder(ctx, &topic, "g")
-        .concurrency(1)
-        .guarantee(Guarantee::EffectivelyOnce)
-        .build_stack(Counted {
-            inner: stack,
-            calls: decided.clone(),
-        });
-    let (d, t) = (decided.clone(), ctx.settings.timeout);
-    let quiet = ctx.settings.quiet;
+    let consumer = builder(ctx, &topic, "g").concurrency(1).build_idempotent(
+        IdempotencyLayer::new(store),
+        flaky(log.clone(), HashSet::new(), 0, false),
+    );
+    let handle = consumer.handle();
+    let (t, quiet) = (ctx.settings.timeout, ctx.settings.quiet);
     let run = tokio::spawn(consumer.run(async move {
-        until(t, || d.load(Ordering::SeqCst) >= 3).await;
+        until(t, || handle.status().settled >= 3).await;
         tokio::time::sleep(quiet).await;
     }));
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -321,31 +309,6 @@ pub async fn runtime_idempotent_consumer_absorbs_duplicates(ctx: &Ctx) -> CaseRe
         "every delivery, duplicate included, is acked: {report:?}"
     );
     Ok(())
-}
-
-/// Counts the calls of a stack.
-#[derive(Clone)]
-struct Counted<S> {
-    inner: S,
-    calls: Arc<AtomicUsize>,
-}
-
-impl<S: tower_service::Service<Incoming>> tower_service::Service<Incoming> for Counted<S> {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, msg: Incoming) -> S::Future {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.call(msg)
-    }
 }
 
 /// A message that fails permanently goes to the dead-letter topic and the messages behind it
