@@ -62,6 +62,23 @@ impl<K: ErrorKind> Error<K> {
     pub fn is_transient(&self) -> bool {
         self.kind.is_transient()
     }
+
+    /// The same failure for another operation that it failed too — one batch call's error for
+    /// each message the call carried: the kind and the detail, or the source's message where
+    /// there is no detail (a source cannot be copied). Said as the original is said, once.
+    #[must_use]
+    pub fn repeated(&self) -> Self {
+        let detail = match (&self.detail, &self.source) {
+            (Some(d), _) => Some(d.clone()),
+            (None, Some(source)) => Some(Cow::Owned(source.to_string())),
+            (None, None) => None,
+        };
+        Self {
+            kind: self.kind,
+            detail,
+            source: None,
+        }
+    }
 }
 
 impl<K: ErrorKind> From<K> for Error<K> {

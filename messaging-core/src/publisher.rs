@@ -5,7 +5,7 @@ use std::future::Future;
 
 use cloudevents::Event;
 
-use crate::error::{ErrorKind as _, PublishError};
+use crate::error::{ErrorKind as _, PublishError, PublishErrorKind};
 use crate::features::Features;
 
 /// What the broker assigned to an accepted message. Which fields are set depends on the broker:
@@ -81,6 +81,13 @@ impl PublishBatchError {
         }
     }
 
+    /// A batch where every event failed with `error`, a failure before any was sent (the
+    /// topic cannot be declared, the connection is down): each event gets `error`
+    /// [repeated](crate::Error::repeated), its message said once.
+    pub fn all_failed(events: Vec<Event>, error: &PublishError) -> Self {
+        Self::all(events, || error.repeated())
+    }
+
     /// Whether publishing the failed events again can succeed (every failure is transient).
     pub fn is_transient(&self) -> bool {
         self.failed.iter().all(|(_, _, e)| e.kind().is_transient())
@@ -123,6 +130,94 @@ impl std::error::Error for PublishBatchError {
         self.failed
             .first()
             .map(|(_, _, e)| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// The outcome of a batch publish, gathered event by event in any order — the epilogue every
+/// adapter's `publish_batch` shares. [`finish`](Self::finish) hands back, with its error,
+/// every event that was not accepted, and fails as not known to be published an event that
+/// was reported neither way: nothing is lost.
+///
+/// ```
+/// use messaging_core::{AttributesReader, EventBuilder, PublishError, PublishErrorKind, Receipt};
+/// use messaging_core::publisher::BatchOutcome;
+///
+/// let events: Vec<_> = (0..3).map(|n| EventBuilder::new("t", "t").id(format!("e{n}")).build().unwrap()).collect();
+/// let mut outcome = BatchOutcome::new(events.len());
+/// outcome.record(2, Err(PublishError::new(PublishErrorKind::Throttled)));
+/// outcome.record(0, Ok(Receipt::new()));
+/// // Event 1 was never reported.
+/// let err = outcome.finish(events).unwrap_err();
+/// assert_eq!(err.accepted.len(), 1);
+/// let failed: Vec<_> = err.failed.iter().map(|(i, e, _)| (*i, e.id().to_owned())).collect();
+/// assert_eq!(failed, [(1, "e1".to_owned()), (2, "e2".to_owned())]);
+/// assert!(err.is_transient());
+/// ```
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    accepted: Vec<(usize, Receipt)>,
+    failed: Vec<(usize, PublishError)>,
+}
+
+impl BatchOutcome {
+    /// An outcome for a batch of `len` events.
+    pub fn new(len: usize) -> Self {
+        Self {
+            accepted: Vec::with_capacity(len),
+            failed: Vec::new(),
+        }
+    }
+
+    /// Event `index` was accepted.
+    pub fn accept(&mut self, index: usize, receipt: Receipt) {
+        self.accepted.push((index, receipt));
+    }
+
+    /// Event `index` was not accepted.
+    pub fn fail(&mut self, index: usize, error: PublishError) {
+        self.failed.push((index, error));
+    }
+
+    /// Event `index` was accepted or not.
+    pub fn record(&mut self, index: usize, result: Result<Receipt, PublishError>) {
+        match result {
+            Ok(receipt) => self.accept(index, receipt),
+            Err(error) => self.fail(index, error),
+        }
+    }
+
+    /// The batch's result: every receipt in batch order, or the events not accepted with their
+    /// errors (and the receipts of those that were). An event reported neither way fails with
+    /// [`Timeout`](PublishErrorKind::Timeout): it is not known to be published.
+    pub fn finish(mut self, events: Vec<Event>) -> Result<Vec<Receipt>, PublishBatchError> {
+        self.accepted.sort_by_key(|(i, _)| *i);
+        self.failed.sort_by_key(|(i, _)| *i);
+        let reported = |i: usize| {
+            self.accepted.binary_search_by_key(&i, |(j, _)| *j).is_ok()
+                || self.failed.binary_search_by_key(&i, |(j, _)| *j).is_ok()
+        };
+        let missing: Vec<usize> = (0..events.len()).filter(|i| !reported(*i)).collect();
+        for i in missing {
+            self.failed.push((
+                i,
+                PublishError::new(PublishErrorKind::Timeout)
+                    .with_detail("the broker's answer did not mention this event"),
+            ));
+        }
+        if self.failed.is_empty() {
+            return Ok(self.accepted.into_iter().map(|(_, r)| r).collect());
+        }
+        self.failed.sort_by_key(|(i, _)| *i);
+        let mut events: Vec<Option<Event>> = events.into_iter().map(Some).collect();
+        let failed = self
+            .failed
+            .into_iter()
+            .filter_map(|(i, e)| events.get_mut(i)?.take().map(|event| (i, event, e)))
+            .collect();
+        Err(PublishBatchError {
+            accepted: self.accepted,
+            failed,
+        })
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
 use messaging_core::codec::ContentMode;
+use messaging_core::publisher::BatchOutcome;
 use messaging_core::{
     Event, Features, PublishBatchError, PublishError, PublishErrorKind, Publisher, Receipt,
 };
@@ -258,45 +259,34 @@ impl Publisher for KafkaPublisher {
         events: Vec<Event>,
     ) -> Result<Vec<Receipt>, PublishBatchError> {
         if let Err(e) = self.check_open() {
-            let kind = e.kind();
-            return Err(PublishBatchError::all(events, || PublishError::new(kind)));
+            return Err(PublishBatchError::all_failed(events, &e));
         }
         if let Err(e) = self.shared.ensure_topics(&[topic]).await {
-            let (kind, detail) = (e.kind(), e.to_string());
-            return Err(PublishBatchError::all(events, || {
-                PublishError::new(kind).with_detail(detail.clone())
-            }));
+            return Err(PublishBatchError::all_failed(events, &e));
         }
         let reports = Reports::new(events.len());
+        let mut outcome = BatchOutcome::new(events.len());
         // Failures before librdkafka took the message (encoding, size, a dead client).
-        let mut early: Vec<(usize, PublishError)> = Vec::new();
+        let mut early = vec![false; events.len()];
         for (i, event) in events.iter().enumerate() {
             if let Err(e) = self.enqueue(topic, event, &reports, i).await {
-                early.push((i, e));
+                outcome.fail(i, e);
+                early[i] = true;
                 reports.set(i, Err(KafkaError::Canceled));
             }
         }
         let slots = reports.wait().await;
-        let mut accepted = Vec::with_capacity(events.len());
-        let mut failed = Vec::new();
-        let mut early = early.into_iter().peekable();
-        for ((i, event), slot) in events.into_iter().enumerate().zip(slots) {
-            if early.peek().is_some_and(|(j, _)| *j == i) {
-                let (_, e) = early.next().unwrap_or_else(|| unreachable!());
-                failed.push((i, event, e));
+        for (i, slot) in slots.into_iter().enumerate() {
+            if early[i] {
                 continue;
             }
             match slot {
-                Some(Ok(receipt)) => accepted.push((i, receipt)),
-                Some(Err(e)) => failed.push((i, event, error::publish(e))),
-                None => failed.push((i, event, PublishError::new(PublishErrorKind::Closed))),
+                Some(Ok(receipt)) => outcome.accept(i, receipt),
+                Some(Err(e)) => outcome.fail(i, error::publish(e)),
+                None => outcome.fail(i, PublishError::new(PublishErrorKind::Closed)),
             }
         }
-        if failed.is_empty() {
-            Ok(accepted.into_iter().map(|(_, r)| r).collect())
-        } else {
-            Err(PublishBatchError { accepted, failed })
-        }
+        outcome.finish(events)
     }
 
     async fn close(&self) -> Result<(), PublishError> {

@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use std::future::Future;
 
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
+use messaging_core::publisher::BatchOutcome;
 use messaging_core::{
     Event, Features, PublishBatchError, PublishError, PublishErrorKind, Publisher, Receipt,
 };
@@ -173,16 +174,10 @@ impl Publisher for RabbitPublisher {
         // only the unconfirmed ones fail with Timeout.
         let ch = match self.channel(topic).await {
             Ok(ch) => ch,
-            Err(e) => {
-                let kind = e.kind();
-                let detail = e.to_string();
-                return Err(PublishBatchError::all(events, || {
-                    PublishError::new(kind).with_detail(detail.clone())
-                }));
-            }
+            Err(e) => return Err(PublishBatchError::all_failed(events, &e)),
         };
         let mut pending = Vec::with_capacity(events.len());
-        let mut failed = Vec::new();
+        let mut outcome = BatchOutcome::new(events.len());
         for (i, event) in events.iter().enumerate() {
             let sent = match self.encode(event) {
                 Ok((props, body)) => self.send(&ch, topic, props, &body).await,
@@ -190,27 +185,17 @@ impl Publisher for RabbitPublisher {
             };
             match sent {
                 Ok(confirm) => pending.push((i, confirm)),
-                Err(e) => failed.push((i, e)),
+                Err(e) => outcome.fail(i, e),
             }
         }
         let deadline = tokio::time::Instant::now() + self.shared.config.confirm_timeout;
-        let mut accepted = Vec::with_capacity(pending.len());
         for (i, confirmed) in await_confirms(pending, deadline).await {
-            match confirmed.map_or_else(|| Err(self.timeout_error()), confirmation) {
-                Ok(receipt) => accepted.push((i, receipt)),
-                Err(e) => failed.push((i, e)),
-            }
+            outcome.record(
+                i,
+                confirmed.map_or_else(|| Err(self.timeout_error()), confirmation),
+            );
         }
-        if failed.is_empty() {
-            return Ok(accepted.into_iter().map(|(_, r)| r).collect());
-        }
-        failed.sort_by_key(|(i, _)| *i);
-        let mut events: Vec<Option<Event>> = events.into_iter().map(Some).collect();
-        let failed = failed
-            .into_iter()
-            .filter_map(|(i, e)| events[i].take().map(|event| (i, event, e)))
-            .collect();
-        Err(PublishBatchError { accepted, failed })
+        outcome.finish(events)
     }
 
     async fn close(&self) -> Result<(), PublishError> {

@@ -504,3 +504,39 @@ async fn direct_reply_to_round_trip_without_a_reply_queue() {
     stop.send_replace(true);
     server.await.unwrap().unwrap();
 }
+
+/// A batch that fails before anything is sent (here the exchange cannot be declared: names
+/// beginning `amq.` are the broker's) fails every event with the cause, said once — the
+/// adapters used to wrap the message in its own kind again ("broker rejected the message:
+/// broker rejected the message: …").
+#[tokio::test]
+async fn a_batch_that_cannot_start_fails_every_event_with_the_cause_said_once() {
+    let broker = connect(config()).await;
+    let topic = format!("amq.{}", unique("reserved"));
+    let events: Vec<_> = (0..3)
+        .map(|n| {
+            EventBuilder::new("t", "t")
+                .id(format!("e{n}"))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let err = broker
+        .publisher()
+        .publish_batch(&topic, events)
+        .await
+        .unwrap_err();
+    assert!(err.accepted.is_empty());
+    assert_eq!(err.failed.len(), 3, "{err}");
+    for (i, (index, event, e)) in err.failed.iter().enumerate() {
+        assert_eq!((*index, event.id()), (i, format!("e{i}").as_str()));
+        let kind = e.kind().to_string();
+        let message = e.to_string();
+        assert_eq!(
+            message.matches(&kind).count(),
+            1,
+            "the kind is said once: {message}"
+        );
+        assert!(message.len() > kind.len(), "the cause is kept: {message}");
+    }
+}

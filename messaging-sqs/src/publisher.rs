@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::StreamExt as _;
 use futures_util::stream;
+use messaging_core::publisher::BatchOutcome;
 use messaging_core::{
     Event, Features, PublishBatchError, PublishError, PublishErrorKind, Publisher, Receipt,
     SubscribeError, SubscribeErrorKind,
@@ -106,6 +107,65 @@ fn receipt(message_id: Option<&str>, sequence_number: Option<&str>) -> Receipt {
     r
 }
 
+/// One result per entry of a batch call, by the entry's index.
+type BatchResults = Vec<(usize, Result<Receipt, PublishError>)>;
+
+/// The entries a batch response reported as sent and as failed, in one list.
+fn answer(
+    ok: impl Iterator<Item = (usize, Receipt)>,
+    failed: impl Iterator<Item = (usize, PublishError)>,
+) -> BatchResults {
+    ok.map(|(i, r)| (i, Ok(r)))
+        .chain(failed.map(|(i, e)| (i, Err(e))))
+        .collect()
+}
+
+/// One batch call to SNS or SQS, the same for both: `build` makes each entry (an entry that
+/// cannot be built fails alone), `send` makes the call with the entries built and reports
+/// what the service said of each. A failed call fails every entry it carried with the
+/// call's error; an entry the response mentions neither way is not known to be published
+/// (`Timeout`, retryable).
+async fn batch_call<E, Fut>(
+    entries: Vec<(usize, Outgoing)>,
+    build: impl Fn(usize, Outgoing) -> Result<E, PublishError>,
+    send: impl FnOnce(Vec<E>) -> Fut,
+) -> BatchResults
+where
+    Fut: Future<Output = Result<BatchResults, PublishError>>,
+{
+    let mut results = BatchResults::new();
+    let mut sent = Vec::new();
+    let mut built = Vec::new();
+    for (i, out) in entries {
+        match build(i, out) {
+            Ok(entry) => {
+                built.push(entry);
+                sent.push(i);
+            }
+            Err(e) => results.push((i, Err(e))),
+        }
+    }
+    if built.is_empty() {
+        return results;
+    }
+    match send(built).await {
+        Err(e) => results.extend(sent.iter().map(|i| (*i, Err(e.repeated())))),
+        Ok(answered) => {
+            results.extend(answered.into_iter().filter(|(i, _)| sent.contains(i)));
+            for i in sent {
+                if !results.iter().any(|(j, _)| *j == i) {
+                    results.push((
+                        i,
+                        Err(PublishError::new(PublishErrorKind::Timeout)
+                            .with_detail("the batch response did not mention this entry")),
+                    ));
+                }
+            }
+        }
+    }
+    results
+}
+
 impl Shared {
     /// The limit on one message sent to `dest`.
     pub(crate) fn max_payload_for(&self, dest: &Destination) -> usize {
@@ -161,133 +221,84 @@ impl Shared {
         dest: &Destination,
         entries: Vec<(usize, Outgoing)>,
     ) -> Vec<(usize, Result<Receipt, PublishError>)> {
-        let indices: Vec<usize> = entries.iter().map(|(i, _)| *i).collect();
-        let all_failed = |e: PublishError| {
-            let kind = e.kind();
-            let detail = e.to_string();
-            indices
-                .iter()
-                .map(|i| (*i, Err(PublishError::new(kind).with_detail(detail.clone()))))
-                .collect::<Vec<_>>()
-        };
-        let mut results: Vec<(usize, Result<Receipt, PublishError>)> = Vec::new();
         match dest {
             Destination::Topic { arn, fifo } => {
-                let mut req = self.sns.publish_batch().topic_arn(arn);
-                for (i, out) in entries {
-                    let attrs = match sns_attributes(&out) {
-                        Ok(a) => a,
-                        Err(e) => {
-                            results.push((i, Err(e)));
-                            continue;
+                let fifo = *fifo;
+                batch_call(
+                    entries,
+                    |i, out| {
+                        let mut b = aws_sdk_sns::types::PublishBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .set_message_attributes(Some(sns_attributes(&out)?))
+                            .message(out.body);
+                        if fifo {
+                            b = b
+                                .message_group_id(out.group_id)
+                                .message_deduplication_id(out.dedup_id);
                         }
-                    };
-                    let mut b = aws_sdk_sns::types::PublishBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .message(out.body)
-                        .set_message_attributes(Some(attrs));
-                    if *fifo {
-                        b = b
-                            .message_group_id(out.group_id)
-                            .message_deduplication_id(out.dedup_id);
-                    }
-                    match b.build() {
-                        Ok(entry) => req = req.publish_batch_request_entries(entry),
-                        Err(e) => results.push((i, Err(build_error(e)))),
-                    }
-                }
-                if results.len() == indices.len() {
-                    return results;
-                }
-                match req.send().await {
-                    Err(e) => return all_failed(error::publish(e)),
-                    Ok(r) => {
-                        for ok in r.successful() {
-                            if let Some(i) = ok.id().and_then(|id| id.parse().ok()) {
-                                results
-                                    .push((i, Ok(receipt(ok.message_id(), ok.sequence_number()))));
-                            }
-                        }
-                        for failed in r.failed() {
-                            if let Ok(i) = failed.id().parse() {
-                                results.push((
-                                    i,
-                                    Err(entry_error(
-                                        failed.code(),
-                                        failed.message(),
-                                        failed.sender_fault(),
-                                    )),
-                                ));
-                            }
-                        }
-                    }
-                }
+                        b.build().map_err(build_error)
+                    },
+                    |built| async move {
+                        let r = self
+                            .sns
+                            .publish_batch()
+                            .topic_arn(arn)
+                            .set_publish_batch_request_entries(Some(built))
+                            .send()
+                            .await
+                            .map_err(error::publish)?;
+                        let ok = r.successful().iter().filter_map(|ok| {
+                            let i = ok.id()?.parse().ok()?;
+                            Some((i, receipt(ok.message_id(), ok.sequence_number())))
+                        });
+                        let failed = r.failed().iter().filter_map(|f| {
+                            let i = f.id().parse().ok()?;
+                            Some((i, entry_error(f.code(), f.message(), f.sender_fault())))
+                        });
+                        Ok(answer(ok, failed))
+                    },
+                )
+                .await
             }
             Destination::Queue { url, fifo } => {
-                let mut req = self.sqs.send_message_batch().queue_url(url);
-                for (i, out) in entries {
-                    let attrs = match sqs_attributes(&out) {
-                        Ok(a) => a,
-                        Err(e) => {
-                            results.push((i, Err(e)));
-                            continue;
+                let fifo = *fifo;
+                batch_call(
+                    entries,
+                    |i, out| {
+                        let mut b = aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .set_message_attributes(Some(sqs_attributes(&out)?))
+                            .message_body(out.body);
+                        if fifo {
+                            b = b
+                                .message_group_id(out.group_id)
+                                .message_deduplication_id(out.dedup_id);
                         }
-                    };
-                    let mut b = aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .message_body(out.body)
-                        .set_message_attributes(Some(attrs));
-                    if *fifo {
-                        b = b
-                            .message_group_id(out.group_id)
-                            .message_deduplication_id(out.dedup_id);
-                    }
-                    match b.build() {
-                        Ok(entry) => req = req.entries(entry),
-                        Err(e) => results.push((i, Err(build_error(e)))),
-                    }
-                }
-                if results.len() == indices.len() {
-                    return results;
-                }
-                match req.send().await {
-                    Err(e) => return all_failed(error::publish(e)),
-                    Ok(r) => {
-                        for ok in r.successful() {
-                            if let Ok(i) = ok.id().parse() {
-                                results.push((
-                                    i,
-                                    Ok(receipt(Some(ok.message_id()), ok.sequence_number())),
-                                ));
-                            }
-                        }
-                        for failed in r.failed() {
-                            if let Ok(i) = failed.id().parse() {
-                                results.push((
-                                    i,
-                                    Err(entry_error(
-                                        failed.code(),
-                                        failed.message(),
-                                        failed.sender_fault(),
-                                    )),
-                                ));
-                            }
-                        }
-                    }
-                }
+                        b.build().map_err(build_error)
+                    },
+                    |built| async move {
+                        let r = self
+                            .sqs
+                            .send_message_batch()
+                            .queue_url(url)
+                            .set_entries(Some(built))
+                            .send()
+                            .await
+                            .map_err(error::publish)?;
+                        let ok = r.successful().iter().filter_map(|ok| {
+                            let i = ok.id().parse().ok()?;
+                            Some((i, receipt(Some(ok.message_id()), ok.sequence_number())))
+                        });
+                        let failed = r.failed().iter().filter_map(|f| {
+                            let i = f.id().parse().ok()?;
+                            Some((i, entry_error(f.code(), f.message(), f.sender_fault())))
+                        });
+                        Ok(answer(ok, failed))
+                    },
+                )
+                .await
             }
         }
-        // An entry the service answered neither way is not known to be published.
-        for i in indices {
-            if !results.iter().any(|(j, _)| *j == i) {
-                results.push((
-                    i,
-                    Err(PublishError::new(PublishErrorKind::Timeout)
-                        .with_detail("the batch response did not mention this entry")),
-                ));
-            }
-        }
-        results
     }
 
     /// Largest total bytes of one batch call to `dest`.
@@ -425,47 +436,26 @@ impl Publisher for SqsPublisher {
         events: Vec<Event>,
     ) -> Result<Vec<Receipt>, PublishBatchError> {
         if let Err(e) = self.check_open() {
-            let kind = e.kind();
-            return Err(PublishBatchError::all(events, || PublishError::new(kind)));
+            return Err(PublishBatchError::all_failed(events, &e));
         }
         let dest = match self.destination(topic).await {
             Ok(d) => d,
-            Err(e) => {
-                let kind = e.kind();
-                let detail = e.to_string();
-                return Err(PublishBatchError::all(events, || {
-                    PublishError::new(kind).with_detail(detail.clone())
-                }));
-            }
+            Err(e) => return Err(PublishBatchError::all_failed(events, &e)),
         };
         let max = self.shared.max_payload_for(&dest);
         let mode = self.shared.config.content_mode;
-        let mut failed: Vec<(usize, PublishError)> = Vec::new();
+        let mut outcome = BatchOutcome::new(events.len());
         let mut entries = Vec::with_capacity(events.len());
         for (i, event) in events.iter().enumerate() {
             match codec::encode(&self.shared.binding, event, mode, max) {
                 Ok(out) => entries.push((i, out)),
-                Err(e) => failed.push((i, e)),
+                Err(e) => outcome.fail(i, e),
             }
         }
-        let mut accepted = Vec::with_capacity(entries.len());
         for (i, r) in self.shared.send_all(&dest, entries).await {
-            match r {
-                Ok(receipt) => accepted.push((i, receipt)),
-                Err(e) => failed.push((i, e)),
-            }
+            outcome.record(i, r);
         }
-        accepted.sort_by_key(|(i, _)| *i);
-        if failed.is_empty() {
-            return Ok(accepted.into_iter().map(|(_, r)| r).collect());
-        }
-        failed.sort_by_key(|(i, _)| *i);
-        let mut events: Vec<Option<Event>> = events.into_iter().map(Some).collect();
-        let failed = failed
-            .into_iter()
-            .filter_map(|(i, e)| events[i].take().map(|event| (i, event, e)))
-            .collect();
-        Err(PublishBatchError { accepted, failed })
+        outcome.finish(events)
     }
 
     async fn close(&self) -> Result<(), PublishError> {
