@@ -221,6 +221,92 @@ error_kind! {
     }
 }
 
+/// Why a broker call failed, in broker-neutral terms: an adapter classifies its client's
+/// error into a `Cause` once, and the kinds of each operation's error follow from it here,
+/// the same for every adapter.
+///
+/// | cause | publish | subscribe | receive | inspect |
+/// |---|---|---|---|---|
+/// | `Unavailable` | `Unavailable` | `Unavailable` | `Unavailable` | `Unavailable` |
+/// | `Timeout` | `Timeout` | `Timeout` | `Timeout` | `Unavailable` |
+/// | `Throttled` | `Throttled` | `Unavailable` | `Unavailable` | `Unavailable` |
+/// | `Closed` | `Closed` | `Closed` | `Closed` | `Unavailable` |
+/// | `TooLarge` | `PayloadTooLarge` | `Rejected` | `Closed` | `Rejected` |
+/// | `NotFound` | `Rejected` | `NotFound` | `Closed` | `Rejected` |
+/// | `Rejected` | `Rejected` | `Rejected` | `Closed` | `Rejected` |
+///
+/// A receive that fails for a reason other than the transport ends the subscription
+/// (`Closed`); settling is left to each adapter, whose brokers differ most there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cause {
+    /// The broker or the network is unavailable for now (connection failures, 5xx).
+    Unavailable,
+    /// No answer in time; the call may have taken effect.
+    Timeout,
+    /// The broker asked the client to slow down, or a local queue is full.
+    Throttled,
+    /// The client or the channel is shutting down.
+    Closed,
+    /// The message is larger than the broker accepts.
+    TooLarge,
+    /// The topic or queue does not exist.
+    NotFound,
+    /// The broker refused for a reason retrying will not fix (authorization, invalid name).
+    Rejected,
+}
+
+impl Cause {
+    /// Whether retrying later can succeed.
+    pub fn is_transient(self) -> bool {
+        matches!(self, Self::Unavailable | Self::Timeout | Self::Throttled)
+    }
+
+    /// The kind of a failed publish.
+    pub fn publish_kind(self) -> PublishErrorKind {
+        match self {
+            Self::Unavailable => PublishErrorKind::Unavailable,
+            Self::Timeout => PublishErrorKind::Timeout,
+            Self::Throttled => PublishErrorKind::Throttled,
+            Self::Closed => PublishErrorKind::Closed,
+            Self::TooLarge => PublishErrorKind::PayloadTooLarge,
+            Self::NotFound | Self::Rejected => PublishErrorKind::Rejected,
+        }
+    }
+
+    /// The kind of a failed subscribe.
+    pub fn subscribe_kind(self) -> SubscribeErrorKind {
+        match self {
+            Self::Unavailable | Self::Throttled => SubscribeErrorKind::Unavailable,
+            Self::Timeout => SubscribeErrorKind::Timeout,
+            Self::Closed => SubscribeErrorKind::Closed,
+            Self::NotFound => SubscribeErrorKind::NotFound,
+            Self::TooLarge | Self::Rejected => SubscribeErrorKind::Rejected,
+        }
+    }
+
+    /// The kind of a failed receive: anything but the transport ends the subscription.
+    pub fn receive_kind(self) -> ReceiveErrorKind {
+        match self {
+            Self::Unavailable | Self::Throttled => ReceiveErrorKind::Unavailable,
+            Self::Timeout => ReceiveErrorKind::Timeout,
+            Self::Closed | Self::TooLarge | Self::NotFound | Self::Rejected => {
+                ReceiveErrorKind::Closed
+            }
+        }
+    }
+
+    /// The kind of a failed inspection.
+    pub fn inspect_kind(self) -> crate::inspect::InspectErrorKind {
+        use crate::inspect::InspectErrorKind;
+        match self {
+            Self::Unavailable | Self::Timeout | Self::Throttled | Self::Closed => {
+                InspectErrorKind::Unavailable
+            }
+            Self::TooLarge | Self::NotFound | Self::Rejected => InspectErrorKind::Rejected,
+        }
+    }
+}
+
 /// Failure to publish one event.
 pub type PublishError = Error<PublishErrorKind>;
 /// Failure to subscribe.
@@ -274,6 +360,30 @@ impl<D> StdError for SettleError<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cause_is_transient_for_every_operation_or_for_none() {
+        let all = [
+            Cause::Unavailable,
+            Cause::Timeout,
+            Cause::Throttled,
+            Cause::Closed,
+            Cause::TooLarge,
+            Cause::NotFound,
+            Cause::Rejected,
+        ];
+        for cause in all {
+            let t = cause.is_transient();
+            assert_eq!(cause.publish_kind().is_transient(), t, "{cause:?}");
+            assert_eq!(cause.subscribe_kind().is_transient(), t, "{cause:?}");
+            assert_eq!(cause.receive_kind().is_transient(), t, "{cause:?}");
+        }
+        assert_eq!(
+            Cause::TooLarge.publish_kind(),
+            PublishErrorKind::PayloadTooLarge
+        );
+        assert_eq!(Cause::NotFound.subscribe_kind(), SubscribeErrorKind::NotFound);
+    }
 
     #[test]
     fn kinds_classify_transience() {

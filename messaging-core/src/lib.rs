@@ -86,7 +86,7 @@ pub use dynamic::{
     DynSubscription,
 };
 pub use error::{
-    AckError, AckErrorKind, Error, ErrorKind, PublishError, PublishErrorKind, ReceiveError,
+    AckError, AckErrorKind, Cause, Error, ErrorKind, PublishError, PublishErrorKind, ReceiveError,
     ReceiveErrorKind, SettleError, SubscribeError, SubscribeErrorKind,
 };
 pub use event::{EventBuilder, EventExt};

@@ -1,38 +1,19 @@
 //! librdkafka errors mapped onto the core's error kinds, keeping the source.
 
-use messaging_core::{
-    InspectError, InspectErrorKind, PublishError, PublishErrorKind, SubscribeError,
-    SubscribeErrorKind,
-};
+use messaging_core::{Cause, InspectError, PublishError, SubscribeError};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::types::RDKafkaErrorCode as Code;
 
 /// What kind of failure a librdkafka error code is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Class {
-    /// The broker refused for a reason a retry does not fix (authorization, invalid topic).
-    Refused,
-    /// The message is too large.
-    TooLarge,
-    /// Not acknowledged in time; it may or may not have been written.
-    Timeout,
-    /// The broker asked to slow down, or the local queue is full.
-    Throttled,
-    /// The client is shutting down.
-    Closed,
-    /// The broker or the network is unavailable for now.
-    Unavailable,
-}
-
-pub(crate) fn classify(code: RDKafkaErrorCode) -> Class {
+pub(crate) fn classify(code: RDKafkaErrorCode) -> Cause {
     match code {
-        Code::MessageSizeTooLarge | Code::InvalidMessageSize => Class::TooLarge,
+        Code::MessageSizeTooLarge | Code::InvalidMessageSize => Cause::TooLarge,
         Code::MessageTimedOut
         | Code::RequestTimedOut
         | Code::OperationTimedOut
-        | Code::TimedOutQueue => Class::Timeout,
-        Code::QueueFull | Code::ThrottlingQuotaExceeded => Class::Throttled,
-        Code::PurgeQueue | Code::PurgeInflight | Code::BrokerDestroy | Code::Fatal => Class::Closed,
+        | Code::TimedOutQueue => Cause::Timeout,
+        Code::QueueFull | Code::ThrottlingQuotaExceeded => Cause::Throttled,
+        Code::PurgeQueue | Code::PurgeInflight | Code::BrokerDestroy | Code::Fatal => Cause::Closed,
         Code::TopicAuthorizationFailed
         | Code::GroupAuthorizationFailed
         | Code::ClusterAuthorizationFailed
@@ -41,55 +22,37 @@ pub(crate) fn classify(code: RDKafkaErrorCode) -> Class {
         | Code::InvalidTopic
         | Code::PolicyViolation
         | Code::InvalidArgument
-        | Code::UnknownTopic => Class::Refused,
-        _ => Class::Unavailable,
+        | Code::UnknownTopic => Cause::Rejected,
+        _ => Cause::Unavailable,
     }
 }
 
-fn class_of(e: &KafkaError) -> Class {
+fn cause_of(e: &KafkaError) -> Cause {
     match e {
         KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_) | KafkaError::Nul(_) => {
-            Class::Refused
+            Cause::Rejected
         }
-        KafkaError::Canceled => Class::Closed,
+        KafkaError::Canceled => Cause::Closed,
         other => other
             .rdkafka_error_code()
-            .map_or(Class::Unavailable, classify),
+            .map_or(Cause::Unavailable, classify),
     }
 }
 
 pub(crate) fn publish(e: KafkaError) -> PublishError {
-    let kind = match class_of(&e) {
-        Class::Refused => PublishErrorKind::Rejected,
-        Class::TooLarge => PublishErrorKind::PayloadTooLarge,
-        Class::Timeout => PublishErrorKind::Timeout,
-        Class::Throttled => PublishErrorKind::Throttled,
-        Class::Closed => PublishErrorKind::Closed,
-        Class::Unavailable => PublishErrorKind::Unavailable,
-    };
-    PublishError::new(kind)
+    PublishError::new(cause_of(&e).publish_kind())
         .with_detail(e.to_string())
         .with_source(e)
 }
 
 pub(crate) fn subscribe(e: KafkaError) -> SubscribeError {
-    let kind = match class_of(&e) {
-        Class::Refused | Class::TooLarge => SubscribeErrorKind::Rejected,
-        Class::Timeout => SubscribeErrorKind::Timeout,
-        Class::Closed => SubscribeErrorKind::Closed,
-        Class::Throttled | Class::Unavailable => SubscribeErrorKind::Unavailable,
-    };
-    SubscribeError::new(kind)
+    SubscribeError::new(cause_of(&e).subscribe_kind())
         .with_detail(e.to_string())
         .with_source(e)
 }
 
 pub(crate) fn inspect(e: KafkaError) -> InspectError {
-    let kind = match class_of(&e) {
-        Class::Refused => InspectErrorKind::Rejected,
-        _ => InspectErrorKind::Unavailable,
-    };
-    InspectError::new(kind)
+    InspectError::new(cause_of(&e).inspect_kind())
         .with_detail(e.to_string())
         .with_source(e)
 }
@@ -98,6 +61,7 @@ pub(crate) fn inspect(e: KafkaError) -> InspectError {
 mod tests {
     use super::*;
     use messaging_core::ErrorKind as _;
+    use messaging_core::PublishErrorKind;
 
     #[test]
     fn retryable_failures_are_transient_and_refusals_are_not() {

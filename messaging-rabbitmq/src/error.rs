@@ -1,8 +1,7 @@
 //! lapin errors mapped onto the core's error kinds, keeping the source.
 
 use messaging_core::{
-    AckError, AckErrorKind, InspectError, InspectErrorKind, PublishError, PublishErrorKind,
-    ReceiveError, ReceiveErrorKind, SubscribeError, SubscribeErrorKind,
+    AckError, AckErrorKind, Cause, InspectError, PublishError, ReceiveError, SubscribeError,
 };
 
 /// Whether the connection or channel failing is the cause (a retry, after recovery, can help)
@@ -24,36 +23,31 @@ fn is_transport(e: &lapin::Error) -> bool {
         )
 }
 
-pub(crate) fn publish(e: lapin::Error) -> PublishError {
-    let kind = if is_transport(&e) {
-        PublishErrorKind::Unavailable
+/// A transport failure is [`Unavailable`](Cause::Unavailable); anything else is the broker
+/// refusing the operation, [`Rejected`](Cause::Rejected).
+fn cause_of(e: &lapin::Error) -> Cause {
+    if is_transport(e) {
+        Cause::Unavailable
     } else {
-        PublishErrorKind::Rejected
-    };
-    PublishError::new(kind)
+        Cause::Rejected
+    }
+}
+
+pub(crate) fn publish(e: lapin::Error) -> PublishError {
+    PublishError::new(cause_of(&e).publish_kind())
         .with_detail(e.to_string())
         .with_source(e)
 }
 
 pub(crate) fn subscribe(e: lapin::Error) -> SubscribeError {
-    let kind = if is_transport(&e) {
-        SubscribeErrorKind::Unavailable
-    } else {
-        SubscribeErrorKind::Rejected
-    };
-    SubscribeError::new(kind)
+    SubscribeError::new(cause_of(&e).subscribe_kind())
         .with_detail(e.to_string())
         .with_source(e)
 }
 
 /// Receiving while the connection recovers is transient: the consumer resumes afterwards.
 pub(crate) fn receive(e: lapin::Error) -> ReceiveError {
-    let kind = if is_transport(&e) {
-        ReceiveErrorKind::Unavailable
-    } else {
-        ReceiveErrorKind::Closed
-    };
-    ReceiveError::new(kind)
+    ReceiveError::new(cause_of(&e).receive_kind())
         .with_detail(e.to_string())
         .with_source(e)
 }
@@ -79,12 +73,7 @@ pub(crate) fn delay_unpublished(e: lapin::Error) -> AckError {
 }
 
 pub(crate) fn inspect(e: lapin::Error) -> InspectError {
-    let kind = if is_transport(&e) {
-        InspectErrorKind::Unavailable
-    } else {
-        InspectErrorKind::Rejected
-    };
-    InspectError::new(kind)
+    InspectError::new(cause_of(&e).inspect_kind())
         .with_detail(e.to_string())
         .with_source(e)
 }

@@ -2,24 +2,8 @@
 
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use messaging_core::{
-    AckError, AckErrorKind, InspectError, InspectErrorKind, PublishError, PublishErrorKind,
-    ReceiveError, ReceiveErrorKind, SubscribeError, SubscribeErrorKind,
+    AckError, AckErrorKind, Cause, InspectError, PublishError, ReceiveError, SubscribeError,
 };
-
-/// What a failed call means, whichever service made it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Class {
-    /// Connection failures, 5xx: retrying later can help.
-    Unavailable,
-    /// No answer in time: retrying can help (the call may have taken effect).
-    Timeout,
-    /// The service asked to slow down.
-    Throttled,
-    /// The topic or queue does not exist.
-    NotFound,
-    /// The service refused the request (4xx): retrying the same request will not help.
-    Rejected,
-}
 
 const THROTTLING: &[&str] = &[
     "Throttling",
@@ -40,38 +24,38 @@ const NOT_FOUND: &[&str] = &[
 ];
 
 /// Classifies a service error code (from a call or a batch entry).
-pub(crate) fn class_of_code(code: &str, sender_fault: bool) -> Class {
+pub(crate) fn class_of_code(code: &str, sender_fault: bool) -> Cause {
     if THROTTLING.contains(&code) {
-        Class::Throttled
+        Cause::Throttled
     } else if NOT_FOUND.contains(&code) {
-        Class::NotFound
+        Cause::NotFound
     } else if sender_fault {
-        Class::Rejected
+        Cause::Rejected
     } else {
-        Class::Unavailable
+        Cause::Unavailable
     }
 }
 
-pub(crate) fn classify<E>(e: &SdkError<E>) -> Class
+pub(crate) fn classify<E>(e: &SdkError<E>) -> Cause
 where
     E: ProvideErrorMetadata,
 {
     match e {
-        SdkError::TimeoutError(_) => Class::Timeout,
-        SdkError::DispatchFailure(d) if d.is_timeout() => Class::Timeout,
-        SdkError::DispatchFailure(d) if d.is_user() => Class::Rejected,
-        SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => Class::Unavailable,
-        SdkError::ConstructionFailure(_) => Class::Rejected,
+        SdkError::TimeoutError(_) => Cause::Timeout,
+        SdkError::DispatchFailure(d) if d.is_timeout() => Cause::Timeout,
+        SdkError::DispatchFailure(d) if d.is_user() => Cause::Rejected,
+        SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => Cause::Unavailable,
+        SdkError::ConstructionFailure(_) => Cause::Rejected,
         SdkError::ServiceError(_) => {
             let status = e.raw_response().map_or(400, |r| r.status().as_u16());
             match e.code() {
                 Some(code) => class_of_code(code, status < 500),
-                None if status >= 500 => Class::Unavailable,
-                None if status == 404 => Class::NotFound,
-                None => Class::Rejected,
+                None if status >= 500 => Cause::Unavailable,
+                None if status == 404 => Cause::NotFound,
+                None => Cause::Rejected,
             }
         }
-        _ => Class::Unavailable,
+        _ => Cause::Unavailable,
     }
 }
 
@@ -86,12 +70,7 @@ pub(crate) fn publish<E>(e: SdkError<E>) -> PublishError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let kind = match classify(&e) {
-        Class::Unavailable => PublishErrorKind::Unavailable,
-        Class::Timeout => PublishErrorKind::Timeout,
-        Class::Throttled => PublishErrorKind::Throttled,
-        Class::NotFound | Class::Rejected => PublishErrorKind::Rejected,
-    };
+    let kind = classify(&e).publish_kind();
     PublishError::new(kind)
         .with_detail(detail(&e))
         .with_source(e)
@@ -101,12 +80,7 @@ pub(crate) fn subscribe<E>(e: SdkError<E>) -> SubscribeError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let kind = match classify(&e) {
-        Class::Unavailable | Class::Throttled => SubscribeErrorKind::Unavailable,
-        Class::Timeout => SubscribeErrorKind::Timeout,
-        Class::NotFound => SubscribeErrorKind::NotFound,
-        Class::Rejected => SubscribeErrorKind::Rejected,
-    };
+    let kind = classify(&e).subscribe_kind();
     SubscribeError::new(kind)
         .with_detail(detail(&e))
         .with_source(e)
@@ -117,11 +91,7 @@ pub(crate) fn receive<E>(e: SdkError<E>) -> ReceiveError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let kind = match classify(&e) {
-        Class::Unavailable | Class::Throttled => ReceiveErrorKind::Unavailable,
-        Class::Timeout => ReceiveErrorKind::Timeout,
-        Class::NotFound | Class::Rejected => ReceiveErrorKind::Closed,
-    };
+    let kind = classify(&e).receive_kind();
     ReceiveError::new(kind)
         .with_detail(detail(&e))
         .with_source(e)
@@ -138,15 +108,15 @@ where
 }
 
 /// The kind of a failed settle of one receipt handle.
-pub(crate) fn ack_kind(class: Class, code: &str) -> AckErrorKind {
+pub(crate) fn ack_kind(class: Cause, code: &str) -> AckErrorKind {
     if code.contains("ReceiptHandleIsInvalid") || code.contains("MessageNotInflight") {
         return AckErrorKind::Expired;
     }
     match class {
-        Class::Unavailable | Class::Throttled => AckErrorKind::Unavailable,
-        Class::Timeout => AckErrorKind::Timeout,
-        Class::NotFound => AckErrorKind::Closed,
-        Class::Rejected => AckErrorKind::Unsupported,
+        Cause::Unavailable | Cause::Throttled => AckErrorKind::Unavailable,
+        Cause::Timeout => AckErrorKind::Timeout,
+        Cause::NotFound | Cause::Closed => AckErrorKind::Closed,
+        Cause::Rejected | Cause::TooLarge => AckErrorKind::Unsupported,
     }
 }
 
@@ -154,10 +124,7 @@ pub(crate) fn inspect<E>(e: SdkError<E>) -> InspectError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let kind = match classify(&e) {
-        Class::Unavailable | Class::Throttled | Class::Timeout => InspectErrorKind::Unavailable,
-        Class::NotFound | Class::Rejected => InspectErrorKind::Rejected,
-    };
+    let kind = classify(&e).inspect_kind();
     InspectError::new(kind)
         .with_detail(detail(&e))
         .with_source(e)
@@ -168,7 +135,7 @@ pub(crate) fn is_not_found<E>(e: &SdkError<E>) -> bool
 where
     E: ProvideErrorMetadata,
 {
-    classify(e) == Class::NotFound
+    classify(e) == Cause::NotFound
 }
 
 #[cfg(test)]
@@ -177,15 +144,15 @@ mod tests {
 
     #[test]
     fn codes_classify_transience() {
-        assert_eq!(class_of_code("Throttling", true), Class::Throttled);
-        assert_eq!(class_of_code("QueueDoesNotExist", true), Class::NotFound);
-        assert_eq!(class_of_code("InvalidParameter", true), Class::Rejected);
-        assert_eq!(class_of_code("InternalError", false), Class::Unavailable);
+        assert_eq!(class_of_code("Throttling", true), Cause::Throttled);
+        assert_eq!(class_of_code("QueueDoesNotExist", true), Cause::NotFound);
+        assert_eq!(class_of_code("InvalidParameter", true), Cause::Rejected);
+        assert_eq!(class_of_code("InternalError", false), Cause::Unavailable);
         assert_eq!(
-            ack_kind(Class::Rejected, "ReceiptHandleIsInvalid"),
+            ack_kind(Cause::Rejected, "ReceiptHandleIsInvalid"),
             AckErrorKind::Expired
         );
-        assert!(!ack_kind(Class::Rejected, "InvalidParameterValue").is_transient_kind());
+        assert!(!ack_kind(Cause::Rejected, "InvalidParameterValue").is_transient_kind());
     }
 
     trait Transient {

@@ -14,7 +14,7 @@ use messaging_core::{
 
 use crate::broker::{Destination, Shared};
 use crate::codec::{self, Outgoing};
-use crate::error::{self, Class};
+use crate::error;
 
 /// Most entries of one `PublishBatch` / `SendMessageBatch`.
 pub(crate) const MAX_BATCH: usize = 10;
@@ -55,12 +55,7 @@ fn build_error(e: impl std::error::Error + Send + Sync + 'static) -> PublishErro
 /// A failed batch entry as a typed error: throttling and service faults are transient,
 /// sender faults are not.
 fn entry_error(code: &str, message: Option<&str>, sender_fault: bool) -> PublishError {
-    let kind = match error::class_of_code(code, sender_fault) {
-        Class::Throttled => PublishErrorKind::Throttled,
-        Class::Unavailable => PublishErrorKind::Unavailable,
-        Class::Timeout => PublishErrorKind::Timeout,
-        Class::NotFound | Class::Rejected => PublishErrorKind::Rejected,
-    };
+    let kind = error::class_of_code(code, sender_fault).publish_kind();
     PublishError::new(kind).with_detail(format!("{code}: {}", message.unwrap_or_default()))
 }
 
