@@ -382,7 +382,10 @@ mod tests {
             Cause::TooLarge.publish_kind(),
             PublishErrorKind::PayloadTooLarge
         );
-        assert_eq!(Cause::NotFound.subscribe_kind(), SubscribeErrorKind::NotFound);
+        assert_eq!(
+            Cause::NotFound.subscribe_kind(),
+            SubscribeErrorKind::NotFound
+        );
     }
 
     #[test]

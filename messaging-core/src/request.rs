@@ -64,11 +64,163 @@ pub const REPLY_TOKEN: &str = "replytoken";
 /// group state across topics (Kafka) scope it to the reply topic.
 pub const REQUESTER_GROUP: &str = "requester";
 
-/// Waiters by request id; several concurrent requests may share an id (each gets one reply,
-/// first come first served), each known by its own token.
-type Pending = Arc<Mutex<HashMap<String, Vec<(u64, oneshot::Sender<Event>)>>>>;
-
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(0);
+
+/// Waiters by request id; several concurrent requests may share an id, each known by its own
+/// token.
+type Waiters = HashMap<String, Vec<(u64, oneshot::Sender<Event>)>>;
+
+/// The requests waiting for their replies, for a requester of any transport (the core's
+/// [`Requester`] over a reply topic, an adapter's over its broker's own reply mechanism).
+/// [`register`](Self::register) stamps a request with its [`REPLY_TOKEN`] and returns the
+/// [`PendingReply`] to wait on; [`deliver`](Self::deliver) hands a reply to the request whose
+/// `id` is its `causationid` — and whose token it carries, where the responder copied it, so
+/// concurrent requests that share an `id` each get their own; a reply without a token goes to
+/// the oldest waiting request of its `causationid`. A waiter that is dropped (timed out,
+/// cancelled) is forgotten at once.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::time::Duration;
+/// use messaging_core::request::{PendingReplies, Waited};
+/// use messaging_core::{AttributesReader, EventBuilder, EventExt};
+///
+/// let pending = PendingReplies::new();
+/// let mut request = EventBuilder::new("shop", "price.requested").build().unwrap();
+/// let waiter = pending.register(&mut request);
+/// let answer = EventBuilder::new("pricing", "price.quoted")
+///     .causation_id(request.id())
+///     .extension("replytoken", request.extension_str("replytoken").unwrap())
+///     .build()
+///     .unwrap();
+/// assert!(pending.deliver(answer));
+/// assert!(waiter.wait(Duration::from_secs(1)).await.is_ok());
+/// assert!(pending.is_empty());
+/// # }
+/// ```
+#[derive(Clone, Default)]
+pub struct PendingReplies {
+    waiters: Arc<Mutex<Waiters>>,
+}
+
+impl fmt::Debug for PendingReplies {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingReplies")
+            .field("waiting", &self.len())
+            .finish()
+    }
+}
+
+impl PendingReplies {
+    /// No request waiting.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `request` (stamping its [`REPLY_TOKEN`]) and returns its waiter.
+    pub fn register(&self, request: &mut Event) -> PendingReply {
+        let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
+        request.set_extension(REPLY_TOKEN, token.to_string());
+        let id = request.id().to_owned();
+        let (tx, rx) = oneshot::channel();
+        crate::sync::lock(&self.waiters)
+            .entry(id.clone())
+            .or_default()
+            .push((token, tx));
+        PendingReply {
+            rx,
+            id,
+            token,
+            replies: self.clone(),
+        }
+    }
+
+    /// Hands `reply` to its waiting request; `false` if none waits for it (late or unknown:
+    /// the caller drops it).
+    pub fn deliver(&self, reply: Event) -> bool {
+        let token = reply
+            .extension_str(REPLY_TOKEN)
+            .and_then(|t| t.parse::<u64>().ok());
+        let waiter = reply.causation_id().and_then(|id| {
+            let mut map = crate::sync::lock(&self.waiters);
+            let waiters = map.get_mut(id)?;
+            let at = match token {
+                Some(token) => waiters.iter().position(|(t, _)| *t == token)?,
+                None => 0,
+            };
+            let (_, tx) = waiters.remove(at);
+            if waiters.is_empty() {
+                map.remove(id);
+            }
+            Some(tx)
+        });
+        waiter.is_some_and(|tx| tx.send(reply).is_ok())
+    }
+
+    /// Ends every wait: the replies have nowhere to arrive (the waiters see
+    /// [`Waited::Closed`]).
+    pub fn clear(&self) {
+        crate::sync::lock(&self.waiters).clear();
+    }
+
+    /// Requests waiting.
+    pub fn len(&self) -> usize {
+        crate::sync::lock(&self.waiters)
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+
+    /// Whether no request waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn forget(&self, id: &str, token: u64) {
+        let mut map = crate::sync::lock(&self.waiters);
+        if let Some(waiters) = map.get_mut(id) {
+            waiters.retain(|(t, _)| *t != token);
+            if waiters.is_empty() {
+                map.remove(id);
+            }
+        }
+    }
+}
+
+/// One request waiting for its reply; see [`PendingReplies`]. Dropping it forgets the request.
+#[derive(Debug)]
+pub struct PendingReply {
+    rx: oneshot::Receiver<Event>,
+    id: String,
+    token: u64,
+    replies: PendingReplies,
+}
+
+/// Why a [`PendingReply`] ended without its reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waited {
+    /// No reply within the timeout.
+    Timeout,
+    /// The waits were [cleared](PendingReplies::clear): the reply has nowhere to arrive.
+    Closed,
+}
+
+impl PendingReply {
+    /// Waits up to `timeout` for the reply.
+    pub async fn wait(mut self, timeout: Duration) -> Result<Event, Waited> {
+        match tokio::time::timeout(timeout, &mut self.rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(Waited::Closed),
+            Err(_) => Err(Waited::Timeout),
+        }
+    }
+}
+
+impl Drop for PendingReply {
+    fn drop(&mut self) {
+        self.replies.forget(&self.id, self.token);
+    }
+}
 
 /// Hands replies to their waiters until aborted (when the requester is dropped). Receive errors
 /// are retried with backoff; a subscription the broker closed is opened again, so one broker
@@ -78,7 +230,7 @@ async fn listen<S>(
     topic: String,
     options: SubscribeOptions,
     mut sub: S::Subscription,
-    pending: Pending,
+    pending: PendingReplies,
 ) where
     S: Subscriber + Send + Sync + 'static,
     S::Subscription: 'static,
@@ -90,29 +242,10 @@ async fn listen<S>(
         match sub.recv().await {
             Ok(d) => {
                 backoff = MIN;
-                if let Ok(event) = d.payload() {
-                    let token = event
-                        .extension_str(REPLY_TOKEN)
-                        .and_then(|t| t.parse::<u64>().ok());
-                    let waiter = event.causation_id().and_then(|id| {
-                        let mut map = crate::sync::lock(&pending);
-                        let waiters = map.get_mut(id)?;
-                        let at = match token {
-                            Some(token) => waiters.iter().position(|(t, _)| *t == token)?,
-                            None => 0,
-                        };
-                        let (_, tx) = waiters.remove(at);
-                        if waiters.is_empty() {
-                            map.remove(id);
-                        }
-                        Some(tx)
-                    });
-                    match waiter {
-                        Some(tx) => {
-                            let _ = tx.send(event.clone());
-                        }
-                        None => tracing::debug!(id = %event.id(), "late or unknown reply dropped"),
-                    }
+                if let Ok(event) = d.payload()
+                    && !pending.deliver(event.clone())
+                {
+                    tracing::debug!(id = %event.id(), "late or unknown reply dropped");
                 }
                 let _ = d.ack().await;
             }
@@ -152,7 +285,7 @@ async fn listen<S>(
 pub struct Requester {
     publisher: Arc<dyn DynPublisher>,
     reply_topic: String,
-    pending: Pending,
+    pending: PendingReplies,
     listener: JoinHandle<()>,
 }
 
@@ -243,7 +376,7 @@ impl Requester {
     {
         let options = SubscribeOptions::new(REQUESTER_GROUP);
         let sub = subscriber.subscribe(&reply_topic, options.clone()).await?;
-        let pending: Pending = Arc::default();
+        let pending = PendingReplies::new();
         let listener = tokio::spawn(listen(
             subscriber.clone(),
             reply_topic.clone(),
@@ -272,37 +405,15 @@ impl Requester {
         timeout: Duration,
     ) -> Result<Event, RequestError> {
         request.set_extension(REPLY_TO, self.reply_topic.as_str());
-        let id = request.id().to_owned();
-        let (tx, rx) = oneshot::channel();
-        let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
-        request.set_extension(REPLY_TOKEN, token.to_string());
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(id.clone())
-            .or_default()
-            .push((token, tx));
-        let forget = || {
-            let mut map = crate::sync::lock(&self.pending);
-            if let Some(waiters) = map.get_mut(&id) {
-                waiters.retain(|(t, _)| *t != token);
-                if waiters.is_empty() {
-                    map.remove(&id);
-                }
-            }
-        };
-        if let Err(e) = self.publisher.publish_dyn(topic, request).await {
-            forget();
-            return Err(RequestError::Publish(e));
-        }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(RequestError::Closed),
-            Err(_) => {
-                forget();
-                Err(RequestError::Timeout(timeout))
-            }
-        }
+        let waiter = self.pending.register(&mut request);
+        self.publisher
+            .publish_dyn(topic, request)
+            .await
+            .map_err(RequestError::Publish)?;
+        waiter.wait(timeout).await.map_err(|w| match w {
+            Waited::Timeout => RequestError::Timeout(timeout),
+            Waited::Closed => RequestError::Closed,
+        })
     }
 }
 
@@ -356,4 +467,54 @@ pub async fn reply<P: DynPublisher + ?Sized>(
         .await
         .map(|_| ())
         .map_err(ReplyError::Publish)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply_for(request: &Event, with_token: bool) -> Event {
+        let mut b = EventBuilder::new("t", "reply").causation_id(request.id());
+        if with_token {
+            b = b.extension(REPLY_TOKEN, request.extension_str(REPLY_TOKEN).unwrap());
+        }
+        b.build().unwrap()
+    }
+
+    #[tokio::test]
+    async fn requests_sharing_an_id_each_get_their_own_reply_and_dropped_waits_are_forgotten() {
+        let pending = PendingReplies::new();
+        let mut first = EventBuilder::new("t", "q").id("same").build().unwrap();
+        let mut second = first.clone();
+        let a = pending.register(&mut first);
+        let b = pending.register(&mut second);
+        assert_eq!(pending.len(), 2);
+        // The second's reply first: it goes to the second, by its token.
+        assert!(pending.deliver(reply_for(&second, true)));
+        assert!(b.wait(Duration::from_secs(1)).await.is_ok());
+        // A reply without a token goes to the oldest waiting request of its id.
+        assert!(pending.deliver(reply_for(&first, false)));
+        assert!(a.wait(Duration::from_secs(1)).await.is_ok());
+        assert!(pending.is_empty());
+
+        let mut third = EventBuilder::new("t", "q").build().unwrap();
+        let c = pending.register(&mut third);
+        drop(c);
+        assert!(
+            pending.is_empty(),
+            "a dropped wait (a cancelled request) is forgotten"
+        );
+        assert!(
+            !pending.deliver(reply_for(&third, true)),
+            "its late reply is dropped"
+        );
+
+        let mut fourth = EventBuilder::new("t", "q").build().unwrap();
+        let d = pending.register(&mut fourth);
+        pending.clear();
+        assert_eq!(
+            d.wait(Duration::from_secs(1)).await.unwrap_err(),
+            Waited::Closed
+        );
+    }
 }

@@ -1,17 +1,15 @@
 //! Request-reply through RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`): no reply queue
 //! is declared; the broker routes each reply straight to the requesting channel.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Confirmation};
-use messaging_core::request::{REPLY_TO, RequestError};
-use messaging_core::{AttributesReader, Event, EventExt, PublishError, PublishErrorKind};
-use tokio::sync::oneshot;
+use messaging_core::request::{PendingReplies, REPLY_TO, RequestError, Waited};
+use messaging_core::{AttributesReader, Event, PublishError, PublishErrorKind};
 
 use crate::broker::Shared;
 use crate::{codec, error};
@@ -26,10 +24,6 @@ pub(crate) fn is_reply_address(topic: &str) -> bool {
         .strip_prefix(DIRECT_REPLY_TO)
         .is_some_and(|rest| rest.starts_with('.'))
 }
-
-type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Event>>>>;
-
-use messaging_core::sync::lock;
 
 /// Sends requests and waits for their replies over direct reply-to; made by
 /// [`RabbitBroker::requester`](crate::RabbitBroker::requester).
@@ -61,7 +55,7 @@ impl std::fmt::Debug for DirectRequester {
 /// requests waiting for a reply on it.
 struct Session {
     channel: Channel,
-    pending: Pending,
+    pending: PendingReplies,
     listener: tokio::task::JoinHandle<()>,
 }
 
@@ -91,7 +85,7 @@ impl Session {
                 return Err(e);
             }
         };
-        let pending: Pending = Arc::default();
+        let pending = PendingReplies::new();
         let listening = pending.clone();
         let binding = shared.clone();
         let listener = tokio::spawn(async move {
@@ -101,18 +95,13 @@ impl Session {
                     tracing::debug!("undecodable reply dropped");
                     continue;
                 };
-                let waiter = event
-                    .causation_id()
-                    .and_then(|id| lock(&listening).remove(id));
-                match waiter {
-                    Some(tx) => {
-                        let _ = tx.send(event);
-                    }
-                    None => tracing::debug!(id = %event.id(), "late or unknown reply dropped"),
+                let id = event.id().to_owned();
+                if !listening.deliver(event) {
+                    tracing::debug!(%id, "late or unknown reply dropped");
                 }
             }
-            // The channel is gone: its waiters see their sender dropped.
-            lock(&listening).clear();
+            // The channel is gone: its waiters see their waits end.
+            listening.clear();
         });
         Ok(Self {
             channel,
@@ -130,7 +119,7 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.listener.abort();
-        lock(&self.pending).clear();
+        self.pending.clear();
         if self.channel.status().connected() {
             close(self.channel.clone(), "requester dropped");
         }
@@ -174,6 +163,9 @@ impl DirectRequester {
         timeout: Duration,
     ) -> Result<Event, RequestError> {
         request.set_extension(REPLY_TO, DIRECT_REPLY_TO);
+        let session = self.session().await.map_err(RequestError::Publish)?;
+        // Registered before encoding: registering stamps the request's reply token.
+        let waiter = session.pending.register(&mut request);
         let (props, body, size) = codec::encode(
             &self.shared.binding,
             &request,
@@ -187,14 +179,7 @@ impl DirectRequester {
                     .with_detail(format!("{size} bytes, limit {max}")),
             ));
         }
-        let session = self.session().await.map_err(RequestError::Publish)?;
         let props = props.with_reply_to(ShortString::from(DIRECT_REPLY_TO));
-        let id = request.id().to_owned();
-        let (tx, rx) = oneshot::channel();
-        lock(&session.pending).insert(id.clone(), tx);
-        let forget = || {
-            lock(&session.pending).remove(&id);
-        };
         let sent = async {
             self.shared
                 .ensure_exchange(&session.channel, topic)
@@ -222,19 +207,12 @@ impl DirectRequester {
                     .with_detail("no confirm for the request")),
             }
         };
-        if let Err(e) = sent.await {
-            forget();
-            return Err(RequestError::Publish(e));
-        }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
+        sent.await.map_err(RequestError::Publish)?;
+        waiter.wait(timeout).await.map_err(|w| match w {
+            Waited::Timeout => RequestError::Timeout(timeout),
             // The listener ended with the channel: the reply has nowhere to arrive.
-            Ok(Err(_)) => Err(RequestError::Disconnected),
-            Err(_) => {
-                forget();
-                Err(RequestError::Timeout(timeout))
-            }
-        }
+            Waited::Closed => RequestError::Disconnected,
+        })
     }
 }
 

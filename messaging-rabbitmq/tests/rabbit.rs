@@ -488,6 +488,26 @@ async fn direct_reply_to_round_trip_without_a_reply_queue() {
             "the responder got the broker's direct reply-to address, not {address:?}"
         );
     }
+    // Two requests at once that share an id (a retried command, say) each get their own
+    // reply: the direct reply-to requester kept one waiter per id, so the second replaced the
+    // first, which failed at once with `Disconnected`.
+    let twin = |sku: &str| {
+        EventBuilder::new("shop", "price.requested")
+            .id("same-id")
+            .json(&sku)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = tokio::join!(
+        requester.request(&topic, twin("ORD-A"), Duration::from_secs(30)),
+        requester.request(&topic, twin("ORD-B"), Duration::from_secs(30)),
+    );
+    let (a, b) = (
+        a.expect("the first twin's reply"),
+        b.expect("the second twin's reply"),
+    );
+    assert_eq!(a.data_json::<String>().unwrap(), "ORD-A: 99.99");
+    assert_eq!(b.data_json::<String>().unwrap(), "ORD-B: 99.99");
     let nobody = unique("nobody");
     let err = requester
         .request(
