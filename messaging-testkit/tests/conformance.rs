@@ -85,3 +85,31 @@ fn memory_broker_skips_no_case() {
     );
     assert!(messaging_testkit::conformance::cases::ALL.len() >= 20);
 }
+
+/// The one case list says what each case needs: a broker with none of the optional
+/// capabilities and a harness without raw publishing skips exactly the cases declared with
+/// needs, each for its own reason.
+#[test]
+fn a_bare_broker_skips_exactly_the_cases_declared_with_needs() {
+    use messaging_core::Features;
+    use messaging_testkit::conformance::skipped_cases;
+    let skipped = skipped_cases(&Features::new("bare"), false);
+    let reason = |name: &str| {
+        skipped
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, r)| r.as_str())
+    };
+    assert_eq!(skipped.len(), 11, "{skipped:?}");
+    assert_eq!(reason("ordering_per_key"), Some("needs per-key ordering"));
+    assert!(reason("extend_deadline_prevents_redelivery").is_some_and(|r| r.contains("extend")));
+    assert_eq!(
+        reason("payload_over_limit_is_rejected"),
+        Some("needs a payload limit")
+    );
+    assert_eq!(
+        reason("undecodable_message_is_delivered_as_error"),
+        Some("needs raw publishing in its harness")
+    );
+    assert_eq!(reason("publish_subscribe"), None);
+}

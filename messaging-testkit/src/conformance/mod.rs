@@ -101,6 +101,57 @@ pub struct Needs {
     pub raw_publish: bool,
 }
 
+impl Needs {
+    /// Per-key ordering.
+    #[must_use]
+    pub fn ordering(mut self) -> Self {
+        self.features.ordering = true;
+        self
+    }
+
+    /// Delayed redelivery.
+    #[must_use]
+    pub fn delayed_redelivery(mut self) -> Self {
+        self.features.delayed_redelivery = true;
+        self
+    }
+
+    /// Ack deadlines.
+    #[must_use]
+    pub fn ack_deadline(mut self) -> Self {
+        self.features.ack_deadline = true;
+        self
+    }
+
+    /// Extending ack deadlines.
+    #[must_use]
+    pub fn extend_deadline(mut self) -> Self {
+        self.features.extend_deadline = true;
+        self
+    }
+
+    /// A limit on payload size.
+    #[must_use]
+    pub fn payload_limit(mut self) -> Self {
+        self.payload_limit = true;
+        self
+    }
+
+    /// Broker-native dead-lettering.
+    #[must_use]
+    pub fn native_dead_letter(mut self) -> Self {
+        self.native_dead_letter = true;
+        self
+    }
+
+    /// A harness that publishes raw messages.
+    #[must_use]
+    pub fn raw_publish(mut self) -> Self {
+        self.raw_publish = true;
+        self
+    }
+}
+
 /// Why `features` rule a case out, if they do (`raw` says whether the harness publishes raw).
 pub fn skip_reason(needs: &Needs, features: &Features, raw: bool) -> Option<String> {
     let mut reasons = Vec::new();
@@ -173,7 +224,7 @@ macro_rules! conformance_suite {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_expand {
-    (tests [[$harness:expr] $test_args:tt] $($case:ident)*) => {
+    (tests [[$harness:expr] $test_args:tt] $($case:ident $([$($need:ident),*])?)*) => {
         $(
             #[tokio::test $test_args]
             async fn $case() {
@@ -184,7 +235,15 @@ macro_rules! __conformance_expand {
             }
         )*
     };
-    (names [] $($case:ident)*) => {
+    (names [] $($case:ident $([$($need:ident),*])?)*) => {
         &[$(stringify!($case)),*]
+    };
+    (needs [] $($case:ident $([$($need:ident),*])?)*) => {
+        [$(
+            (
+                stringify!($case),
+                $crate::conformance::Needs::default() $($(.$need())*)?,
+            )
+        ),*]
     };
 }

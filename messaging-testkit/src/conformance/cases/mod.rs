@@ -6,10 +6,11 @@ mod runtime;
 pub use broker::*;
 pub use runtime::*;
 
-use messaging_core::Requirements;
-
 use super::Needs;
 
+/// Every case, once: its name (the function in this module) and, in brackets, what it needs
+/// of the broker beyond the basics ([`Needs`]' builder methods). The suite's tests, [`ALL`]
+/// and [`needs`] are all made from this one list.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_cases {
@@ -28,7 +29,7 @@ macro_rules! __conformance_cases {
             non_utf8_body
             empty_body
             large_payload_within_limit
-            payload_over_limit_is_rejected
+            payload_over_limit_is_rejected [payload_limit]
             publish_after_close_fails
             receive_after_close_fails
             close_then_continue
@@ -36,24 +37,24 @@ macro_rules! __conformance_cases {
             cancelled_receive_loses_nothing
             recv_batch_returns_up_to_max
             prefetch_bounds_unsettled_deliveries
-            ordering_per_key
-            ordering_per_key_across_consumers
-            ordering_survives_redelivery
+            ordering_per_key [ordering]
+            ordering_per_key_across_consumers [ordering]
+            ordering_survives_redelivery [ordering]
             ack_is_final
             nack_redelivers_with_next_attempt
-            nack_with_delay_waits
-            unacked_redelivered_after_deadline
-            extend_deadline_prevents_redelivery
-            native_dead_letter_after_max_deliveries
-            undecodable_message_is_delivered_as_error
+            nack_with_delay_waits [delayed_redelivery]
+            unacked_redelivered_after_deadline [ack_deadline]
+            extend_deadline_prevents_redelivery [ack_deadline, extend_deadline]
+            native_dead_letter_after_max_deliveries [native_dead_letter]
+            undecodable_message_is_delivered_as_error [raw_publish]
             runtime_retry_honours_backoff_delays
             runtime_dead_letters_after_max_retries
             runtime_replay_delivers_again
             runtime_idempotent_consumer_absorbs_duplicates
             runtime_poison_message_does_not_block_others
-            runtime_undecodable_input_is_dead_lettered
+            runtime_undecodable_input_is_dead_lettered [raw_publish]
             runtime_shutdown_under_load_loses_nothing
-            runtime_long_handler_keeps_its_lease
+            runtime_long_handler_keeps_its_lease [ack_deadline, extend_deadline]
             request_reply_round_trip_and_timeout
         }
     };
@@ -62,47 +63,11 @@ macro_rules! __conformance_cases {
 /// Every case, by name.
 pub const ALL: &[&str] = crate::__conformance_cases!(names);
 
-/// What case `name` needs from the broker.
+/// What case `name` needs from the broker (nothing beyond the basics for an unknown name).
 pub fn needs(name: &str) -> Needs {
-    let features = |f: Requirements| Needs {
-        features: f,
-        ..Needs::default()
-    };
-    match name {
-        "ordering_per_key"
-        | "ordering_per_key_across_consumers"
-        | "ordering_survives_redelivery" => features(Requirements {
-            ordering: true,
-            ..Requirements::default()
-        }),
-        "nack_with_delay_waits" => features(Requirements {
-            delayed_redelivery: true,
-            ..Requirements::default()
-        }),
-        "unacked_redelivered_after_deadline" => features(Requirements {
-            ack_deadline: true,
-            ..Requirements::default()
-        }),
-        "extend_deadline_prevents_redelivery" | "runtime_long_handler_keeps_its_lease" => {
-            features(Requirements {
-                ack_deadline: true,
-                extend_deadline: true,
-                ..Requirements::default()
-            })
-        }
-        "payload_over_limit_is_rejected" => Needs {
-            payload_limit: true,
-            ..Needs::default()
-        },
-        "native_dead_letter_after_max_deliveries" => Needs {
-            native_dead_letter: true,
-            ..Needs::default()
-        },
-        "undecodable_message_is_delivered_as_error"
-        | "runtime_undecodable_input_is_dead_lettered" => Needs {
-            raw_publish: true,
-            ..Needs::default()
-        },
-        _ => Needs::default(),
-    }
+    crate::__conformance_cases!(needs)
+        .into_iter()
+        .find(|(case, _)| *case == name)
+        .map(|(_, needs)| needs)
+        .unwrap_or_default()
 }
