@@ -5,26 +5,18 @@
 
 use std::process::Command;
 
+use messaging_testkit::support::TestBroker;
+
 /// `MESSAGING_URL` per broker; `None` is the in-memory default (the variable unset).
 fn url(broker: &str) -> Option<String> {
-    let (var, default) = match broker {
+    let broker = match broker {
         "memory" => return None,
-        // nisshi drops offset-commit metadata.
-        "kafka" => (
-            "MESSAGING_TEST_KAFKA_URL",
-            "kafka://127.0.0.1:9092?commit_metadata=false",
-        ),
-        "rabbitmq" => (
-            "MESSAGING_TEST_AMQP_URL",
-            "amqp://guest:guest@127.0.0.1:5672/%2f?queue_expires=120s",
-        ),
-        "sqs" => (
-            "MESSAGING_TEST_SQS_URL",
-            "sqs://?endpoint=http://127.0.0.1:4566&region=us-east-1&wait_time=1s&retention=60s",
-        ),
+        "kafka" => TestBroker::Kafka,
+        "rabbitmq" => TestBroker::RabbitMq,
+        "sqs" => TestBroker::Sqs,
         other => panic!("unknown broker {other}"),
     };
-    Some(std::env::var(var).unwrap_or_else(|_| default.to_owned()))
+    Some(broker.url())
 }
 
 /// Longest an example may run.

@@ -8,7 +8,7 @@ use messaging_core::{BoxFuture, DynPublisher, DynSubscriber, Features, RawMessag
 use messaging_rabbitmq::{RabbitBroker, RabbitConfig};
 use messaging_testkit::conformance::{Harness, Settings};
 
-const URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const URI: &str = messaging_testkit::support::TestBroker::RabbitMq.address();
 
 /// Test queues delete themselves two minutes after their last use.
 fn test_config() -> RabbitConfig {

@@ -10,7 +10,7 @@ use messaging_core::{
 };
 use messaging_rabbitmq::{RabbitBroker, RabbitConfig};
 
-const URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const URI: &str = messaging_testkit::support::TestBroker::RabbitMq.address();
 
 /// `rabbitmqctl`, failing the test if it fails (a node that does not come back within 120 s
 /// included).

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use messaging_core::{EventBuilder, Publisher};
 use messaging_rabbitmq::{RabbitBroker, RabbitConfig};
 
-const URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const URI: &str = messaging_testkit::support::TestBroker::RabbitMq.address();
 
 async fn rabbitmqctl(args: &[&str]) {
     messaging_testkit::outage::rabbitmqctl_async(args)

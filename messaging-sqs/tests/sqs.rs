@@ -17,7 +17,7 @@ mod common;
 use common::{WAIT, config, event};
 
 fn unique(what: &str) -> String {
-    format!("st-{what}-{}", uuid::Uuid::new_v4().simple())
+    common::unique(&format!("st-{what}"))
 }
 
 async fn broker(config: SqsConfig) -> SqsBroker {

@@ -12,6 +12,7 @@ pub mod conformance;
 pub mod memory;
 pub mod netfault;
 pub mod outage;
+pub mod support;
 
 pub use memory::{
     Faults, GroupStats, MemoryBroker, MemoryBrokerBuilder, MemoryConfig, MemoryDelivery,

@@ -2,42 +2,13 @@
 //! brokers the project's scripts start (`scripts/brokers/*.sh`); a broker that is down fails
 //! its test with the connection error.
 
+use messaging_testkit::support::{TestBroker, unique};
 use std::time::Duration;
 
 use messaging::{
     Broker, ConnectError, Delivery, EventBuilder, EventExt, Inspect, Publisher, Requirements,
     SubscribeOptions, Subscriber, Subscription,
 };
-
-fn url(var: &str, default: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| default.to_owned())
-}
-
-fn kafka_url() -> String {
-    // nisshi drops offset-commit metadata.
-    url(
-        "MESSAGING_TEST_KAFKA_URL",
-        "kafka://127.0.0.1:9092?commit_metadata=false",
-    )
-}
-
-fn rabbit_url() -> String {
-    url(
-        "MESSAGING_TEST_AMQP_URL",
-        "amqp://guest:guest@127.0.0.1:5672/%2f?queue_expires=120s",
-    )
-}
-
-fn sqs_url() -> String {
-    url(
-        "MESSAGING_TEST_SQS_URL",
-        "sqs://?endpoint=http://127.0.0.1:4566&region=us-east-1&wait_time=1s&retention=60s",
-    )
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
-}
 
 /// Publish, receive, ack, and the group's depth back to zero — through the run-time-chosen
 /// publisher and subscriber.
@@ -95,17 +66,17 @@ async fn memory_by_url() {
 
 #[tokio::test]
 async fn kafka_by_url() {
-    round_trip(&kafka_url(), "kafka").await;
+    round_trip(&TestBroker::Kafka.url(), "kafka").await;
 }
 
 #[tokio::test]
 async fn rabbitmq_by_url() {
-    round_trip(&rabbit_url(), "rabbitmq").await;
+    round_trip(&TestBroker::RabbitMq.url(), "rabbitmq").await;
 }
 
 #[tokio::test]
 async fn sqs_by_url() {
-    round_trip(&sqs_url(), "sqs").await;
+    round_trip(&TestBroker::Sqs.url(), "sqs").await;
 }
 
 #[tokio::test]
@@ -132,7 +103,7 @@ async fn requirements_a_broker_cannot_meet_fail_at_connect() {
     // SQS has no replay of old messages and no transactions; the error names both.
     let url = format!(
         "{}&access_key_id=AKIA1&secret_access_key=hunter2",
-        sqs_url()
+        TestBroker::Sqs.url()
     );
     let settings = messaging::Settings::from_yaml(
         "requires:\n  replay: true\n  transactions: true\n  ordering: true\n",
@@ -151,7 +122,7 @@ async fn requirements_a_broker_cannot_meet_fail_at_connect() {
     );
     assert!(!shown.contains("hunter2"), "{shown}");
 
-    let kafka = Broker::connect(&kafka_url()).await.unwrap();
+    let kafka = Broker::connect(&TestBroker::Kafka.url()).await.unwrap();
     kafka
         .require(&Requirements {
             ordering: true,
@@ -244,7 +215,7 @@ async fn adapter_secret_options_never_show() {
     let query: Vec<String> = secrets.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let query = query.join("&");
     // Reachable Kafka: the URL the connected broker reports.
-    let kafka = Broker::connect(&format!("{}&{query}", kafka_url())).await;
+    let kafka = Broker::connect(&format!("{}&{query}", TestBroker::Kafka.url())).await;
     let shown = match &kafka {
         Ok(b) => format!("{} {b:?}", b.url()),
         Err(e) => format!("{e} {e:?}"),

@@ -12,6 +12,7 @@
 //! string-only headers (Kafka, `ce-` headers, SQS attributes) carry their string form, which
 //! is what both sides must then read. The Python SDK writes booleans there as `True`/`False`.
 
+use messaging_testkit::support::TestBroker;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -316,35 +317,10 @@ fn event_of(case: &Value) -> Event {
     b.build().unwrap()
 }
 
-fn url(var: &str, default: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| default.to_owned())
-}
-
-fn kafka_url() -> String {
-    url(
-        "MESSAGING_TEST_KAFKA_URL",
-        "kafka://127.0.0.1:9092?commit_metadata=false",
-    )
-}
-
-fn rabbit_url() -> String {
-    url(
-        "MESSAGING_TEST_AMQP_URL",
-        "amqp://guest:guest@127.0.0.1:5672/%2f?queue_expires=120s",
-    )
-}
-
-fn sqs_url() -> String {
-    url(
-        "MESSAGING_TEST_SQS_URL",
-        "sqs://?endpoint=http://127.0.0.1:4566&region=us-east-1&wait_time=1s&retention=60s",
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_reads_the_python_sdk() {
     python_to_rust(
-        &kafka_url(),
+        &TestBroker::Kafka.url(),
         "kafka",
         &[
             ("binary", true, true),
@@ -358,7 +334,7 @@ async fn kafka_reads_the_python_sdk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_reads_the_python_sdk() {
     python_to_rust(
-        &rabbit_url(),
+        &TestBroker::RabbitMq.url(),
         "rabbitmq",
         &[
             ("amqp-binary", true, false),
@@ -373,7 +349,7 @@ async fn rabbitmq_reads_the_python_sdk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqs_reads_the_python_sdk() {
     python_to_rust(
-        &sqs_url(),
+        &TestBroker::Sqs.url(),
         "sqs",
         &[
             ("sns-structured", true, false),
@@ -387,15 +363,15 @@ async fn sqs_reads_the_python_sdk() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_sdk_reads_kafka() {
-    rust_to_python(&kafka_url(), "kafka", true).await;
+    rust_to_python(&TestBroker::Kafka.url(), "kafka", true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_sdk_reads_rabbitmq() {
-    rust_to_python(&rabbit_url(), "rabbitmq", true).await;
+    rust_to_python(&TestBroker::RabbitMq.url(), "rabbitmq", true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_sdk_reads_sqs() {
-    rust_to_python(&sqs_url(), "sqs", true).await;
+    rust_to_python(&TestBroker::Sqs.url(), "sqs", true).await;
 }

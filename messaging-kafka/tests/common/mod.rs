@@ -1,7 +1,7 @@
 //! The Kafka harness for the conformance suite, against nisshi on 127.0.0.1:9092 (started by
 //! `scripts/brokers/nisshi.sh`) or an in-process librdkafka mock cluster.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
@@ -14,10 +14,11 @@ use messaging_kafka::{
     KafkaBroker, KafkaConfig, KafkaPublisher, KafkaSubscriber, KafkaSubscription,
 };
 use messaging_testkit::conformance::{Harness, Settings};
+use messaging_testkit::support::TestBroker;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 /// The test broker's address.
-pub const NISSHI: &str = "127.0.0.1:9092";
+pub const NISSHI: &str = TestBroker::Kafka.address();
 
 /// The configuration every Kafka test uses: quick commits and session expiry.
 pub fn test_config(servers: &str) -> KafkaConfig {
@@ -41,15 +42,12 @@ pub fn nisshi_config() -> KafkaConfig {
 /// Connects, failing the test with a clear message when the broker is unreachable.
 pub async fn connect(config: KafkaConfig) -> KafkaBroker {
     let servers = config.bootstrap_servers.clone();
-    KafkaBroker::connect(config).await.unwrap_or_else(|e| {
-        panic!("Kafka is not reachable at {servers} (run scripts/brokers/nisshi.sh): {e}")
-    })
+    KafkaBroker::connect(config)
+        .await
+        .unwrap_or_else(|e| TestBroker::Kafka.unreachable(format!("{servers}: {e}")))
 }
 
-/// A unique name for a test's topic or group.
-pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
-}
+pub use messaging_testkit::support::unique;
 
 /// Keeps an in-process librdkafka mock cluster alive on a thread of its own (it is neither
 /// `Send` nor `Sync`); dropping the guard stops it.

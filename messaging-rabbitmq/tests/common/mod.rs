@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use messaging_rabbitmq::{RabbitBroker, RabbitConfig};
+use messaging_testkit::support::{self, TestBroker};
 
 /// The local broker the tests run against.
-pub const URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const URI: &str = TestBroker::RabbitMq.address();
 
 /// A fresh name: `<prefix>-<what>-<uuid>`.
 pub fn unique(prefix: &str, what: &str) -> String {
-    format!("{prefix}-{what}-{}", uuid::Uuid::new_v4().simple())
+    support::unique(&format!("{prefix}-{what}"))
 }
 
 /// Test queues delete themselves two minutes after their last use.
@@ -23,7 +24,7 @@ pub fn config() -> RabbitConfig {
 
 /// Connects, or fails saying how to start the broker.
 pub async fn connect(config: RabbitConfig) -> RabbitBroker {
-    RabbitBroker::connect(config).await.unwrap_or_else(|e| {
-        panic!("RabbitMQ is not reachable (run scripts/brokers/rabbitmq.sh): {e}")
-    })
+    RabbitBroker::connect(config)
+        .await
+        .unwrap_or_else(|e| TestBroker::RabbitMq.unreachable(e))
 }

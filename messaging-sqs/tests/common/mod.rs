@@ -1,14 +1,17 @@
 //! Helpers shared by the SQS test files: moto's endpoint, a test configuration, a connected
 //! broker that fails clearly when moto is down, and a JSON test event.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::time::Duration;
 
 use messaging_core::{Event, EventBuilder};
 use messaging_sqs::{SqsBroker, SqsConfig};
+use messaging_testkit::support::TestBroker;
+
+pub use messaging_testkit::support::unique;
 
 /// moto, started by `scripts/brokers/moto.sh`.
-pub const ENDPOINT: &str = "http://127.0.0.1:4566";
+pub const ENDPOINT: &str = TestBroker::Sqs.address();
 /// Every wait for a message is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -25,10 +28,7 @@ pub fn config() -> SqsConfig {
 pub async fn broker_with(config: SqsConfig) -> SqsBroker {
     let broker = SqsBroker::new(config);
     if let Err(e) = broker.sqs().list_queues().max_results(1).send().await {
-        panic!(
-            "moto is not reachable at {ENDPOINT} (run scripts/brokers/moto.sh): {}",
-            aws_sdk_sqs::error::DisplayErrorContext(e)
-        );
+        TestBroker::Sqs.unreachable(aws_sdk_sqs::error::DisplayErrorContext(e));
     }
     broker
 }
