@@ -1,6 +1,8 @@
 //! Helpers shared by the RabbitMQ test files.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod harness;
+
 use std::time::Duration;
 
 use messaging_rabbitmq::{RabbitBroker, RabbitConfig};

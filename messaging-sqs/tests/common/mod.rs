@@ -2,6 +2,8 @@
 //! broker that fails clearly when moto is down, and a JSON test event.
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
+pub mod harness;
+
 use std::time::Duration;
 
 use messaging_core::{Event, EventBuilder};
