@@ -18,6 +18,7 @@ use messaging::{
     AttributesReader, Broker, Delivery, Event, EventBuilder, EventExt, Publisher, SubscribeOptions,
     Subscriber, Subscription,
 };
+use messaging_testkit::support::{TestBroker, unique};
 
 struct Output {
     code: u8,
@@ -108,10 +109,6 @@ fn shutdown() -> (
     (tx, async move {
         let _ = rx.wait_for(|stopped| *stopped).await;
     })
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
 fn events(stdout: &str) -> Vec<Event> {
@@ -430,10 +427,6 @@ async fn scenario(broker: Broker, cli: Cli) {
     assert_eq!(unanswered.code, 4, "{unanswered:?}");
 }
 
-fn url(var: &str, default: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| default.to_owned())
-}
-
 async fn on_real_broker(url: String) {
     let broker = Broker::connect(&url)
         .await
@@ -450,29 +443,17 @@ async fn memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka() {
-    on_real_broker(url(
-        "MESSAGING_TEST_KAFKA_URL",
-        "kafka://127.0.0.1:9092?commit_metadata=false",
-    ))
-    .await;
+    on_real_broker(TestBroker::Kafka.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq() {
-    on_real_broker(url(
-        "MESSAGING_TEST_AMQP_URL",
-        "amqp://guest:guest@127.0.0.1:5672/%2f?queue_expires=120s",
-    ))
-    .await;
+    on_real_broker(TestBroker::RabbitMq.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqs() {
-    on_real_broker(url(
-        "MESSAGING_TEST_SQS_URL",
-        "sqs://?endpoint=http://127.0.0.1:4566&region=us-east-1&wait_time=1s&retention=60s",
-    ))
-    .await;
+    on_real_broker(TestBroker::Sqs.url()).await;
 }
 
 #[tokio::test]

@@ -2,13 +2,13 @@
 //! brokers the project's scripts start (`scripts/brokers/*.sh`); a broker that is down fails
 //! its test with the connection error.
 
-use messaging_testkit::support::{TestBroker, unique};
 use std::time::Duration;
 
 use messaging::{
     Broker, ConnectError, Delivery, EventBuilder, EventExt, Inspect, Publisher, Requirements,
     SubscribeOptions, Subscriber, Subscription,
 };
+use messaging_testkit::support::{TestBroker, unique};
 
 /// Publish, receive, ack, and the group's depth back to zero — through the run-time-chosen
 /// publisher and subscriber.

@@ -12,7 +12,6 @@
 //! string-only headers (Kafka, `ce-` headers, SQS attributes) carry their string form, which
 //! is what both sides must then read. The Python SDK writes booleans there as `True`/`False`.
 
-use messaging_testkit::support::TestBroker;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -23,6 +22,7 @@ use messaging::{
     AttributesReader, Broker, ContentMode, Data, Delivery, Event, EventBuilder, ExtensionValue,
     Publisher, StartFrom, SubscribeOptions, Subscriber, Subscription,
 };
+use messaging_testkit::support::TestBroker;
 use serde_json::{Value, json};
 
 fn python() -> PathBuf {
