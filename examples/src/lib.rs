@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use messaging::{Broker, ConnectError};
 use serde::{Deserialize, Serialize};
 
-/// The seed's `order.created` payload.
+/// The `order.created` payload every example sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderCreated {

@@ -20,7 +20,7 @@ pub const CONFIG_VAR: &str = "MESSAGING_CONFIG";
 pub const ENV_PREFIX: &str = "MESSAGING_";
 
 /// Everything an application configures: the broker, the retry policy, and what its consumers
-/// require of the broker. The same shape as the seed's YAML:
+/// require of the broker. The configuration schema, in YAML:
 ///
 /// ```yaml
 /// broker:

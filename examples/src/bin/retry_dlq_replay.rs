@@ -16,7 +16,7 @@ use messaging_examples::{OrderCreated, Shutdown, broker, fresh, wait_until};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let broker = broker().await?;
     let (topic, dlq) = (fresh("orders"), fresh("orders-dlq"));
-    // The seed's policy, with shorter delays so the example runs in a second.
+    // The default policy's shape, with shorter delays so the example runs in a second.
     let policy: RetryPolicy = serde_json::from_value(serde_json::json!({
         "max_retries": 3, "backoff": "exponential", "initial_delay": "50ms", "max_delay": "1s", "dlq": dlq
     }))?;

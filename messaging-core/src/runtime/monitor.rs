@@ -9,7 +9,7 @@ use crate::inspect::Inspect;
 /// Until `stop` completes, sets every `interval`:
 /// `messaging_consumer_lag{topic, group}` (messages the group still holds; on log brokers,
 /// high watermark minus committed offset) and `messaging_dead_letter_depth{topic}` (messages
-/// waiting in the dead-letter topic — the seed's "alert on DLQ depth > 0"). A failed reading
+/// waiting in the dead-letter topic — to alert on a depth above 0). A failed reading
 /// is logged and skipped.
 pub async fn monitor_depth<I: Inspect>(
     inspector: &I,

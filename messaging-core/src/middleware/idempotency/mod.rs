@@ -1,7 +1,7 @@
 //! The idempotent consumer: duplicate deliveries of one event are processed once.
 //!
 //! [`IdempotencyLayer`] keys each message by its CloudEvents identity — `source` and `id` (or a
-//! configured extension in place of the `id`, such as the seed's `idempotency-key` sent as
+//! configured extension in place of the `id`, such as an `idempotency-key` header sent as
 //! `idempotencykey`) — scoped by subscription group and topic, so every group still processes
 //! every event once and two producers reusing an `id` are not taken for duplicates (see
 //! [`IdempotencyLayer::key_of`]). It sits inside the retry layer, around

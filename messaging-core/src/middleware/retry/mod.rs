@@ -1,7 +1,7 @@
 //! Retry with exponential or fixed backoff; the layer at the top of a handler stack that
 //! decides every failure.
 //!
-//! The policy has the seed's shape and loads from YAML or TOML with human durations:
+//! The policy follows the configuration schema (`retry_policy:`) and loads from YAML or TOML with human durations:
 //!
 //! ```
 //! use messaging_core::middleware::retry::{Backoff, RetryMode, RetryPolicy};
@@ -64,7 +64,7 @@ pub enum RetryMode {
     Redelivery,
 }
 
-/// A retry policy, with the seed's field names.
+/// A retry policy, with the configuration schema's field names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetryPolicy {
