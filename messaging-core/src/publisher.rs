@@ -246,7 +246,7 @@ pub trait Publisher: Send + Sync {
     ) -> impl Future<Output = Result<Vec<Receipt>, PublishBatchError>> + Send;
 
     /// Flushes what is in flight and closes; later publishes fail with
-    /// [`PublishErrorKind::Closed`](crate::PublishErrorKind::Closed).
+    /// [`PublishErrorKind::Closed`].
     fn close(&self) -> impl Future<Output = Result<(), PublishError>> + Send;
 
     /// What this broker can do.
