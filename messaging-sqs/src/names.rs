@@ -9,7 +9,7 @@
 //! (`billing-service`): the join is kept only when the *topic* has neither `-` nor `_`, so the
 //! topic ends at the first `-`. A topic with `-` or `_` gets
 //! `{topic with - as _}_{hash}-{group}` instead
-//! ([`group_resource_topic_first`](messaging_core::naming::group_resource_topic_first)), so
+//! ([`group_resource_topic_first`]), so
 //! (topic `a-b`, group `c`) and (topic `a`, group `b-c`) no longer share `a-b-c`.
 
 use messaging_core::naming::{Naming, group_resource_topic_first, short_hash};

@@ -2,7 +2,7 @@
 //! settler coalesces acks and nacks into batch calls.
 //!
 //! One file per role: [`poller`] (receiving while there is room, forwarding native dead
-//! letters), [`lease`] (keeping buffered messages' visibility extended), [`settler`] (batched
+//! letters), [`lease`] (keeping buffered messages' visibility extended), [`settler`](mod@settler) (batched
 //! deletes and visibility changes), [`state`] (what they share) and [`delivery`] (the
 //! subscription and deliveries the application holds).
 
