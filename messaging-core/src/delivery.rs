@@ -9,6 +9,21 @@ use cloudevents::Event;
 use crate::codec::DecodeError;
 use crate::error::{AckError, SettleError};
 
+/// Where a broker keeps a delivered message, as far as its adapter can say; the consumer
+/// runtime puts it on the delivery's `process` span.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Coordinates<'a> {
+    /// The partition (Kafka).
+    pub partition: Option<i32>,
+    /// The offset in the partition (Kafka).
+    pub offset: Option<i64>,
+    /// The channel's delivery tag (RabbitMQ).
+    pub delivery_tag: Option<u64>,
+    /// The broker's own message ID, where it assigns one (SQS); the event's `id` stands in
+    /// where it does not.
+    pub message_id: Option<&'a str>,
+}
+
 /// One delivery of a message to one consumer: the event (or why it could not be decoded), the
 /// attempt number, and the means to settle it.
 ///
@@ -47,6 +62,13 @@ pub trait Delivery: Send + Sync + 'static {
 
     /// How many times this message has been delivered, this delivery included (1 the first time).
     fn attempt(&self) -> u32;
+
+    /// Where the broker keeps this message, for telemetry (`messaging.kafka.offset`,
+    /// `messaging.rabbitmq.message.delivery_tag`...): what the adapter knows. The default
+    /// knows nothing.
+    fn coordinates(&self) -> Coordinates<'_> {
+        Coordinates::default()
+    }
 
     /// Acknowledges the message.
     fn ack(self) -> impl Future<Output = Result<(), SettleError<Self>>> + Send

@@ -24,7 +24,7 @@ use std::time::Duration;
 use cloudevents::Event;
 
 use crate::codec::DecodeError;
-use crate::delivery::Delivery;
+use crate::delivery::{Coordinates, Delivery};
 use crate::error::{AckError, PublishError, ReceiveError, SettleError, SubscribeError};
 use crate::features::Features;
 use crate::publisher::{PublishBatchError, Publisher, Receipt};
@@ -240,6 +240,8 @@ pub trait DynDelivery: Send + Sync + 'static {
     fn topic_dyn(&self) -> &str;
     /// See [`Delivery::attempt`].
     fn attempt_dyn(&self) -> u32;
+    /// See [`Delivery::coordinates`].
+    fn coordinates_dyn(&self) -> Coordinates<'_>;
     /// See [`Delivery::ack`].
     fn ack_dyn(self: Box<Self>) -> BoxFuture<'static, Result<(), SettleError<BoxDelivery>>>;
     /// See [`Delivery::nack`].
@@ -271,6 +273,9 @@ impl<D: Delivery> DynDelivery for D {
     fn attempt_dyn(&self) -> u32 {
         self.attempt()
     }
+    fn coordinates_dyn(&self) -> Coordinates<'_> {
+        self.coordinates()
+    }
     fn ack_dyn(self: Box<Self>) -> BoxFuture<'static, Result<(), SettleError<BoxDelivery>>> {
         Box::pin(async move { (*self).ack().await.map_err(rebox) })
     }
@@ -297,6 +302,9 @@ impl Delivery for BoxDelivery {
     }
     fn attempt(&self) -> u32 {
         (**self).attempt_dyn()
+    }
+    fn coordinates(&self) -> Coordinates<'_> {
+        (**self).coordinates_dyn()
     }
     fn ack(self) -> impl Future<Output = Result<(), SettleError<Self>>> + Send {
         <dyn DynDelivery>::ack_dyn(self)

@@ -72,6 +72,7 @@ pub mod request;
 pub mod runtime;
 pub mod subscriber;
 pub mod sync;
+pub mod telemetry;
 
 pub use chrono;
 pub use cloudevents;
@@ -80,7 +81,7 @@ pub use cloudevents::{AttributesReader, AttributesWriter, Data, Event};
 
 pub use codec::{Binding, ContentMode, DecodeError, DecodeErrorKind, RawMessage};
 pub use connect::{Adapter, BrokerUrl, ConfigError, ConnectError};
-pub use delivery::Delivery;
+pub use delivery::{Coordinates, Delivery};
 pub use dynamic::{
     BoxDelivery, BoxFuture, BoxSubscription, DynDelivery, DynPublisher, DynSubscriber,
     DynSubscription,

@@ -13,6 +13,8 @@ pub mod memory;
 pub mod netfault;
 pub mod outage;
 pub mod support;
+#[cfg(feature = "opentelemetry")]
+pub mod telemetry;
 
 pub use memory::{
     Faults, GroupStats, MemoryBroker, MemoryBrokerBuilder, MemoryConfig, MemoryDelivery,

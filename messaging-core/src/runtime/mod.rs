@@ -99,7 +99,7 @@ pub mod probes;
 mod run;
 mod status;
 #[cfg(feature = "opentelemetry")]
-mod trace_context;
+pub(crate) mod trace_context;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -15,6 +15,7 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 use tracing::Instrument;
+use tracing::field::Empty;
 
 use super::Backlog;
 use super::intake::{Breaker, Limiter};
@@ -31,6 +32,7 @@ use crate::features::{DelaySupport, Features, Unsupported};
 use crate::handler::{DeadLetterReason, Failure, Incoming, Origin, Outcome, catch_panic, panicked};
 use crate::middleware::retry::RetryMode;
 use crate::subscriber::{SubscribeOptions, Subscriber, Subscription};
+use crate::telemetry::semconv;
 
 /// What a run did, counted per delivery.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -95,24 +97,40 @@ impl std::error::Error for RunError {
     }
 }
 
-/// Metric handles, registered once per run.
+/// Metric handles, registered once per run: the conventions' (`messaging.*`, labelled with
+/// their attributes) and the project's own (`messaging_*{topic, group}`).
 struct Metrics {
-    received: metrics::Counter,
+    consumed: metrics::Counter,
+    process_seconds: metrics::Histogram,
+    ack_seconds: metrics::Histogram,
+    nack_seconds: metrics::Histogram,
+    end_to_end_seconds: metrics::Histogram,
     acked: metrics::Counter,
     redelivered: metrics::Counter,
     dead_lettered: metrics::Counter,
     settle_failures: metrics::Counter,
     dead_letter_failures: metrics::Counter,
-    handler_seconds: metrics::Histogram,
     in_flight: metrics::Gauge,
     resubscribed: metrics::Counter,
 }
 
 impl Metrics {
-    fn new(topic: &str, group: &str) -> Self {
-        let labels = [("topic", topic.to_owned()), ("group", group.to_owned())];
+    fn new(telemetry: &Telemetry) -> Self {
+        crate::telemetry::describe_metrics();
+        let labels = [
+            ("topic", telemetry.topic.clone()),
+            ("group", telemetry.group.clone()),
+        ];
+        let consumed = telemetry.labels("receive", None);
+        let process = telemetry.labels("process", None);
+        let ack = telemetry.settle_labels("ack", None);
+        let nack = telemetry.settle_labels("nack", None);
         Self {
-            received: metrics::counter!("messaging_received_total", &labels),
+            consumed: metrics::counter!(semconv::METRIC_CONSUMED_MESSAGES, &consumed),
+            process_seconds: metrics::histogram!(semconv::METRIC_PROCESS_DURATION, &process),
+            ack_seconds: metrics::histogram!(semconv::METRIC_OPERATION_DURATION, &ack),
+            nack_seconds: metrics::histogram!(semconv::METRIC_OPERATION_DURATION, &nack),
+            end_to_end_seconds: metrics::histogram!(crate::telemetry::END_TO_END_LATENCY, &labels),
             acked: metrics::counter!("messaging_acked_total", &labels),
             redelivered: metrics::counter!("messaging_redelivered_total", &labels),
             dead_lettered: metrics::counter!("messaging_dead_lettered_total", &labels),
@@ -121,10 +139,109 @@ impl Metrics {
                 "messaging_dead_letter_failures_total",
                 &labels
             ),
-            handler_seconds: metrics::histogram!("messaging_handler_duration_seconds", &labels),
             in_flight: metrics::gauge!("messaging_in_flight", &labels),
             resubscribed: metrics::counter!("messaging_resubscribed_total", &labels),
         }
+    }
+}
+
+/// What the consumer's spans and metrics say of it, by the conventions.
+struct Telemetry {
+    system: &'static str,
+    topic: String,
+    group: String,
+    /// Span names, built once: `process {topic}`, `ack {topic}`, `nack {topic}`.
+    process_name: String,
+    ack_name: String,
+    nack_name: String,
+}
+
+impl Telemetry {
+    fn new(broker: &str, topic: &str, group: &str) -> Self {
+        Self {
+            system: semconv::system_for(broker),
+            topic: topic.to_owned(),
+            group: group.to_owned(),
+            process_name: format!("process {topic}"),
+            ack_name: format!("ack {topic}"),
+            nack_name: format!("nack {topic}"),
+        }
+    }
+
+    fn labels(
+        &self,
+        operation: &'static str,
+        error: Option<String>,
+    ) -> Vec<(&'static str, String)> {
+        let mut labels = vec![
+            (semconv::MESSAGING_SYSTEM, self.system.to_owned()),
+            (semconv::MESSAGING_OPERATION_NAME, operation.to_owned()),
+            (semconv::MESSAGING_DESTINATION_NAME, self.topic.clone()),
+            (semconv::MESSAGING_CONSUMER_GROUP_NAME, self.group.clone()),
+        ];
+        if let Some(error) = error {
+            labels.push((semconv::ERROR_TYPE, error));
+        }
+        labels
+    }
+
+    fn settle_labels(
+        &self,
+        operation: &'static str,
+        error: Option<String>,
+    ) -> Vec<(&'static str, String)> {
+        let mut labels = self.labels(operation, error);
+        labels.push((semconv::MESSAGING_OPERATION_TYPE, "settle".to_owned()));
+        labels
+    }
+
+    /// The `process {topic}` span of one delivery.
+    fn process_span<D: Delivery>(&self, delivery: &D, msg: &Incoming) -> tracing::Span {
+        let event = msg.event();
+        let at = delivery.coordinates();
+        tracing::info_span!(
+            "process",
+            otel.name = %self.process_name,
+            otel.kind = "consumer",
+            otel.status_code = Empty,
+            messaging.system = self.system,
+            messaging.operation.name = "process",
+            messaging.operation.type = "process",
+            messaging.destination.name = %self.topic,
+            messaging.consumer.group.name = %self.group,
+            messaging.message.id = at.message_id.unwrap_or(event.id()),
+            messaging.message.conversation_id = event.correlation_id(),
+            messaging.destination.partition.id = at.partition,
+            messaging.kafka.offset = at.offset,
+            messaging.rabbitmq.message.delivery_tag = at.delivery_tag,
+            cloudevents.event_id = event.id(),
+            cloudevents.event_type = event.ty(),
+            cloudevents.event_source = %event.source(),
+            attempt = msg.attempt(),
+            error.type = Empty,
+        )
+    }
+
+    /// The `ack {topic}` or `nack {topic}` span of one settlement, a child of the current
+    /// (process) span.
+    fn settle_span(&self, ack: bool) -> tracing::Span {
+        let (name, operation) = if ack {
+            (&self.ack_name, "ack")
+        } else {
+            (&self.nack_name, "nack")
+        };
+        tracing::info_span!(
+            "settle",
+            otel.name = %name,
+            otel.kind = "client",
+            otel.status_code = Empty,
+            messaging.system = self.system,
+            messaging.operation.name = operation,
+            messaging.operation.type = "settle",
+            messaging.destination.name = %self.topic,
+            messaging.consumer.group.name = %self.group,
+            error.type = Empty,
+        )
     }
 }
 
@@ -140,6 +257,7 @@ struct Shared<Svc> {
     /// Cancelled when the run ends or is dropped.
     ended: CancellationToken,
     metrics: Metrics,
+    telemetry: Telemetry,
     pending: PendingDeadLetters,
     /// The subscription's ack deadline: a held delivery's deadline is never extended by less.
     ack_deadline: Duration,
@@ -284,6 +402,7 @@ where
         }
 
         let ended = CancellationToken::new();
+        let telemetry = Telemetry::new(features.broker, &self.topic, options.group());
         let shared = Arc::new(Shared {
             service: self.service,
             origin: Arc::new(Origin {
@@ -295,7 +414,8 @@ where
             guarantee: self.guarantee,
             hard_stop: ended.child_token(),
             ended,
-            metrics: Metrics::new(&self.topic, options.group()),
+            metrics: Metrics::new(&telemetry),
+            telemetry,
             pending: PendingDeadLetters::default(),
             ack_deadline: options.get_ack_deadline(),
             lease: self.lease.for_deadline(
@@ -475,7 +595,7 @@ where
                 .progress
                 .received
                 .fetch_add(n, Ordering::Relaxed);
-            shared.metrics.received.increment(n);
+            shared.metrics.consumed.increment(n);
             // Unused permits drop back into the semaphore.
             for (delivery, permit) in deliveries.into_iter().zip(batch_permits) {
                 match &mut lanes {
@@ -659,7 +779,7 @@ where
     }
 }
 
-async fn process<D, Svc>(shared: &Shared<Svc>, mut delivery: D)
+async fn process<D, Svc>(shared: &Shared<Svc>, delivery: D)
 where
     D: Delivery,
     Svc: Service<Incoming, Response = Outcome, Error = Infallible> + Clone + Send + Sync + 'static,
@@ -694,21 +814,25 @@ where
         return;
     }
     let msg = Incoming::new(event, shared.origin.clone(), delivery.attempt());
-    let span = tracing::info_span!(
-        "messaging.process",
-        topic = %shared.origin.topic,
-        group = %shared.origin.group,
-        id = %msg.event().id(),
-        r#type = %msg.event().ty(),
-        attempt = msg.attempt(),
-    );
+    let span = shared.telemetry.process_span(&delivery, &msg);
     #[cfg(feature = "opentelemetry")]
     super::trace_context::continue_trace(&span, msg.event());
+    // Handling, settling and dead-lettering all run in the process span: settle spans are its
+    // children, retries and dead letters its events.
+    handle(shared, delivery, msg).instrument(span).await;
+}
+
+async fn handle<D, Svc>(shared: &Shared<Svc>, mut delivery: D, msg: Incoming)
+where
+    D: Delivery,
+    Svc: Service<Incoming, Response = Outcome, Error = Infallible> + Clone + Send + Sync + 'static,
+    Svc::Future: Send,
+{
     if shared.guarantee == Guarantee::AtMostOnce {
-        Box::pin(at_most_once(shared, delivery, msg, span)).await;
+        Box::pin(at_most_once(shared, delivery, msg)).await;
         return;
     }
-    let work = call(shared, msg.clone()).instrument(span);
+    let work = call(shared, msg.clone());
     let outcome = tokio::select! {
         biased;
         o = work => Some(o),
@@ -725,6 +849,7 @@ where
                 .progress
                 .abandoned
                 .fetch_add(1, Ordering::Relaxed);
+            failed_span("abandoned");
             let _ = Box::pin(settle(shared, delivery, Settle::Nack(None))).await;
         }
         Some(Outcome::Ack) => {
@@ -744,6 +869,13 @@ where
             }
         },
     }
+}
+
+/// Marks the current (process) span failed with `error.type`.
+fn failed_span(error: &str) {
+    let span = tracing::Span::current();
+    span.record("error.type", error);
+    span.record("otel.status_code", "error");
 }
 
 /// Tells the circuit breaker that a delivery ended without saying anything about the handler
@@ -776,7 +908,7 @@ fn held_back<Svc>(shared: &Shared<Svc>, failure: &Failure) -> Option<Duration> {
 }
 
 /// Acks first; a failure after that can only be dead-lettered, never retried.
-async fn at_most_once<D, Svc>(shared: &Shared<Svc>, delivery: D, msg: Incoming, span: tracing::Span)
+async fn at_most_once<D, Svc>(shared: &Shared<Svc>, delivery: D, msg: Incoming)
 where
     D: Delivery,
     Svc: Service<Incoming, Response = Outcome, Error = Infallible> + Clone + Send + Sync + 'static,
@@ -787,7 +919,7 @@ where
         return;
     }
     let outcome = tokio::select! {
-        o = call(shared, msg.clone()).instrument(span) => o,
+        o = call(shared, msg.clone()) => o,
         () = shared.hard_stop.cancelled() => {
             shared.control.progress.abandoned.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("at-most-once: handler cut off at the drain timeout; its message was acked before handling and is not redelivered");
@@ -806,7 +938,7 @@ where
                 .publish_dyn(&shared.dlq_topic, event.clone())
                 .await
             {
-                Ok(_) => return count_dead_letter(shared),
+                Ok(_) => return count_dead_letter(shared, &event),
                 Err(e) if !e.is_transient() => match dead_letter::shrink(&event) {
                     Some(smaller) => event = smaller,
                     None => {
@@ -840,7 +972,13 @@ async fn backoff<Svc>(shared: &Shared<Svc>, pause: Duration) -> Duration {
     (pause * 2).min(Duration::from_secs(5))
 }
 
-fn count_dead_letter<Svc>(shared: &Shared<Svc>) {
+/// Counts a dead letter, and says so in an event of the current (process) span.
+fn count_dead_letter<Svc>(shared: &Shared<Svc>, dead: &cloudevents::Event) {
+    tracing::info!(
+        dlq = %shared.dlq_topic,
+        reason = dead.extension_str(dead_letter::REASON).unwrap_or_default(),
+        "dead-lettered"
+    );
     shared
         .control
         .progress
@@ -878,10 +1016,27 @@ where
             })
         }
     };
-    shared
-        .metrics
-        .handler_seconds
-        .record(started.elapsed().as_secs_f64());
+    let elapsed = started.elapsed().as_secs_f64();
+    match &outcome {
+        Outcome::Ack => shared.metrics.process_seconds.record(elapsed),
+        failed => {
+            let error = match failed {
+                Outcome::DeadLetter(f) => f.reason.as_str(),
+                _ => "redelivered",
+            };
+            failed_span(error);
+            let labels = shared.telemetry.labels("process", Some(error.to_owned()));
+            metrics::histogram!(semconv::METRIC_PROCESS_DURATION, &labels).record(elapsed);
+        }
+    }
+    if let Some(time) = failed.event().time()
+        && let Ok(latency) = (Utc::now() - *time).to_std()
+    {
+        shared
+            .metrics
+            .end_to_end_seconds
+            .record(latency.as_secs_f64());
+    }
     outcome
 }
 
@@ -932,7 +1087,7 @@ async fn publish_dead_letter<D: Delivery, Svc>(
                     shared.pending.forget(&event);
                 }
                 if settle(shared, delivery, Settle::Ack).await.is_ok() {
-                    count_dead_letter(shared);
+                    count_dead_letter(shared, &event);
                 }
                 return;
             }
@@ -1031,9 +1186,38 @@ enum Settle {
 /// Settles, retrying transient broker errors a few times with the delivery handed back.
 async fn settle<D: Delivery, Svc>(
     shared: &Shared<Svc>,
-    mut delivery: D,
+    delivery: D,
     how: Settle,
 ) -> Result<(), ()> {
+    let ack = matches!(how, Settle::Ack);
+    let span = shared.telemetry.settle_span(ack);
+    let started = tokio::time::Instant::now();
+    let result = settle_tries(shared, delivery, how)
+        .instrument(span.clone())
+        .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    match &result {
+        Ok(()) if ack => shared.metrics.ack_seconds.record(elapsed),
+        Ok(()) => shared.metrics.nack_seconds.record(elapsed),
+        Err(error) => {
+            span.record("error.type", error.as_str());
+            span.record("otel.status_code", "error");
+            let labels = shared
+                .telemetry
+                .settle_labels(if ack { "ack" } else { "nack" }, Some(error.clone()));
+            metrics::histogram!(semconv::METRIC_OPERATION_DURATION, &labels).record(elapsed);
+        }
+    }
+    result.map_err(|_| ())
+}
+
+/// Settles, retrying a transient failure; `Err` holds the last failure's `error.type`.
+async fn settle_tries<D: Delivery, Svc>(
+    shared: &Shared<Svc>,
+    mut delivery: D,
+    how: Settle,
+) -> Result<(), String> {
+    let mut last = String::from("_OTHER");
     for attempt in 1..=SETTLE_TRIES {
         let result = match how {
             Settle::Ack => delivery.ack().await,
@@ -1057,6 +1241,7 @@ async fn settle<D: Delivery, Svc>(
                 return Ok(());
             }
             Err(e) if e.error.kind().is_transient() && attempt < SETTLE_TRIES => {
+                last = crate::telemetry::error_type(e.error.kind());
                 delivery = e.delivery;
                 tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
             }
@@ -1068,9 +1253,9 @@ async fn settle<D: Delivery, Svc>(
                     .settle_failures
                     .fetch_add(1, Ordering::Relaxed);
                 shared.metrics.settle_failures.increment(1);
-                return Err(());
+                return Err(crate::telemetry::error_type(e.error.kind()));
             }
         }
     }
-    Err(())
+    Err(last)
 }

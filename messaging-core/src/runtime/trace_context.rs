@@ -44,19 +44,35 @@ pub(crate) fn parse(traceparent: &str) -> Option<SpanContext> {
     sc.is_valid().then_some(sc)
 }
 
-/// Makes `span` a child of the event's trace, if it has a valid `traceparent`.
+/// Makes `span` a child of the event's creation context (its valid `traceparent`), and links
+/// it there too: the conventions' process span links to the creation context of each message
+/// it accounts for, and may also take it as parent when it accounts for one message.
 pub(crate) fn continue_trace(span: &tracing::Span, event: &Event) {
     if let Some(sc) = event.traceparent().and_then(parse) {
-        let cx = opentelemetry::Context::new().with_remote_span_context(sc);
+        let cx = opentelemetry::Context::new().with_remote_span_context(sc.clone());
         let _ = span.set_parent(cx);
+        link(span, sc);
     }
+}
+
+/// Links `span` to `creation`.
+pub(crate) fn link(span: &tracing::Span, creation: SpanContext) {
+    span.add_link(creation);
+}
+
+/// `span`'s own context as a `traceparent`, if it belongs to a trace (is recorded).
+pub(crate) fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    let cx = span.context();
+    let span = cx.span();
+    format_traceparent(span.span_context())
 }
 
 /// The current span's context as a `traceparent`, if it belongs to a trace.
 pub(crate) fn current_traceparent() -> Option<String> {
-    let cx = tracing::Span::current().context();
-    let span = cx.span();
-    let sc = span.span_context();
+    traceparent_of(&tracing::Span::current())
+}
+
+fn format_traceparent(sc: &SpanContext) -> Option<String> {
     sc.is_valid().then(|| {
         format!(
             "00-{}-{}-{:02x}",

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use messaging_core::event::approximate_size;
+use messaging_core::telemetry::{SendTelemetry, semconv};
 use messaging_core::{
     Event, Features, PublishBatchError, PublishError, PublishErrorKind, Publisher, Receipt,
 };
@@ -17,6 +18,7 @@ use super::group::Payload;
 pub struct MemoryPublisher {
     broker: MemoryBroker,
     closed: Arc<AtomicBool>,
+    telemetry: SendTelemetry,
 }
 
 impl MemoryPublisher {
@@ -24,6 +26,7 @@ impl MemoryPublisher {
         Self {
             broker,
             closed: Arc::new(AtomicBool::new(false)),
+            telemetry: SendTelemetry::new(semconv::system_for("memory")),
         }
     }
 
@@ -70,8 +73,8 @@ impl MemoryPublisher {
     }
 }
 
-impl Publisher for MemoryPublisher {
-    async fn publish(&self, topic: &str, event: Event) -> Result<Receipt, PublishError> {
+impl MemoryPublisher {
+    async fn send(&self, topic: &str, event: Event) -> Result<Receipt, PublishError> {
         self.latency().await;
         self.check(&event)?;
         let (p, copy) = self.payloads(event);
@@ -84,7 +87,7 @@ impl Publisher for MemoryPublisher {
         Ok(Receipt::new().with_offset(offset))
     }
 
-    async fn publish_batch(
+    async fn send_batch(
         &self,
         topic: &str,
         events: Vec<Event>,
@@ -124,6 +127,24 @@ impl Publisher for MemoryPublisher {
                 failed,
             })
         }
+    }
+}
+
+impl Publisher for MemoryPublisher {
+    async fn publish(&self, topic: &str, event: Event) -> Result<Receipt, PublishError> {
+        self.telemetry
+            .publish(topic, event, |event| self.send(topic, event))
+            .await
+    }
+
+    async fn publish_batch(
+        &self,
+        topic: &str,
+        events: Vec<Event>,
+    ) -> Result<Vec<Receipt>, PublishBatchError> {
+        self.telemetry
+            .publish_batch(topic, events, |events| self.send_batch(topic, events))
+            .await
     }
 
     async fn close(&self) -> Result<(), PublishError> {

@@ -122,6 +122,8 @@ where
 
 /// `messaging_retries_total{topic, group, mode}`: on the failure path only.
 fn count_retry(msg: &Incoming, mode: &'static str) {
+    // An event of the current (process) span.
+    tracing::info!(mode, attempt = msg.attempt(), "retrying");
     metrics::counter!(
         "messaging_retries_total",
         "topic" => msg.topic().to_owned(),

@@ -1,0 +1,240 @@
+//! What a publish and a consume emit, on the in-memory broker, by OpenTelemetry's messaging
+//! conventions (v1.44.0): span names, kinds, attributes, links and events, and the metrics'
+//! names and units. Names are spelled out here, not taken from `semconv`, so a drift there
+//! fails these tests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use messaging_core::handler::{HandlerError, Incoming, handler_fn};
+use messaging_core::middleware::retry::RetryPolicy;
+use messaging_core::runtime::Consumer;
+use messaging_core::{
+    AttributesReader as _, DynPublisher, EventBuilder, Publisher, SubscribeOptions,
+};
+use messaging_testkit::MemoryBroker;
+use messaging_testkit::support::{unique, until};
+use messaging_testkit::telemetry::{SpanRecord, capture};
+
+fn one<'a>(spans: &'a [SpanRecord], name: &str) -> &'a SpanRecord {
+    let found: Vec<_> = spans.iter().filter(|s| s.name == name).collect();
+    assert_eq!(found.len(), 1, "one {name:?} span in {spans:#?}");
+    found[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_and_its_processing_are_one_trace_by_the_conventions() {
+    let capture = capture();
+    let topic = unique("otel-orders");
+    let broker = MemoryBroker::new();
+    let dlq: Arc<dyn DynPublisher> = Arc::new(broker.publisher());
+    let consumer = Consumer::builder(
+        broker.subscriber(),
+        dlq,
+        &topic,
+        SubscribeOptions::new("billing"),
+    )
+    .build(handler_fn(|_msg: Incoming| async {
+        Ok::<(), HandlerError>(())
+    }));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(consumer.run(async {
+        let _ = stopped.await;
+    }));
+    let event = EventBuilder::new("shop", "order.created")
+        .correlation_id("conv-1")
+        .json(&7)
+        .build()
+        .unwrap();
+    let id = event.id().to_owned();
+    broker.publisher().publish(&topic, event).await.unwrap();
+    let ack = format!("ack {topic}");
+    assert!(
+        until(Duration::from_secs(10), || {
+            capture.spans().iter().any(|s| s.name == ack)
+        })
+        .await,
+        "the delivery is acked"
+    );
+    let _ = stop.send(());
+    run.await.unwrap().unwrap();
+
+    let spans = capture.spans();
+    let send = one(&spans, &format!("send {topic}"));
+    assert_eq!(send.kind, "producer");
+    for (k, v) in [
+        ("messaging.system", "memory"),
+        ("messaging.operation.name", "send"),
+        ("messaging.operation.type", "send"),
+        ("messaging.destination.name", topic.as_str()),
+        ("messaging.message.id", id.as_str()),
+        ("messaging.message.conversation_id", "conv-1"),
+        ("cloudevents.event_id", id.as_str()),
+        ("cloudevents.event_type", "order.created"),
+        ("cloudevents.event_source", "shop"),
+    ] {
+        assert_eq!(send.attr(k), Some(v), "send span {k}: {send:#?}");
+    }
+    assert_eq!(send.attr("messaging.batch.message_count"), None);
+
+    let process = one(&spans, &format!("process {topic}"));
+    assert_eq!(process.kind, "consumer");
+    assert_eq!(process.trace_id, send.trace_id, "one trace");
+    assert_eq!(
+        process.parent_span_id, send.span_id,
+        "continues the send span"
+    );
+    assert_eq!(
+        process.links,
+        vec![send.context()],
+        "links the creation context"
+    );
+    for (k, v) in [
+        ("messaging.system", "memory"),
+        ("messaging.operation.name", "process"),
+        ("messaging.operation.type", "process"),
+        ("messaging.destination.name", topic.as_str()),
+        ("messaging.consumer.group.name", "billing"),
+        ("messaging.message.id", id.as_str()),
+        ("cloudevents.event_type", "order.created"),
+    ] {
+        assert_eq!(process.attr(k), Some(v), "process span {k}: {process:#?}");
+    }
+    assert_eq!(process.attr("error.type"), None);
+    assert!(!process.error);
+
+    let settle = one(&spans, &ack);
+    assert_eq!(settle.kind, "client");
+    assert_eq!(settle.parent_span_id, process.span_id);
+    assert_eq!(settle.attr("messaging.operation.type"), Some("settle"));
+    assert_eq!(settle.attr("messaging.operation.name"), Some("ack"));
+
+    let metrics = capture.metrics();
+    let metric = |name: &str| {
+        metrics
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("metric {name} in {metrics:#?}"))
+    };
+    let dest = ("messaging.destination.name", topic.as_str());
+    let sent = metric("messaging.client.sent.messages");
+    assert_eq!(
+        (sent.unit.as_str(), sent.kind.as_str()),
+        ("{message}", "counter")
+    );
+    assert_eq!(
+        sent.total(&[
+            dest,
+            ("messaging.system", "memory"),
+            ("messaging.operation.name", "send")
+        ]),
+        1.0
+    );
+    let consumed = metric("messaging.client.consumed.messages");
+    assert_eq!(consumed.unit, "{message}");
+    assert_eq!(
+        consumed.total(&[dest, ("messaging.consumer.group.name", "billing")]),
+        1.0
+    );
+    let process = metric("messaging.process.duration");
+    assert_eq!(
+        (process.unit.as_str(), process.kind.as_str()),
+        ("s", "histogram")
+    );
+    assert_eq!(
+        process.total(&[dest, ("messaging.operation.name", "process")]),
+        1.0
+    );
+    let operation = metric("messaging.client.operation.duration");
+    assert_eq!(operation.unit, "s");
+    assert_eq!(
+        operation.total(&[dest, ("messaging.operation.name", "send")]),
+        1.0
+    );
+    assert_eq!(
+        operation.total(&[
+            dest,
+            ("messaging.operation.name", "ack"),
+            ("messaging.operation.type", "settle")
+        ]),
+        1.0
+    );
+    let latency = metric("messaging_end_to_end_latency_seconds");
+    assert_eq!(latency.unit, "s");
+    assert_eq!(latency.total(&[("topic", topic.as_str())]), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_the_dead_letter_are_events_of_a_failed_process_span() {
+    let capture = capture();
+    let topic = unique("otel-poison");
+    let broker = MemoryBroker::new();
+    let dlq: Arc<dyn DynPublisher> = Arc::new(broker.publisher());
+    let consumer = Consumer::builder(
+        broker.subscriber(),
+        dlq,
+        &topic,
+        SubscribeOptions::new("billing"),
+    )
+    .retry(RetryPolicy {
+        max_retries: 1,
+        initial_delay: Duration::from_millis(1),
+        jitter: false,
+        ..RetryPolicy::default()
+    })
+    .build(handler_fn(|_msg: Incoming| async {
+        Err::<(), _>(HandlerError::transient("the database is down"))
+    }));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(consumer.run(async {
+        let _ = stopped.await;
+    }));
+    let event = EventBuilder::new("shop", "order.created")
+        .json(&1)
+        .build()
+        .unwrap();
+    broker.publisher().publish(&topic, event).await.unwrap();
+    let name = format!("process {topic}");
+    assert!(
+        until(Duration::from_secs(10), || {
+            capture
+                .spans()
+                .iter()
+                .any(|s| s.name == name && s.events.iter().any(|e| e == "dead-lettered"))
+        })
+        .await,
+        "a process span that dead-letters"
+    );
+    let _ = stop.send(());
+    run.await.unwrap().unwrap();
+
+    let spans = capture.spans();
+    let failed: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == name && s.events.iter().any(|e| e == "dead-lettered"))
+        .collect();
+    let failed = failed[0];
+    assert!(failed.error, "status Error: {failed:#?}");
+    assert_eq!(failed.attr("error.type"), Some("retries-exhausted"));
+    assert!(
+        failed.events.iter().any(|e| e == "retrying"),
+        "a retry event: {failed:#?}"
+    );
+    let dlq_send = one(&spans, &format!("send {topic}.dlq"));
+    assert_eq!(
+        dlq_send.trace_id, failed.trace_id,
+        "the dead letter stays in the trace"
+    );
+    let process = capture
+        .metrics()
+        .into_iter()
+        .find(|m| m.name == "messaging.process.duration")
+        .unwrap();
+    assert_eq!(
+        process.total(&[
+            ("messaging.destination.name", topic.as_str()),
+            ("error.type", "retries-exhausted")
+        ]),
+        1.0
+    );
+}
