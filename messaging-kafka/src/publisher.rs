@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures_util::task::AtomicWaker;
 use messaging_core::codec::ContentMode;
 use messaging_core::publisher::BatchOutcome;
+use messaging_core::telemetry::{SendTelemetry, semconv};
 use messaging_core::{
     Event, Features, PublishBatchError, PublishError, PublishErrorKind, Publisher, Receipt,
 };
@@ -171,6 +172,7 @@ fn message_max_bytes(config: &KafkaConfig) -> usize {
 pub struct KafkaPublisher {
     shared: Arc<Shared>,
     closed: AtomicBool,
+    telemetry: SendTelemetry,
 }
 
 impl std::fmt::Debug for KafkaPublisher {
@@ -183,9 +185,12 @@ impl std::fmt::Debug for KafkaPublisher {
 
 impl KafkaPublisher {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        let telemetry = SendTelemetry::new(semconv::system_for("kafka"))
+            .with_server_of(&shared.config.bootstrap_servers, 9092);
         Self {
             shared,
             closed: AtomicBool::new(false),
+            telemetry,
         }
     }
 
@@ -243,6 +248,38 @@ pub(crate) fn prepare<'a>(
 
 impl Publisher for KafkaPublisher {
     async fn publish(&self, topic: &str, event: Event) -> Result<Receipt, PublishError> {
+        self.telemetry
+            .publish(topic, event, |event| self.send(topic, event))
+            .await
+    }
+
+    async fn publish_batch(
+        &self,
+        topic: &str,
+        events: Vec<Event>,
+    ) -> Result<Vec<Receipt>, PublishBatchError> {
+        self.telemetry
+            .publish_batch(topic, events, |events| self.send_batch(topic, events))
+            .await
+    }
+
+    async fn close(&self) -> Result<(), PublishError> {
+        self.closed.store(true, Ordering::Release);
+        let shared = self.shared.clone();
+        let timeout = shared.config.publish_timeout;
+        tokio::task::spawn_blocking(move || shared.producer.flush(timeout))
+            .await
+            .map_err(|e| PublishError::new(PublishErrorKind::Unavailable).with_source(e))?
+            .map_err(error::publish)
+    }
+
+    fn features(&self) -> Features {
+        self.shared.features()
+    }
+}
+
+impl KafkaPublisher {
+    async fn send(&self, topic: &str, event: Event) -> Result<Receipt, PublishError> {
         self.check_open()?;
         self.shared.ensure_topics(&[topic]).await?;
         let record = prepare(&self.shared, &event, self.shared.config.content_mode)?;
@@ -253,7 +290,7 @@ impl Publisher for KafkaPublisher {
             .map_err(error::publish)
     }
 
-    async fn publish_batch(
+    async fn send_batch(
         &self,
         topic: &str,
         events: Vec<Event>,
@@ -287,19 +324,5 @@ impl Publisher for KafkaPublisher {
             }
         }
         outcome.finish(events)
-    }
-
-    async fn close(&self) -> Result<(), PublishError> {
-        self.closed.store(true, Ordering::Release);
-        let shared = self.shared.clone();
-        let timeout = shared.config.publish_timeout;
-        tokio::task::spawn_blocking(move || shared.producer.flush(timeout))
-            .await
-            .map_err(|e| PublishError::new(PublishErrorKind::Unavailable).with_source(e))?
-            .map_err(error::publish)
-    }
-
-    fn features(&self) -> Features {
-        self.shared.features()
     }
 }

@@ -10,6 +10,7 @@ use std::future::Future;
 
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use messaging_core::publisher::BatchOutcome;
+use messaging_core::telemetry::{SendTelemetry, semconv};
 use messaging_core::{
     Event, Features, PublishBatchError, PublishError, PublishErrorKind, Publisher, Receipt,
 };
@@ -25,6 +26,7 @@ use crate::{codec, error};
 pub struct RabbitPublisher {
     shared: Arc<Shared>,
     closed: Arc<AtomicBool>,
+    telemetry: SendTelemetry,
 }
 
 impl std::fmt::Debug for RabbitPublisher {
@@ -35,9 +37,12 @@ impl std::fmt::Debug for RabbitPublisher {
 
 impl RabbitPublisher {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        let telemetry = SendTelemetry::new(semconv::system_for("rabbitmq"))
+            .with_server_of(&shared.config.uri, 5672);
         Self {
             shared,
             closed: Arc::new(AtomicBool::new(false)),
+            telemetry,
         }
     }
 
@@ -159,13 +164,13 @@ fn confirmation(result: lapin::Result<Confirmation>) -> Result<Receipt, PublishE
     }
 }
 
-impl Publisher for RabbitPublisher {
-    async fn publish(&self, topic: &str, event: Event) -> Result<Receipt, PublishError> {
+impl RabbitPublisher {
+    async fn publish_one(&self, topic: &str, event: Event) -> Result<Receipt, PublishError> {
         let (props, body) = self.encode(&event)?;
         self.publish_props(topic, props, &body).await
     }
 
-    async fn publish_batch(
+    async fn publish_many(
         &self,
         topic: &str,
         events: Vec<Event>,
@@ -196,6 +201,24 @@ impl Publisher for RabbitPublisher {
             );
         }
         outcome.finish(events)
+    }
+}
+
+impl Publisher for RabbitPublisher {
+    async fn publish(&self, topic: &str, event: Event) -> Result<Receipt, PublishError> {
+        self.telemetry
+            .publish(topic, event, |event| self.publish_one(topic, event))
+            .await
+    }
+
+    async fn publish_batch(
+        &self,
+        topic: &str,
+        events: Vec<Event>,
+    ) -> Result<Vec<Receipt>, PublishBatchError> {
+        self.telemetry
+            .publish_batch(topic, events, |events| self.publish_many(topic, events))
+            .await
     }
 
     async fn close(&self) -> Result<(), PublishError> {

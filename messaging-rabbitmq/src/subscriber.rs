@@ -8,8 +8,8 @@ use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, Que
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation};
 use messaging_core::{
-    AckError, AckErrorKind, DecodeError, Delivery, Event, Features, ReceiveError, ReceiveErrorKind,
-    SettleError, SubscribeError, SubscribeOptions, Subscriber, Subscription,
+    AckError, AckErrorKind, Coordinates, DecodeError, Delivery, Event, Features, ReceiveError,
+    ReceiveErrorKind, SettleError, SubscribeError, SubscribeOptions, Subscriber, Subscription,
 };
 
 use crate::broker::Shared;
@@ -470,6 +470,13 @@ impl Delivery for RabbitDelivery {
 
     fn attempt(&self) -> u32 {
         self.attempt
+    }
+
+    fn coordinates(&self) -> Coordinates<'_> {
+        Coordinates {
+            delivery_tag: Some(self.inner.delivery_tag),
+            ..Coordinates::default()
+        }
     }
 
     async fn ack(self) -> Result<(), SettleError<Self>> {

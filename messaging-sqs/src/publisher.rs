@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures_util::StreamExt as _;
 use futures_util::stream;
 use messaging_core::publisher::BatchOutcome;
+use messaging_core::telemetry::{SendTelemetry, semconv};
 use messaging_core::{
     Event, Features, PublishBatchError, PublishError, PublishErrorKind, Publisher, Receipt,
     SubscribeError, SubscribeErrorKind,
@@ -14,6 +15,7 @@ use messaging_core::{
 
 use crate::broker::{Destination, Shared};
 use crate::codec::{self, Outgoing};
+use crate::config::Topology;
 use crate::error;
 
 /// Most entries of one `PublishBatch` / `SendMessageBatch`.
@@ -27,6 +29,7 @@ pub(crate) const MAX_BATCH: usize = 10;
 pub struct SqsPublisher {
     shared: Arc<Shared>,
     closed: Arc<AtomicBool>,
+    telemetry: SendTelemetry,
 }
 
 impl std::fmt::Debug for SqsPublisher {
@@ -389,9 +392,18 @@ impl Shared {
 
 impl SqsPublisher {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        let system = match shared.config.topology {
+            Topology::SnsFanout => semconv::system_for("sns"),
+            Topology::PointToPoint => semconv::system_for("sqs"),
+        };
+        let telemetry = match &shared.config.endpoint_url {
+            Some(endpoint) => SendTelemetry::new(system).with_server_of(endpoint, 443),
+            None => SendTelemetry::new(system),
+        };
         Self {
             shared,
             closed: Arc::new(AtomicBool::new(false)),
+            telemetry,
         }
     }
 
@@ -411,8 +423,8 @@ impl SqsPublisher {
     }
 }
 
-impl Publisher for SqsPublisher {
-    async fn publish(&self, topic: &str, event: Event) -> Result<Receipt, PublishError> {
+impl SqsPublisher {
+    async fn publish_one(&self, topic: &str, event: Event) -> Result<Receipt, PublishError> {
         self.check_open()?;
         let max = self.shared.config.max_payload();
         let out = codec::encode(
@@ -425,7 +437,7 @@ impl Publisher for SqsPublisher {
         self.shared.send_one(&dest, out).await
     }
 
-    async fn publish_batch(
+    async fn publish_many(
         &self,
         topic: &str,
         events: Vec<Event>,
@@ -451,6 +463,24 @@ impl Publisher for SqsPublisher {
             outcome.record(i, r);
         }
         outcome.finish(events)
+    }
+}
+
+impl Publisher for SqsPublisher {
+    async fn publish(&self, topic: &str, event: Event) -> Result<Receipt, PublishError> {
+        self.telemetry
+            .publish(topic, event, |event| self.publish_one(topic, event))
+            .await
+    }
+
+    async fn publish_batch(
+        &self,
+        topic: &str,
+        events: Vec<Event>,
+    ) -> Result<Vec<Receipt>, PublishBatchError> {
+        self.telemetry
+            .publish_batch(topic, events, |events| self.publish_many(topic, events))
+            .await
     }
 
     async fn close(&self) -> Result<(), PublishError> {

@@ -154,6 +154,18 @@ impl SendTelemetry {
         }
     }
 
+    /// Adds `server.address` and `server.port` from `target`: a URL
+    /// (`amqp://user:secret@host:5672/vhost`, credentials never kept) or `host:port` (the
+    /// first of a comma-separated list); `default_port` where it names none. Unchanged if
+    /// `target` names no host.
+    #[must_use]
+    pub fn with_server_of(self, target: &str, default_port: u16) -> Self {
+        match server_of(target, default_port) {
+            Some((host, port)) => self.with_server(host, port),
+            None => self,
+        }
+    }
+
     /// `messaging.system` of this publisher.
     pub fn system(&self) -> &'static str {
         self.inner.system
@@ -327,6 +339,151 @@ impl SendTelemetry {
     }
 }
 
+/// Receive-side telemetry of one pull subscription: a `receive {topic}` span per broker call
+/// that returns messages (or none), linked to the creation context of each, and its
+/// `messaging.client.operation.duration`.
+pub struct ReceiveTelemetry {
+    system: &'static str,
+    topic: String,
+    group: String,
+    name: String,
+    duration: metrics::Histogram,
+}
+
+impl fmt::Debug for ReceiveTelemetry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReceiveTelemetry")
+            .field("system", &self.system)
+            .field("topic", &self.topic)
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReceiveTelemetry {
+    /// Telemetry for receiving `topic`'s messages for `group`.
+    pub fn new(system: &'static str, topic: &str, group: &str) -> Self {
+        DESCRIBED.call_once(describe_metrics);
+        let duration = metrics::histogram!(
+            semconv::METRIC_OPERATION_DURATION,
+            &Self::labels_of(system, topic, group, None)
+        );
+        Self {
+            system,
+            topic: topic.to_owned(),
+            group: group.to_owned(),
+            name: format!("receive {topic}"),
+            duration,
+        }
+    }
+
+    fn labels_of(
+        system: &'static str,
+        topic: &str,
+        group: &str,
+        error: Option<String>,
+    ) -> Vec<(&'static str, String)> {
+        let mut labels = vec![
+            (semconv::MESSAGING_SYSTEM, system.to_owned()),
+            (semconv::MESSAGING_OPERATION_NAME, "receive".to_owned()),
+            (semconv::MESSAGING_OPERATION_TYPE, "receive".to_owned()),
+            (semconv::MESSAGING_DESTINATION_NAME, topic.to_owned()),
+            (semconv::MESSAGING_CONSUMER_GROUP_NAME, group.to_owned()),
+        ];
+        if let Some(error) = error {
+            labels.push((semconv::ERROR_TYPE, error));
+        }
+        labels
+    }
+
+    /// Starts one receive call's span.
+    pub fn start(&self) -> ReceiveOp<'_> {
+        let span = tracing::info_span!(
+            "receive",
+            otel.name = %self.name,
+            otel.kind = "client",
+            otel.status_code = Empty,
+            messaging.system = self.system,
+            messaging.operation.name = "receive",
+            messaging.operation.type = "receive",
+            messaging.destination.name = %self.topic,
+            messaging.consumer.group.name = %self.group,
+            messaging.batch.message_count = Empty,
+            error.type = Empty,
+        );
+        ReceiveOp {
+            telemetry: self,
+            span,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// One receive call in progress.
+#[derive(Debug)]
+pub struct ReceiveOp<'a> {
+    telemetry: &'a ReceiveTelemetry,
+    span: tracing::Span,
+    started: Instant,
+}
+
+impl ReceiveOp<'_> {
+    /// The call's span, to instrument the call with.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// Links the span to the creation context of a received event (feature `opentelemetry`).
+    pub fn link(&self, event: &Event) {
+        #[cfg(feature = "opentelemetry")]
+        if let Some(creation) = event
+            .traceparent()
+            .and_then(crate::runtime::trace_context::parse)
+        {
+            crate::runtime::trace_context::link(&self.span, creation);
+        }
+        #[cfg(not(feature = "opentelemetry"))]
+        let _ = event;
+    }
+
+    /// Ends the call: `count` messages received, or the error's `error.type`.
+    pub fn finish(self, count: usize, error: Option<String>) {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        self.span.record("messaging.batch.message_count", count);
+        match error {
+            None => self.telemetry.duration.record(elapsed),
+            Some(error) => {
+                self.span.record("error.type", error.as_str());
+                self.span.record("otel.status_code", "error");
+                let t = self.telemetry;
+                metrics::histogram!(
+                    semconv::METRIC_OPERATION_DURATION,
+                    &ReceiveTelemetry::labels_of(t.system, &t.topic, &t.group, Some(error))
+                )
+                .record(elapsed);
+            }
+        }
+    }
+}
+
+/// The host and port `target` names: a URL, or `host:port` (the first of a comma-separated
+/// list).
+pub fn server_of(target: &str, default_port: u16) -> Option<(String, u16)> {
+    let first = target.split(',').next()?.trim();
+    if first.contains("://") {
+        let url = url::Url::parse(first).ok()?;
+        let host = url.host_str()?.trim_matches(['[', ']']).to_owned();
+        return Some((host, url.port().unwrap_or(default_port)));
+    }
+    let (host, port) = match first.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {
+            (h, p.parse().unwrap_or(default_port))
+        }
+        _ => (first, default_port),
+    };
+    (!host.is_empty()).then(|| (host.trim_matches(['[', ']']).to_owned(), port))
+}
+
 /// Records a receipt's partition and offset on a send span.
 fn record_receipt(span: &tracing::Span, system: &str, receipt: &Receipt) {
     if let Some(p) = receipt.partition {
@@ -358,3 +515,35 @@ fn propagate(span: &tracing::Span, event: &mut Event) {
 
 #[cfg(not(feature = "opentelemetry"))]
 fn propagate(_span: &tracing::Span, _event: &mut Event) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_of_takes_the_host_and_port_and_never_the_credentials() {
+        let s = |t: &str| server_of(t, 5672);
+        assert_eq!(
+            s("amqp://app:secret@rabbit.internal:5673/%2f"),
+            Some(("rabbit.internal".into(), 5673))
+        );
+        assert_eq!(
+            s("amqps://rabbit.internal"),
+            Some(("rabbit.internal".into(), 5672))
+        );
+        assert_eq!(s("k1:9092,k2:9092"), Some(("k1".into(), 9092)));
+        assert_eq!(s("k1"), Some(("k1".into(), 5672)));
+        assert_eq!(s("[::1]:9092"), Some(("::1".into(), 9092)));
+        assert_eq!(s(""), None);
+    }
+
+    #[test]
+    fn error_type_is_the_kind_in_snake_case() {
+        use crate::error::PublishErrorKind;
+        assert_eq!(
+            error_type(PublishErrorKind::PayloadTooLarge),
+            "payload_too_large"
+        );
+        assert_eq!(error_type(PublishErrorKind::Timeout), "timeout");
+    }
+}

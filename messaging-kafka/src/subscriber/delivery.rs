@@ -6,8 +6,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use messaging_core::{
-    AckError, AckErrorKind, DecodeError, Delivery, Event, ReceiveError, ReceiveErrorKind,
-    SettleError, Subscription,
+    AckError, AckErrorKind, Coordinates, DecodeError, Delivery, Event, ReceiveError,
+    ReceiveErrorKind, SettleError, Subscription,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -188,6 +188,15 @@ impl Delivery for KafkaDelivery {
 
     fn attempt(&self) -> u32 {
         self.msg().attempt
+    }
+
+    fn coordinates(&self) -> Coordinates<'_> {
+        let m = self.msg();
+        Coordinates {
+            partition: Some(m.partition),
+            offset: Some(m.offset),
+            ..Coordinates::default()
+        }
     }
 
     async fn ack(mut self) -> Result<(), SettleError<Self>> {

@@ -10,9 +10,11 @@ use aws_sdk_sqs::types::MessageSystemAttributeName;
 use messaging_core::chrono::Utc;
 use messaging_core::dead_letter::{dead_letter_event, undecodable_event};
 use messaging_core::handler::{DeadLetterReason, Failure, Origin};
+use messaging_core::telemetry::{ReceiveTelemetry, error_type, semconv};
 use messaging_core::{DecodeError, Event, ReceiveError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use super::delivery::{SqsDelivery, release};
 use super::lease::keeper;
@@ -54,6 +56,8 @@ impl Poller {
             tokio::spawn(keeper(self.sub.clone(), self.deadline));
         }
         let shared = &self.sub.shared;
+        let telemetry =
+            ReceiveTelemetry::new(semconv::system_for("sqs"), &self.sub.topic, &self.group);
         loop {
             let Ok(first) = self.permits.clone().acquire_owned().await else {
                 return;
@@ -74,6 +78,7 @@ impl Poller {
                 };
                 permits.push((p, a));
             }
+            let op = telemetry.start();
             let result = shared
                 .sqs
                 .receive_message()
@@ -84,12 +89,14 @@ impl Poller {
                 .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
                 .message_attribute_names("All")
                 .send()
+                .instrument(op.span().clone())
                 .await;
             let received_at = Instant::now();
             let messages = match result {
                 Ok(out) => out.messages.unwrap_or_default(),
                 Err(e) => {
                     let e = error::receive(e);
+                    op.finish(0, Some(error_type(e.kind())));
                     let fatal = !e.is_transient();
                     tracing::debug!(error = %e, queue = %self.sub.url, "receive failed");
                     if self.tx.send(Err(e)).is_err() || fatal {
@@ -172,6 +179,12 @@ impl Poller {
                     ahead: Some(ahead),
                 });
             }
+            for d in &batch {
+                if let Ok(event) = &d.payload {
+                    op.link(event);
+                }
+            }
+            op.finish(batch.len(), None);
             if batch.is_empty() {
                 continue;
             }
