@@ -98,13 +98,19 @@ impl Incoming {
     }
 
     /// A builder for an event caused by this one: same correlation ID (this event's `id` if it
-    /// had none), causation ID = this event's `id`, same `traceparent`.
+    /// had none), causation ID = this event's `id`, and a `traceparent`: the handler span's,
+    /// when called in it with feature `opentelemetry` (the adapter's send span then takes its
+    /// place, as its child), else this event's.
     pub fn follow_up(&self, source: impl Into<String>, ty: impl Into<String>) -> EventBuilder {
         let e = &self.event;
         let mut b = EventBuilder::new(source, ty)
             .correlation_id(e.correlation_id().unwrap_or(e.id()))
             .causation_id(e.id());
-        if let Some(tp) = e.traceparent() {
+        #[cfg(feature = "opentelemetry")]
+        let own = crate::runtime::trace_context::current_traceparent();
+        #[cfg(not(feature = "opentelemetry"))]
+        let own: Option<String> = None;
+        if let Some(tp) = own.or_else(|| e.traceparent().map(str::to_owned)) {
             b = b.traceparent(tp);
         }
         b

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use messaging_core::handler::{HandlerError, Incoming, handler_fn};
 use messaging_core::middleware::retry::RetryPolicy;
-use messaging_core::runtime::Consumer;
+use messaging_core::runtime::{Consumer, Correlated};
 use messaging_core::{
-    AttributesReader as _, DynPublisher, EventBuilder, Publisher, SubscribeOptions,
+    AttributesReader as _, Delivery as _, DynPublisher, EventBuilder, EventExt as _, Publisher,
+    RawMessage, SubscribeOptions, Subscriber as _, Subscription as _,
 };
 use messaging_testkit::MemoryBroker;
 use messaging_testkit::support::{unique, until};
@@ -237,4 +238,147 @@ async fn retries_and_the_dead_letter_are_events_of_a_failed_process_span() {
         ]),
         1.0
     );
+}
+
+/// A handler that publishes (through `Correlated`, or with `follow_up`) hands on its own
+/// context: the event's `traceparent` names the follow-up's send span, a child of the process
+/// span, so the next consumer continues the same trace through this hop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_handler_publishes_continues_the_trace_through_its_send_span() {
+    let capture = capture();
+    let topic = unique("otel-in");
+    let out = format!("{topic}-out");
+    let broker = MemoryBroker::new();
+    let mut invoices = broker
+        .subscriber()
+        .subscribe(&out, SubscribeOptions::new("audit"))
+        .await
+        .unwrap();
+    let publisher = Correlated(broker.publisher());
+    let target = out.clone();
+    let handler = handler_fn(move |msg: Incoming| {
+        let (publisher, target) = (publisher.clone(), target.clone());
+        async move {
+            let correlated = EventBuilder::new("billing", "invoice.issued")
+                .json(&1)
+                .build()?;
+            publisher.publish(&target, correlated).await?;
+            let follow_up = msg.follow_up("billing", "invoice.sent").json(&2).build()?;
+            publisher.publish(&target, follow_up).await?;
+            Ok::<(), HandlerError>(())
+        }
+    });
+    let dlq: Arc<dyn DynPublisher> = Arc::new(broker.publisher());
+    let consumer = Consumer::builder(
+        broker.subscriber(),
+        dlq,
+        &topic,
+        SubscribeOptions::new("billing"),
+    )
+    .build(handler);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(consumer.run(async {
+        let _ = stopped.await;
+    }));
+    let order = EventBuilder::new("shop", "order.created")
+        .json(&7)
+        .build()
+        .unwrap();
+    broker.publisher().publish(&topic, order).await.unwrap();
+    let mut received = Vec::new();
+    for _ in 0..2 {
+        let d = tokio::time::timeout(Duration::from_secs(10), invoices.recv())
+            .await
+            .expect("the handler publishes twice")
+            .unwrap();
+        received.push(d.event().unwrap().clone());
+        d.ack().await.unwrap();
+    }
+    let ack = format!("ack {topic}");
+    assert!(
+        until(Duration::from_secs(10), || {
+            capture.spans().iter().any(|s| s.name == ack)
+        })
+        .await,
+        "the order is acked"
+    );
+    let _ = stop.send(());
+    run.await.unwrap().unwrap();
+
+    let spans = capture.spans();
+    let process = one(&spans, &format!("process {topic}"));
+    let sends: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == format!("send {out}"))
+        .collect();
+    assert_eq!(sends.len(), 2, "{spans:#?}");
+    for event in &received {
+        let tp = event.traceparent().expect("a traceparent");
+        let send = sends
+            .iter()
+            .find(|s| tp == format!("00-{}-{}-01", s.trace_id, s.span_id))
+            .unwrap_or_else(|| panic!("{} names its send span: {tp} in {sends:#?}", event.ty()));
+        assert_eq!(
+            send.parent_span_id, process.span_id,
+            "sent from the process span"
+        );
+        assert_eq!(send.trace_id, process.trace_id);
+        assert!(
+            send.links.is_empty(),
+            "not linked to its own parent: {send:#?}"
+        );
+    }
+}
+
+/// A message the handler never sees still has its process span, failed as `undecodable`,
+/// with the dead letter's send span under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_message_has_a_failed_process_span() {
+    let capture = capture();
+    let topic = unique("otel-garbled");
+    let broker = MemoryBroker::new();
+    let dlq: Arc<dyn DynPublisher> = Arc::new(broker.publisher());
+    let consumer = Consumer::builder(
+        broker.subscriber(),
+        dlq,
+        &topic,
+        SubscribeOptions::new("billing"),
+    )
+    .build(handler_fn(|_msg: Incoming| async {
+        Ok::<(), HandlerError>(())
+    }));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(consumer.run(async {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    broker.publish_raw(
+        &topic,
+        RawMessage {
+            content_type: None,
+            headers: vec![],
+            body: b"not a cloudevent".to_vec(),
+        },
+    );
+    let ack = format!("ack {topic}");
+    assert!(
+        until(Duration::from_secs(10), || {
+            capture.spans().iter().any(|s| s.name == ack)
+        })
+        .await,
+        "the garbled message is dead-lettered and acked"
+    );
+    let _ = stop.send(());
+    run.await.unwrap().unwrap();
+    let spans = capture.spans();
+    let process = one(&spans, &format!("process {topic}"));
+    assert!(process.error);
+    assert_eq!(process.attr("error.type"), Some("undecodable"));
+    assert!(
+        process.events.iter().any(|e| e == "dead-lettered"),
+        "{process:#?}"
+    );
+    let dlq_send = one(&spans, &format!("send {topic}.dlq"));
+    assert_eq!(dlq_send.parent_span_id, process.span_id);
+    assert_eq!(one(&spans, &ack).parent_span_id, process.span_id);
 }

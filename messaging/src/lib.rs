@@ -115,4 +115,7 @@ pub mod docs {
     pub struct CloudEvents;
     #[doc = include_str!("../../docs/testing.md")]
     pub struct Testing;
+    #[cfg(feature = "opentelemetry")]
+    #[doc = include_str!("../../docs/observability.md")]
+    pub struct Observability;
 }

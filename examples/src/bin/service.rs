@@ -1,5 +1,6 @@
 //! A consumer service as it runs in production: Kubernetes probes over HTTP (`/livez`,
-//! `/readyz`, `/consumers`), a circuit breaker, pause/resume, graceful shutdown.
+//! `/readyz`, `/consumers`), Prometheus metrics (`/metrics` on `METRICS_ADDR`, by
+//! OpenTelemetry's messaging conventions), a circuit breaker, pause/resume, graceful shutdown.
 //! `cargo run -p messaging-examples --bin service` (any broker: `MESSAGING_URL`).
 //!
 //! By default it runs a short demonstration and exits: it publishes orders, reads its own
@@ -17,6 +18,7 @@ use messaging::handler::{HandlerError, Incoming, handler_fn};
 use messaging::runtime::{CircuitBreaker, ConsumerState, probes};
 use messaging::{EventBuilder, Publisher, SubscribeOptions, Subscriber};
 use messaging_examples::{OrderCreated, Shutdown, broker, fresh, wait_until};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ORDERS: usize = 20;
@@ -40,9 +42,48 @@ async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), std::io::Err
     Ok((code, body))
 }
 
+/// Serves `GET /metrics` in Prometheus' text format until `stop`.
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    prometheus: PrometheusHandle,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    loop {
+        let (mut stream, _) = tokio::select! {
+            () = &mut stop => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+        };
+        let prometheus = prometheus.clone();
+        tokio::spawn(async move {
+            let mut request = [0u8; 1024];
+            let n = stream.read(&mut request).await.unwrap_or(0);
+            let (status, body) = if request[..n].starts_with(b"GET /metrics ") {
+                ("200 OK", prometheus.render())
+            } else {
+                ("404 Not Found", String::new())
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let serve = std::env::args().any(|a| a == "--serve");
+    // Every metric of the framework, scraped by Prometheus: the conventions' dotted names
+    // come out with underscores (`messaging_client_consumed_messages`).
+    let prometheus = PrometheusBuilder::new()
+        .set_buckets(&messaging::telemetry::semconv::DURATION_BUCKETS)?
+        .install_recorder()?;
+    messaging::telemetry::describe_metrics();
     let broker = broker().await?;
     let topic = fresh("orders");
     broker
@@ -81,6 +122,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = listener.local_addr()?;
     let probe_server = tokio::spawn(probes::serve(listener, vec![handle.clone()], stop.signal()));
     println!("probes on http://{addr}/livez, /readyz, /consumers");
+    let metrics_addr: SocketAddr = match std::env::var("METRICS_ADDR") {
+        Ok(a) => a.parse()?,
+        Err(_) if serve => "127.0.0.1:9464".parse()?,
+        Err(_) => "127.0.0.1:0".parse()?,
+    };
+    let metrics_listener = tokio::net::TcpListener::bind(metrics_addr).await?;
+    let metrics_addr = metrics_listener.local_addr()?;
+    let metrics_server = tokio::spawn(serve_metrics(metrics_listener, prometheus, stop.signal()));
+    println!("metrics on http://{metrics_addr}/metrics");
     let (code, _) = get(addr, "/readyz").await?;
     println!("before the consumer runs: /readyz {code}");
     if code != 503 {
@@ -132,6 +182,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
     .await?;
     println!("resumed: all {ORDERS} orders billed");
+    let (code, body) = get(metrics_addr, "/metrics").await?;
+    for name in [
+        "messaging_client_sent_messages",
+        "messaging_client_consumed_messages",
+        "messaging_process_duration",
+        "messaging_client_operation_duration",
+    ] {
+        if code != 200 || !body.contains(name) {
+            return Err(format!("/metrics {code} has no {name}:\n{body}").into());
+        }
+    }
+    println!(
+        "/metrics: the conventions' metrics, e.g. {}",
+        body.lines()
+            .find(|l| l.starts_with("messaging_client_consumed_messages"))
+            .unwrap_or_default()
+    );
 
     if serve {
         println!("serving; Ctrl-C to stop");
@@ -141,6 +208,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let report = run.await??;
     println!("stopped: {report:?}");
     probe_server.await??;
+    metrics_server.await?;
     let state = handle.status().state;
     if state != ConsumerState::Stopped {
         return Err(format!("consumer ended in state {state:?}").into());

@@ -211,7 +211,7 @@ impl Telemetry {
             messaging.consumer.group.name = %self.group,
             messaging.message.id = at.message_id.unwrap_or(event.id()),
             messaging.message.conversation_id = event.correlation_id(),
-            messaging.destination.partition.id = at.partition,
+            messaging.destination.partition.id = at.partition.map(tracing::field::display),
             messaging.kafka.offset = at.offset,
             messaging.rabbitmq.message.delivery_tag = at.delivery_tag,
             cloudevents.event_id = event.id(),
@@ -220,6 +220,38 @@ impl Telemetry {
             attempt = msg.attempt(),
             error.type = Empty,
         )
+    }
+
+    /// The `process {topic}` span of a delivery the handler does not see (undecodable, cut off
+    /// before it started, or one whose dead letter is still to be published), failed with
+    /// `error`; its settle and dead-letter spans are its children.
+    fn unhandled_span<D: Delivery>(&self, delivery: &D, error: &str) -> tracing::Span {
+        let at = delivery.coordinates();
+        let event = delivery.payload().ok();
+        let span = tracing::info_span!(
+            "process",
+            otel.name = %self.process_name,
+            otel.kind = "consumer",
+            otel.status_code = "error",
+            messaging.system = self.system,
+            messaging.operation.name = "process",
+            messaging.operation.type = "process",
+            messaging.destination.name = %self.topic,
+            messaging.consumer.group.name = %self.group,
+            messaging.message.id = at.message_id.or(event.map(|e| e.id())),
+            messaging.destination.partition.id = at.partition.map(tracing::field::display),
+            messaging.kafka.offset = at.offset,
+            messaging.rabbitmq.message.delivery_tag = at.delivery_tag,
+            cloudevents.event_id = event.map(|e| e.id()),
+            cloudevents.event_type = event.map(|e| e.ty()),
+            attempt = delivery.attempt(),
+            error.type = error,
+        );
+        #[cfg(feature = "opentelemetry")]
+        if let Some(event) = event {
+            super::trace_context::continue_trace(&span, event);
+        }
+        span
     }
 
     /// The `ack {topic}` or `nack {topic}` span of one settlement, a child of the current
@@ -794,7 +826,10 @@ where
             .progress
             .abandoned
             .fetch_add(1, Ordering::Relaxed);
-        let _ = Box::pin(settle(shared, delivery, Settle::Nack(None))).await;
+        let span = shared.telemetry.unhandled_span(&delivery, "abandoned");
+        let _ = Box::pin(settle(shared, delivery, Settle::Nack(None)))
+            .instrument(span)
+            .await;
         return;
     }
     // Cold paths are boxed so they do not swell every delivery's task.
@@ -802,7 +837,10 @@ where
         Ok(e) => e,
         Err(err) => {
             no_verdict(shared);
-            Box::pin(dead_letter_undecodable(shared, delivery, &err)).await;
+            let span = shared.telemetry.unhandled_span(&delivery, "undecodable");
+            Box::pin(dead_letter_undecodable(shared, delivery, &err))
+                .instrument(span)
+                .await;
             return;
         }
     };
@@ -810,7 +848,12 @@ where
         no_verdict(shared);
         // Decided before; only the dead-letter publish failed.
         let dead = dead_letter::dead_letter_event(&event, &failure, &shared.origin);
-        Box::pin(publish_dead_letter(shared, delivery, dead, Some(failure))).await;
+        let span = shared
+            .telemetry
+            .unhandled_span(&delivery, failure.reason.as_str());
+        Box::pin(publish_dead_letter(shared, delivery, dead, Some(failure)))
+            .instrument(span)
+            .await;
         return;
     }
     let msg = Incoming::new(event, shared.origin.clone(), delivery.attempt());
@@ -1029,7 +1072,9 @@ where
             metrics::histogram!(semconv::METRIC_PROCESS_DURATION, &labels).record(elapsed);
         }
     }
-    if let Some(time) = failed.event().time()
+    // Once per message: when it is done with (acked or dead-lettered), not per attempt.
+    if !matches!(outcome, Outcome::Redeliver { .. })
+        && let Some(time) = failed.event().time()
         && let Ok(latency) = (Utc::now() - *time).to_std()
     {
         shared
@@ -1217,7 +1262,7 @@ async fn settle_tries<D: Delivery, Svc>(
     mut delivery: D,
     how: Settle,
 ) -> Result<(), String> {
-    let mut last = String::from("_OTHER");
+    let mut last = None;
     for attempt in 1..=SETTLE_TRIES {
         let result = match how {
             Settle::Ack => delivery.ack().await,
@@ -1241,7 +1286,7 @@ async fn settle_tries<D: Delivery, Svc>(
                 return Ok(());
             }
             Err(e) if e.error.kind().is_transient() && attempt < SETTLE_TRIES => {
-                last = crate::telemetry::error_type(e.error.kind());
+                last = Some(e.error.kind());
                 delivery = e.delivery;
                 tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
             }
@@ -1257,5 +1302,5 @@ async fn settle_tries<D: Delivery, Svc>(
             }
         }
     }
-    Err(last)
+    Err(last.map_or_else(|| "_OTHER".to_owned(), crate::telemetry::error_type))
 }

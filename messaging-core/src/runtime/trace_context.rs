@@ -44,10 +44,22 @@ pub(crate) fn parse(traceparent: &str) -> Option<SpanContext> {
     sc.is_valid().then_some(sc)
 }
 
+/// Whether `sc` is the context of the current span: a `traceparent` stamped by `Correlated` or
+/// `Incoming::follow_up` in the handler's span, which the send span, its child, replaces.
+pub(crate) fn names_current(sc: &SpanContext) -> bool {
+    let cx = tracing::Span::current().context();
+    let current = cx.span();
+    let current = current.span_context();
+    current.is_valid() && current.span_id() == sc.span_id() && current.trace_id() == sc.trace_id()
+}
+
 /// Makes `span` a child of the event's creation context (its valid `traceparent`), and links
 /// it there too: the conventions' process span links to the creation context of each message
 /// it accounts for, and may also take it as parent when it accounts for one message.
 pub(crate) fn continue_trace(span: &tracing::Span, event: &Event) {
+    if span.is_disabled() {
+        return;
+    }
     if let Some(sc) = event.traceparent().and_then(parse) {
         let cx = opentelemetry::Context::new().with_remote_span_context(sc.clone());
         let _ = span.set_parent(cx);

@@ -192,8 +192,9 @@ impl SendTelemetry {
             (semconv::MESSAGING_OPERATION_NAME, "send".to_owned()),
             (semconv::MESSAGING_DESTINATION_NAME, topic.to_owned()),
         ];
-        if let Some((address, _)) = &self.inner.server {
+        if let Some((address, port)) = &self.inner.server {
             labels.push((semconv::SERVER_ADDRESS, address.clone()));
+            labels.push((semconv::SERVER_PORT, port.to_string()));
         }
         if let Some(error) = error {
             labels.push((semconv::ERROR_TYPE, error));
@@ -251,7 +252,7 @@ impl SendTelemetry {
         Fut: Future<Output = Result<Receipt, PublishError>>,
     {
         let span = self.span(topic, None, Some(&event));
-        propagate(&span, &mut event);
+        let _ = propagate(&span, &mut event);
         let metrics = self.topic(topic);
         let started = Instant::now();
         let result = send(event).instrument(span.clone()).await;
@@ -283,13 +284,27 @@ impl SendTelemetry {
     {
         let count = events.len();
         let span = self.span(topic, Some(count), None);
-        for event in &mut events {
-            propagate(&span, event);
+        // Indices of the events whose traceparent this send wrote (none without a subscriber).
+        let mut stamped = Vec::new();
+        for (i, event) in events.iter_mut().enumerate() {
+            if propagate(&span, event) {
+                stamped.push(i);
+            }
         }
         let metrics = self.topic(topic);
         let started = Instant::now();
-        let result = send(events).instrument(span.clone()).await;
+        let mut result = send(events).instrument(span.clone()).await;
         let elapsed = started.elapsed().as_secs_f64();
+        // The events handed back are as the caller gave them: a retry is another send.
+        if let Err(e) = &mut result
+            && !stamped.is_empty()
+        {
+            for (i, event, _) in &mut e.failed {
+                if stamped.binary_search(i).is_ok() {
+                    event.remove_extension(crate::event::TRACEPARENT);
+                }
+            }
+        }
         match &result {
             Ok(_) => {
                 metrics.sent.increment(count as u64);
@@ -415,6 +430,7 @@ impl ReceiveTelemetry {
             telemetry: self,
             span,
             started: Instant::now(),
+            returned: None,
         }
     }
 }
@@ -425,6 +441,7 @@ pub struct ReceiveOp<'a> {
     telemetry: &'a ReceiveTelemetry,
     span: tracing::Span,
     started: Instant,
+    returned: Option<f64>,
 }
 
 impl ReceiveOp<'_> {
@@ -433,12 +450,19 @@ impl ReceiveOp<'_> {
         &self.span
     }
 
+    /// Marks the broker call returned: the operation's duration ends here, not at
+    /// [`finish`](Self::finish), which may come after decoding what it returned.
+    pub fn returned(&mut self) {
+        self.returned = Some(self.started.elapsed().as_secs_f64());
+    }
+
     /// Links the span to the creation context of a received event (feature `opentelemetry`).
     pub fn link(&self, event: &Event) {
         #[cfg(feature = "opentelemetry")]
-        if let Some(creation) = event
-            .traceparent()
-            .and_then(crate::runtime::trace_context::parse)
+        if !self.span.is_disabled()
+            && let Some(creation) = event
+                .traceparent()
+                .and_then(crate::runtime::trace_context::parse)
         {
             crate::runtime::trace_context::link(&self.span, creation);
         }
@@ -448,7 +472,9 @@ impl ReceiveOp<'_> {
 
     /// Ends the call: `count` messages received, or the error's `error.type`.
     pub fn finish(self, count: usize, error: Option<String>) {
-        let elapsed = self.started.elapsed().as_secs_f64();
+        let elapsed = self
+            .returned
+            .unwrap_or_else(|| self.started.elapsed().as_secs_f64());
         self.span.record("messaging.batch.message_count", count);
         match error {
             None => self.telemetry.duration.record(elapsed),
@@ -487,7 +513,10 @@ pub fn server_of(target: &str, default_port: u16) -> Option<(String, u16)> {
 /// Records a receipt's partition and offset on a send span.
 fn record_receipt(span: &tracing::Span, system: &str, receipt: &Receipt) {
     if let Some(p) = receipt.partition {
-        span.record("messaging.destination.partition.id", p);
+        span.record(
+            "messaging.destination.partition.id",
+            tracing::field::display(p),
+        );
     }
     if system == "kafka"
         && let Some(o) = receipt.offset
@@ -496,25 +525,35 @@ fn record_receipt(span: &tracing::Span, system: &str, receipt: &Receipt) {
     }
 }
 
-/// Writes the send span's context into an event without a `traceparent`; links the span to
-/// the context of an event that has one (its creation context, kept end to end).
+/// Writes the send span's context into an event without a `traceparent`, or with the one
+/// `Correlated`/`follow_up` stamped from the span the publish is called in (the send span is
+/// that span's child); links the span to any other `traceparent`, the event's creation
+/// context, kept end to end. Returns whether it wrote the event's `traceparent`.
 #[cfg(feature = "opentelemetry")]
-fn propagate(span: &tracing::Span, event: &mut Event) {
-    match event
-        .traceparent()
-        .and_then(crate::runtime::trace_context::parse)
-    {
-        Some(creation) => crate::runtime::trace_context::link(span, creation),
-        None => {
-            if let Some(tp) = crate::runtime::trace_context::traceparent_of(span) {
-                event.set_extension(crate::event::TRACEPARENT, tp);
-            }
+fn propagate(span: &tracing::Span, event: &mut Event) -> bool {
+    use crate::runtime::trace_context as tc;
+    if span.is_disabled() {
+        return false;
+    }
+    match event.traceparent().and_then(tc::parse) {
+        Some(creation) if !tc::names_current(&creation) => {
+            tc::link(span, creation);
+            false
         }
+        _ => match tc::traceparent_of(span) {
+            Some(tp) => {
+                event.set_extension(crate::event::TRACEPARENT, tp);
+                true
+            }
+            None => false,
+        },
     }
 }
 
 #[cfg(not(feature = "opentelemetry"))]
-fn propagate(_span: &tracing::Span, _event: &mut Event) {}
+fn propagate(_span: &tracing::Span, _event: &mut Event) -> bool {
+    false
+}
 
 #[cfg(test)]
 mod tests {

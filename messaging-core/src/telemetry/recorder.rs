@@ -150,7 +150,7 @@ impl metrics::Recorder for OpenTelemetryRecorder {
         let g = Arc::new(OtelGauge {
             gauge: b.build(),
             attributes: attributes(key),
-            value: AtomicU64::new(0f64.to_bits()),
+            value: Mutex::new(0.0),
         });
         gauges.insert(key.clone(), g.clone());
         Gauge::from_arc(g)
@@ -205,19 +205,15 @@ impl CounterFn for OtelCounter {
 struct OtelGauge {
     gauge: opentelemetry::metrics::Gauge<f64>,
     attributes: Vec<KeyValue>,
-    value: AtomicU64,
+    /// The value; updated and recorded under the lock, so records are never out of order.
+    value: Mutex<f64>,
 }
 
 impl OtelGauge {
     fn update(&self, f: impl Fn(f64) -> f64) {
-        let mut now = 0.0;
-        let _ = self
-            .value
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                now = f(f64::from_bits(bits));
-                Some(now.to_bits())
-            });
-        self.gauge.record(now, &self.attributes);
+        let mut value = crate::sync::lock(&self.value);
+        *value = f(*value);
+        self.gauge.record(*value, &self.attributes);
     }
 }
 

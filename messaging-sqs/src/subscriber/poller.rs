@@ -78,7 +78,7 @@ impl Poller {
                 };
                 permits.push((p, a));
             }
-            let op = telemetry.start();
+            let mut op = telemetry.start();
             let result = shared
                 .sqs
                 .receive_message()
@@ -91,6 +91,7 @@ impl Poller {
                 .send()
                 .instrument(op.span().clone())
                 .await;
+            op.returned();
             let received_at = Instant::now();
             let messages = match result {
                 Ok(out) => out.messages.unwrap_or_default(),
