@@ -3,19 +3,21 @@
 //! names and units. Names are spelled out here, not taken from `semconv`, so a drift there
 //! fails these tests.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use messaging_core::handler::{HandlerError, Incoming, handler_fn};
 use messaging_core::middleware::retry::RetryPolicy;
-use messaging_core::runtime::{Consumer, Correlated};
+use messaging_core::runtime::{Consumer, ConsumerBuilder, Correlated, RunError, RunReport};
 use messaging_core::{
     AttributesReader as _, Delivery as _, DynPublisher, EventBuilder, EventExt as _, Publisher,
     RawMessage, SubscribeOptions, Subscriber as _, Subscription as _,
 };
-use messaging_testkit::MemoryBroker;
 use messaging_testkit::support::{unique, until};
 use messaging_testkit::telemetry::{SpanRecord, capture};
+use messaging_testkit::{MemoryBroker, MemorySubscriber};
 
 fn one<'a>(spans: &'a [SpanRecord], name: &str) -> &'a SpanRecord {
     let found: Vec<_> = spans.iter().filter(|s| s.name == name).collect();
@@ -23,25 +25,62 @@ fn one<'a>(spans: &'a [SpanRecord], name: &str) -> &'a SpanRecord {
     found[0]
 }
 
+/// A consumer of `topic` on `broker` for group `billing`, dead letters to the same broker.
+fn consumer(broker: &MemoryBroker, topic: &str) -> ConsumerBuilder<MemorySubscriber> {
+    let dlq: Arc<dyn DynPublisher> = Arc::new(broker.publisher());
+    Consumer::builder(
+        broker.subscriber(),
+        dlq,
+        topic,
+        SubscribeOptions::new("billing"),
+    )
+}
+
+/// A consumer run in the background, stopped by [`Running::stop`].
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    run: tokio::task::JoinHandle<Result<RunReport, RunError>>,
+}
+
+fn spawn<F, Fut>(run: F) -> Running
+where
+    F: FnOnce(Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+    Fut: Future<Output = Result<RunReport, RunError>> + Send + 'static,
+{
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(run(Box::pin(async {
+        let _ = stopped.await;
+    })));
+    Running { stop, run }
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.run.await.unwrap().unwrap();
+    }
+}
+
+/// Waits until a span named `name` has ended.
+async fn ended(name: &str, what: &str) {
+    assert!(
+        until(Duration::from_secs(10), || {
+            capture().spans().iter().any(|s| s.name == name)
+        })
+        .await,
+        "{what}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_and_its_processing_are_one_trace_by_the_conventions() {
     let capture = capture();
     let topic = unique("otel-orders");
     let broker = MemoryBroker::new();
-    let dlq: Arc<dyn DynPublisher> = Arc::new(broker.publisher());
-    let consumer = Consumer::builder(
-        broker.subscriber(),
-        dlq,
-        &topic,
-        SubscribeOptions::new("billing"),
-    )
-    .build(handler_fn(|_msg: Incoming| async {
+    let consumer = consumer(&broker, &topic).build(handler_fn(|_msg: Incoming| async {
         Ok::<(), HandlerError>(())
     }));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(consumer.run(async {
-        let _ = stopped.await;
-    }));
+    let running = spawn(|stop| consumer.run(stop));
     let event = EventBuilder::new("shop", "order.created")
         .correlation_id("conv-1")
         .json(&7)
@@ -50,15 +89,8 @@ async fn a_publish_and_its_processing_are_one_trace_by_the_conventions() {
     let id = event.id().to_owned();
     broker.publisher().publish(&topic, event).await.unwrap();
     let ack = format!("ack {topic}");
-    assert!(
-        until(Duration::from_secs(10), || {
-            capture.spans().iter().any(|s| s.name == ack)
-        })
-        .await,
-        "the delivery is acked"
-    );
-    let _ = stop.send(());
-    run.await.unwrap().unwrap();
+    ended(&ack, "the delivery is acked").await;
+    running.stop().await;
 
     let spans = capture.spans();
     let send = one(&spans, &format!("send {topic}"));
@@ -170,26 +202,17 @@ async fn retries_and_the_dead_letter_are_events_of_a_failed_process_span() {
     let capture = capture();
     let topic = unique("otel-poison");
     let broker = MemoryBroker::new();
-    let dlq: Arc<dyn DynPublisher> = Arc::new(broker.publisher());
-    let consumer = Consumer::builder(
-        broker.subscriber(),
-        dlq,
-        &topic,
-        SubscribeOptions::new("billing"),
-    )
-    .retry(RetryPolicy {
-        max_retries: 1,
-        initial_delay: Duration::from_millis(1),
-        jitter: false,
-        ..RetryPolicy::default()
-    })
-    .build(handler_fn(|_msg: Incoming| async {
-        Err::<(), _>(HandlerError::transient("the database is down"))
-    }));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(consumer.run(async {
-        let _ = stopped.await;
-    }));
+    let consumer = consumer(&broker, &topic)
+        .retry(RetryPolicy {
+            max_retries: 1,
+            initial_delay: Duration::from_millis(1),
+            jitter: false,
+            ..RetryPolicy::default()
+        })
+        .build(handler_fn(|_msg: Incoming| async {
+            Err::<(), _>(HandlerError::transient("the database is down"))
+        }));
+    let running = spawn(|stop| consumer.run(stop));
     let event = EventBuilder::new("shop", "order.created")
         .json(&1)
         .build()
@@ -206,8 +229,7 @@ async fn retries_and_the_dead_letter_are_events_of_a_failed_process_span() {
         .await,
         "a process span that dead-letters"
     );
-    let _ = stop.send(());
-    run.await.unwrap().unwrap();
+    running.stop().await;
 
     let spans = capture.spans();
     let failed: Vec<_> = spans
@@ -268,18 +290,8 @@ async fn what_a_handler_publishes_continues_the_trace_through_its_send_span() {
             Ok::<(), HandlerError>(())
         }
     });
-    let dlq: Arc<dyn DynPublisher> = Arc::new(broker.publisher());
-    let consumer = Consumer::builder(
-        broker.subscriber(),
-        dlq,
-        &topic,
-        SubscribeOptions::new("billing"),
-    )
-    .build(handler);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(consumer.run(async {
-        let _ = stopped.await;
-    }));
+    let consumer = consumer(&broker, &topic).build(handler);
+    let running = spawn(|stop| consumer.run(stop));
     let order = EventBuilder::new("shop", "order.created")
         .json(&7)
         .build()
@@ -295,15 +307,8 @@ async fn what_a_handler_publishes_continues_the_trace_through_its_send_span() {
         d.ack().await.unwrap();
     }
     let ack = format!("ack {topic}");
-    assert!(
-        until(Duration::from_secs(10), || {
-            capture.spans().iter().any(|s| s.name == ack)
-        })
-        .await,
-        "the order is acked"
-    );
-    let _ = stop.send(());
-    run.await.unwrap().unwrap();
+    ended(&ack, "the order is acked").await;
+    running.stop().await;
 
     let spans = capture.spans();
     let process = one(&spans, &format!("process {topic}"));
@@ -337,20 +342,10 @@ async fn an_undecodable_message_has_a_failed_process_span() {
     let capture = capture();
     let topic = unique("otel-garbled");
     let broker = MemoryBroker::new();
-    let dlq: Arc<dyn DynPublisher> = Arc::new(broker.publisher());
-    let consumer = Consumer::builder(
-        broker.subscriber(),
-        dlq,
-        &topic,
-        SubscribeOptions::new("billing"),
-    )
-    .build(handler_fn(|_msg: Incoming| async {
+    let consumer = consumer(&broker, &topic).build(handler_fn(|_msg: Incoming| async {
         Ok::<(), HandlerError>(())
     }));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(consumer.run(async {
-        let _ = stopped.await;
-    }));
+    let running = spawn(|stop| consumer.run(stop));
     tokio::time::sleep(Duration::from_millis(50)).await;
     broker.publish_raw(
         &topic,
@@ -361,15 +356,8 @@ async fn an_undecodable_message_has_a_failed_process_span() {
         },
     );
     let ack = format!("ack {topic}");
-    assert!(
-        until(Duration::from_secs(10), || {
-            capture.spans().iter().any(|s| s.name == ack)
-        })
-        .await,
-        "the garbled message is dead-lettered and acked"
-    );
-    let _ = stop.send(());
-    run.await.unwrap().unwrap();
+    ended(&ack, "the garbled message is dead-lettered and acked").await;
+    running.stop().await;
     let spans = capture.spans();
     let process = one(&spans, &format!("process {topic}"));
     assert!(process.error);
