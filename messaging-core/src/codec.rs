@@ -308,8 +308,9 @@ impl Binding {
             ContentMode::Binary => {
                 // A receiver would take such a content type for structured or batched mode.
                 if event.datacontenttype().is_some_and(|ct| {
-                    let ct = ct.trim_start().to_ascii_lowercase();
-                    ct.starts_with(STRUCTURED_CONTENT_TYPE) || ct.starts_with(BATCH_CONTENT_TYPE)
+                    let ct = ct.trim_start();
+                    starts_with_ignore_case(ct, STRUCTURED_CONTENT_TYPE)
+                        || starts_with_ignore_case(ct, BATCH_CONTENT_TYPE)
                 }) {
                     return Err(EncodeError(
                         "data of type application/cloudevents+json needs structured mode".into(),
@@ -436,11 +437,12 @@ impl Binding {
 
     fn mode_of(content_type: Option<&str>) -> Result<ContentMode, DecodeError> {
         if let Some(ct) = content_type {
-            let lower = ct.trim_start().to_ascii_lowercase();
-            if lower.starts_with(STRUCTURED_CONTENT_TYPE) {
+            // No allocation: this runs for every message.
+            let ct = ct.trim_start();
+            if starts_with_ignore_case(ct, STRUCTURED_CONTENT_TYPE) {
                 return Ok(ContentMode::Structured);
             }
-            if lower.starts_with(BATCH_CONTENT_TYPE) {
+            if starts_with_ignore_case(ct, BATCH_CONTENT_TYPE) {
                 return Err(DecodeError::new(
                     DecodeErrorKind::UnsupportedMode,
                     "batched content mode is not supported",
@@ -458,18 +460,21 @@ impl Binding {
     }
 
     /// Every attribute but the data; returns the event and the data's content type.
+    ///
+    /// Values are collected first and the event is built once at the end, so the builder (a
+    /// large value) is not moved through every header's match arm.
     fn decode_binary<'h, V: Into<HeaderValue<'h>>>(
         &self,
         content_type: Option<&str>,
         headers: impl IntoIterator<Item = (&'h str, V)>,
     ) -> Result<(Event, Option<String>), DecodeError> {
         let mut specversion = None;
-        let mut b = EventBuilderV10::new();
         let mut seen: u16 = 0;
         let mut header_ct: Option<Cow<'h, str>> = None;
         let mut extensions: Vec<(String, Native<'h>)> = Vec::new();
         let mut schema = None;
-        let mut required = [false; 3];
+        let (mut id, mut source, mut ty) = (None, None, None);
+        let (mut subject, mut time) = (None, None);
         for (name, value) in headers {
             let Some(attr) = self.attribute_of(name) else {
                 continue;
@@ -481,49 +486,41 @@ impl Binding {
             } else {
                 Cow::Borrowed(attr)
             };
-            let idx = ATTRS.iter().position(|a| *a == attr_lower);
-            if let Some(i) = idx {
-                if seen & (1 << i) != 0 {
-                    return Err(invalid(format!("attribute {attr_lower:?} appears twice")));
-                }
-                seen |= 1 << i;
+            if attr_lower == "datacontenttype" {
+                header_ct = Some(value.into_text());
+                continue;
             }
-            match attr_lower.as_ref() {
+            let Some(i) = ATTRS.iter().position(|a| *a == attr_lower) else {
+                if !is_valid_extension_name(&attr_lower) {
+                    return Err(invalid(format!(
+                        "extension name {attr:?} is not 1-20 lowercase letters or digits"
+                    )));
+                }
+                if extensions.iter().any(|(n, _)| *n == attr_lower) {
+                    return Err(invalid(format!("extension {attr_lower:?} appears twice")));
+                }
+                extensions.push((attr_lower.into_owned(), value));
+                continue;
+            };
+            if seen & (1 << i) != 0 {
+                return Err(invalid(format!("attribute {attr_lower:?} appears twice")));
+            }
+            seen |= 1 << i;
+            if (1..=3).contains(&i) && value.is_empty_text() {
+                return Err(DecodeError::new(
+                    DecodeErrorKind::MissingAttribute,
+                    format!("attribute {attr_lower:?} is empty"),
+                ));
+            }
+            match ATTRS[i] {
                 "specversion" => specversion = Some(value.into_text()),
-                "id" | "source" | "type" if value.is_empty_text() => {
-                    return Err(DecodeError::new(
-                        DecodeErrorKind::MissingAttribute,
-                        format!("attribute {attr_lower:?} is empty"),
-                    ));
-                }
-                "id" => {
-                    required[0] = true;
-                    b = b.id(value.into_text());
-                }
-                "source" => {
-                    required[1] = true;
-                    b = b.source(value.into_text().as_ref());
-                }
-                "type" => {
-                    required[2] = true;
-                    b = b.ty(value.into_text());
-                }
-                "subject" => b = b.subject(value.into_text()),
-                "time" => b = b.time(value.into_time()?),
-                // Checked below, when the data is known.
-                "dataschema" => schema = Some(value.into_text()),
-                "datacontenttype" => header_ct = Some(value.into_text()),
-                _ => {
-                    if !is_valid_extension_name(&attr_lower) {
-                        return Err(invalid(format!(
-                            "extension name {attr:?} is not 1-20 lowercase letters or digits"
-                        )));
-                    }
-                    if extensions.iter().any(|(n, _)| *n == attr_lower) {
-                        return Err(invalid(format!("extension {attr_lower:?} appears twice")));
-                    }
-                    extensions.push((attr_lower.into_owned(), value));
-                }
+                "id" => id = Some(value.into_text()),
+                "source" => source = Some(value.into_text()),
+                "type" => ty = Some(value.into_text()),
+                "subject" => subject = Some(value.into_text()),
+                "time" => time = Some(value.into_time()?),
+                // `dataschema`, checked below, when the data is known.
+                _ => schema = Some(value.into_text()),
             }
         }
         match specversion.as_deref() {
@@ -544,12 +541,19 @@ impl Binding {
                 ));
             }
         }
-        if let Some(i) = required.iter().position(|r| !r) {
+        let (Some(id), Some(source), Some(ty)) = (id, source, ty) else {
+            let missing = [seen & 2, seen & 4, seen & 8]
+                .iter()
+                .position(|bit| *bit == 0)
+                .unwrap_or(0);
             return Err(DecodeError::new(
                 DecodeErrorKind::MissingAttribute,
-                format!("attribute {:?} is missing", ["id", "source", "type"][i]),
+                format!(
+                    "attribute {:?} is missing",
+                    ["id", "source", "type"][missing]
+                ),
             ));
-        }
+        };
         let ct = content_type
             .map(str::to_owned)
             .or(header_ct.map(Cow::into_owned));
@@ -559,6 +563,13 @@ impl Binding {
                     .map_err(|e| invalid(format!("attribute \"dataschema\" is not a uri ({e})")))
             })
             .transpose()?;
+        let mut b = EventBuilderV10::new().id(id).source(source.as_ref()).ty(ty);
+        if let Some(subject) = subject {
+            b = b.subject(subject);
+        }
+        if let Some(time) = time {
+            b = b.time(time);
+        }
         for (name, value) in extensions {
             b = b.extension(&name, value.into_extension());
         }
@@ -720,6 +731,13 @@ fn is_text(ct: Option<&str>) -> bool {
     }
 }
 
+/// `s` starts with `prefix`, ASCII case ignored, without allocating.
+fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
+}
+
 fn invalid(detail: String) -> DecodeError {
     DecodeError::new(DecodeErrorKind::InvalidAttribute, detail)
 }
@@ -735,7 +753,11 @@ fn is_json(ct: Option<&str>) -> bool {
             let ct = ct.split(';').next().unwrap_or_default().trim();
             ct.eq_ignore_ascii_case("application/json")
                 || ct.eq_ignore_ascii_case("text/json")
-                || ct.to_ascii_lowercase().ends_with("+json")
+                || ct
+                    .len()
+                    .checked_sub(5)
+                    .and_then(|i| ct.get(i..))
+                    .is_some_and(|t| t.eq_ignore_ascii_case("+json"))
         }
     }
 }

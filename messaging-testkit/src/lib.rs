@@ -8,6 +8,7 @@
 //! - [`outage`]: broker processes a test owns (killed, frozen and restarted by PID) and a
 //!   workload proving a running consumer rides an outage out.
 
+pub mod bench;
 pub mod conformance;
 pub mod memory;
 pub mod netfault;

@@ -1,0 +1,212 @@
+//! What the CloudEvents codec costs per message: nanoseconds and heap allocations to encode and
+//! decode one event, per binding (Kafka, AMQP) and content mode (binary, structured).
+//!
+//! `cargo bench -p messaging-core --bench codec`
+//!
+//! The event is what a service typically sends: a UUID `id`, `source`, `type`, `time`,
+//! `datacontenttype: application/json` and 100 B of JSON data. Each decode starts from the
+//! bytes the same binding's encode produced, as a consumer receives them: header names and
+//! values borrowed, the body borrowed (Kafka, whose client lends the message) or owned (AMQP
+//! and SQS, whose clients hand the body over, so it becomes the event's data without a copy).
+//! Time is the median of `RUNS` runs of `ITERATIONS` operations on one thread; allocations are
+//! counted exactly, for one operation, by an instrumented allocator around the system
+//! allocator (its counters add a few nanoseconds per allocation to the times).
+
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use messaging_core::codec::Encoded;
+use messaging_core::{Binding, ContentMode, Event, EventBuilder};
+use messaging_testkit::bench::{Better, Measurement, Report};
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
+
+const ITERATIONS: usize = 200_000;
+const RUNS: usize = 7;
+
+fn event() -> Event {
+    let data = serde_json::json!({
+        "orderId": "ORD-5678",
+        "customer": "C-1234",
+        "amount": 99.99,
+        "currency": "USD",
+        "items": 3,
+        "express": false
+    });
+    let event = EventBuilder::new("/orders/eu-west-1", "com.example.order.created")
+        .id("6f1c2e0a-8d5b-4b7e-9a3f-2c1d0e9b8a7f")
+        .json(&data)
+        .build()
+        .expect("event");
+    let len = serde_json::to_vec(&data).expect("json").len();
+    assert!((90..=110).contains(&len), "data is about 100 B, not {len}");
+    event
+}
+
+/// Nanoseconds per call of `op`, median over runs, and the allocations of one call.
+fn measure<T>(mut op: impl FnMut() -> T) -> (Vec<f64>, f64) {
+    for _ in 0..ITERATIONS / 10 {
+        black_box(op());
+    }
+    let region = Region::new(GLOBAL);
+    black_box(op());
+    let allocations = region.change().allocations as f64;
+    let runs = (0..RUNS)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..ITERATIONS {
+                black_box(op());
+            }
+            start.elapsed().as_nanos() as f64 / ITERATIONS as f64
+        })
+        .collect();
+    (runs, allocations)
+}
+
+fn header_pairs(encoded: &Encoded<'_>) -> Vec<(String, Vec<u8>)> {
+    encoded
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_vec()))
+        .collect()
+}
+
+fn main() {
+    let event = event();
+    let mut report = Report::new(
+        "codec",
+        "CloudEvents codec",
+        "cargo bench -p messaging-core --bench codec",
+    );
+    report.setup(format!(
+        "one event with a UUID id, source, type, time, datacontenttype application/json and 100 B \
+         of JSON data; median of {RUNS} runs of {ITERATIONS} operations on one thread; allocations \
+         counted for one operation"
+    ));
+    for (name, binding) in [("Kafka", Binding::kafka()), ("AMQP", Binding::amqp())] {
+        for mode in [ContentMode::Binary, ContentMode::Structured] {
+            let mode_name = match mode {
+                ContentMode::Binary => "binary",
+                ContentMode::Structured => "structured",
+            };
+            // `CODEC_BENCH_ONLY=binary` (say) runs the cases whose name contains it: for a profile.
+            if std::env::var("CODEC_BENCH_ONLY")
+                .is_ok_and(|only| !format!("{name} {mode_name}").contains(&only))
+            {
+                continue;
+            }
+            let encoded = binding.encode(&event, mode).expect("encode");
+            let content_type = encoded.content_type.as_deref().map(str::to_owned);
+            let headers = header_pairs(&encoded);
+            let body = encoded.body.to_vec();
+            drop(encoded);
+
+            let (ns, allocs) = measure(|| {
+                let e = binding.encode(black_box(&event), mode).expect("encode");
+                e.headers.len() + e.body.len()
+            });
+            push(
+                &mut report,
+                &format!("{name} {mode_name} encode"),
+                ns,
+                allocs,
+                None,
+            );
+
+            let ct = content_type.as_deref();
+            let pairs = || headers.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
+            let decoded = binding.decode_parts(ct, pairs(), &body).expect("decodes");
+            same(&decoded, &event, &format!("{name} {mode_name}"));
+            let (ns, allocs) = measure(|| binding.decode_parts(ct, pairs(), black_box(&body)));
+            let goal = (mode == ContentMode::Binary).then_some((300.0, 5.0));
+            push(
+                &mut report,
+                &format!("{name} {mode_name} decode, body borrowed"),
+                ns,
+                allocs,
+                goal,
+            );
+
+            // Owned bodies: one fresh copy per operation, made before the clock starts.
+            let mut bodies: Vec<Vec<u8>> = Vec::new();
+            let refill = |bodies: &mut Vec<Vec<u8>>| {
+                bodies.clear();
+                bodies.extend((0..ITERATIONS + ITERATIONS / 10 + 1).map(|_| body.clone()));
+            };
+            refill(&mut bodies);
+            let (ns, allocs) = {
+                let run = |bodies: &mut Vec<Vec<u8>>| {
+                    let b = bodies.pop().expect("a body per operation");
+                    binding
+                        .decode_parts_owned(ct, pairs(), b)
+                        .map_err(|(e, _)| e)
+                };
+                // `measure` needs a fresh body per call: run it in chunks, refilling between.
+                for _ in 0..ITERATIONS / 10 {
+                    let _ = black_box(run(&mut bodies));
+                }
+                let region = Region::new(GLOBAL);
+                let _ = black_box(run(&mut bodies));
+                let allocs = region.change().allocations as f64;
+                let mut runs = Vec::new();
+                for _ in 0..RUNS {
+                    refill(&mut bodies);
+                    let start = Instant::now();
+                    for _ in 0..ITERATIONS {
+                        let _ = black_box(run(&mut bodies));
+                    }
+                    runs.push(start.elapsed().as_nanos() as f64 / ITERATIONS as f64);
+                }
+                (runs, allocs)
+            };
+            let goal = (mode == ContentMode::Binary).then_some((300.0, 4.0));
+            push(
+                &mut report,
+                &format!("{name} {mode_name} decode, body owned"),
+                ns,
+                allocs,
+                goal,
+            );
+        }
+    }
+    report.finish();
+}
+
+/// The same event, whichever representation its JSON data has after the trip.
+fn same(decoded: &Event, sent: &Event, what: &str) {
+    use messaging_core::{AttributesReader as _, EventExt as _};
+    assert_eq!(decoded.id(), sent.id(), "{what}: id");
+    assert_eq!(decoded.source(), sent.source(), "{what}: source");
+    assert_eq!(decoded.ty(), sent.ty(), "{what}: type");
+    assert_eq!(decoded.time(), sent.time(), "{what}: time");
+    assert_eq!(
+        decoded.datacontenttype(),
+        sent.datacontenttype(),
+        "{what}: datacontenttype"
+    );
+    assert_eq!(
+        decoded.data_json::<serde_json::Value>().expect("json data"),
+        sent.data_json::<serde_json::Value>().expect("json data"),
+        "{what}: data"
+    );
+}
+
+fn push(report: &mut Report, case: &str, ns: Vec<f64>, allocs: f64, goal: Option<(f64, f64)>) {
+    let mut time = Measurement::new(format!("{case}: time"), "ns", Better::Lower, ns);
+    let mut count = Measurement::new(
+        format!("{case}: allocations"),
+        "allocations",
+        Better::Lower,
+        vec![allocs],
+    );
+    if let Some((ns, n)) = goal {
+        time = time.goal(ns);
+        count = count.goal(n);
+    }
+    report.measure(time);
+    report.measure(count);
+}
