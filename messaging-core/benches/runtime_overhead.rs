@@ -20,6 +20,7 @@ use messaging_core::{
     Delivery, DynPublisher, EventBuilder, Publisher, SubscribeOptions, Subscriber, Subscription,
 };
 use messaging_testkit::MemoryBroker;
+use messaging_testkit::bench::{Better, Comparison, Report, median};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -122,52 +123,46 @@ async fn runtime(broker: MemoryBroker, idempotent: bool) -> Duration {
     start.elapsed()
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let per = |d: Duration| d.as_nanos() as f64 / MESSAGES as f64;
-    let bare_t = median(
-        (0..RUNS)
-            .map(|_| rt.block_on(async { bare(filled_broker().await).await }))
-            .collect(),
+    let mut report = Report::new(
+        "runtime_overhead",
+        "Consumer runtime overhead",
+        "cargo bench -p messaging-core --bench runtime_overhead",
     );
-    let plain_t = median(
-        (0..RUNS)
-            .map(|_| rt.block_on(async { runtime(filled_broker().await, false).await }))
-            .collect(),
+    report.setup(format!(
+        "CPU per message on one core (single-threaded tokio runtime): {MESSAGES} messages of 100 B \
+         pre-published to the in-memory broker, {RUNS} runs, the three loops interleaved in each run"
+    ));
+    report.setup(
+        "baseline: a bare `recv_batch(256)` + decode + `ack` loop; no tracing subscriber or metrics \
+         recorder installed",
     );
-    let rt_t = median(
-        (0..RUNS)
-            .map(|_| rt.block_on(async { runtime(filled_broker().await, true).await }))
-            .collect(),
-    );
-    println!(
-        "consumer runtime overhead, {MESSAGES} messages of 100 B, single thread, median of {RUNS}"
-    );
-    println!(
-        "bare recv+ack loop:            {:8.0} ns/msg ({:.0} msg/s)",
-        per(bare_t),
-        MESSAGES as f64 / bare_t.as_secs_f64()
-    );
-    println!(
-        "runtime+retry+dlq:             {:8.0} ns/msg ({:.0} msg/s)",
-        per(plain_t),
-        MESSAGES as f64 / plain_t.as_secs_f64()
-    );
-    println!(
-        "runtime+retry+dlq+idempotency: {:8.0} ns/msg ({:.0} msg/s)",
-        per(rt_t),
-        MESSAGES as f64 / rt_t.as_secs_f64()
-    );
-    println!(
-        "added per message:             {:8.0} ns",
-        per(rt_t) - per(bare_t)
-    );
+    let mut plain = Comparison::new("runtime + retry + dead-letter", "ns/msg", Better::Lower)
+        .baseline_label("bare recv + ack loop");
+    let mut idem = Comparison::new(
+        "runtime + retry + dead-letter + idempotency (`MemoryStore`)",
+        "ns/msg",
+        Better::Lower,
+    )
+    .baseline_label("bare recv + ack loop");
+    for _ in 0..RUNS {
+        let bare_t = per(rt.block_on(async { bare(filled_broker().await).await }));
+        let plain_t = per(rt.block_on(async { runtime(filled_broker().await, false).await }));
+        let idem_t = per(rt.block_on(async { runtime(filled_broker().await, true).await }));
+        plain.add(bare_t, plain_t);
+        idem.add(bare_t, idem_t);
+    }
+    let added = median(&plain.framework) - median(&plain.baseline);
+    report.note(format!(
+        "The runtime, retry and dead-letter layers add {:.0} ns per message over the bare loop.",
+        added
+    ));
+    report.push(plain);
+    report.push(idem);
+    report.finish();
 }

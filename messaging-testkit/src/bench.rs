@@ -580,7 +580,7 @@ mod tests {
         let md = r.to_markdown();
         assert!(
             md.contains(
-                "| publish | raw client | 100 msg/s | messaging | 75.0 msg/s | 0.75 | 0.70–0.80 |"
+                "| publish | raw client | 100 msg/s | messaging | 75 msg/s | 0.75 | 0.70–0.80 |"
             ),
             "{md}"
         );

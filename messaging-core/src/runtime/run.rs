@@ -633,10 +633,13 @@ where
                 match &mut lanes {
                     None => {
                         let shared = shared.clone();
-                        tokio::spawn(async move {
+                        // Boxed before spawning: the task's future is kilobytes (handler and
+                        // middleware state), and spawning moves it several times; boxed, only
+                        // the pointer moves.
+                        tokio::spawn(Box::pin(async move {
                             process_isolated(&shared, delivery).await;
                             drop(permit);
-                        });
+                        }));
                     }
                     Some(lanes) => {
                         let lane = match delivery.payload().ok().and_then(|e| e.ordering_key()) {
@@ -652,7 +655,7 @@ where
                         };
                         let (turn, done) = Baton::take(&mut lanes[lane]);
                         let shared = shared.clone();
-                        tokio::spawn(async move {
+                        tokio::spawn(Box::pin(async move {
                             let mut delivery = delivery;
                             // The lane's previous delivery is settled first (or its task ended).
                             tokio::select! {
@@ -663,7 +666,7 @@ where
                             process_isolated(&shared, delivery).await;
                             drop(permit);
                             done.pass();
-                        });
+                        }));
                     }
                 }
             }
