@@ -13,8 +13,10 @@
 //! message's offset after "processing" it (a per-message ack); the adapter receives with
 //! `recv_batch` and acks each delivery. Both consumers read the same topic from the start as
 //! new groups; a second raw consumer also decodes each message into a CloudEvent, which is
-//! the work the adapter does and an application consuming CloudEvents needs. Median of `RUNS`
-//! runs of `KAFKA_BENCH_MESSAGES` messages (default 200 000).
+//! the work the adapter does and an application consuming CloudEvents needs. `RUNS` runs of
+//! `KAFKA_BENCH_MESSAGES` messages (default 200 000), ratios per run. Then end-to-end latency:
+//! 100 B messages at 1 000 msg/s, send → raw receipt against send → the consumer runtime's
+//! handler start. `MESSAGING_BENCH_OUT=dir` also writes `dir/kafka_throughput.json`.
 
 #![allow(missing_docs)]
 
@@ -25,6 +27,7 @@ use messaging_core::{
     Delivery, EventBuilder, Publisher, StartFrom, SubscribeOptions, Subscriber, Subscription,
 };
 use messaging_kafka::{KafkaBroker, KafkaConfig};
+use messaging_testkit::bench::{Better, Comparison, Report, quantile};
 use rdkafka::ClientConfig;
 use rdkafka::Message as _;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
@@ -36,7 +39,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const BATCH: usize = 10_000;
-const RUNS: usize = 3;
+const RUNS: usize = 5;
+const LATENCY_RUNS: usize = 3;
 
 /// Messages per run (`KAFKA_BENCH_MESSAGES`, default 200 000).
 fn messages() -> usize {
@@ -135,17 +139,27 @@ async fn adapter_publish(broker: &KafkaBroker, topic: &str, size: usize) -> Dura
     start.elapsed()
 }
 
+/// The raw consumers' settings: what the adapter's consumer sets, by hand.
+fn raw_consumer_config() -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", servers())
+        .set("group.id", unique("raw"))
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "2500")
+        .set("enable.partition.eof", "false");
+    c
+}
+
 /// `decode`: the raw consumer also turns each message into a CloudEvent, as an application
 /// consuming CloudEvents with plain rdkafka must (here with the same binding code the adapter
 /// uses, standing in for cloudevents-sdk's rdkafka binding).
 async fn raw_consume(topic: &str, decode: bool) -> Duration {
     let binding = messaging_core::Binding::kafka();
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", servers())
-        .set("group.id", unique("raw"))
+    let consumer: StreamConsumer = raw_consumer_config()
         .set("auto.offset.reset", "earliest")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
         .create()
         .expect("raw consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
@@ -201,13 +215,152 @@ async fn adapter_consume(broker: &KafkaBroker, topic: &str) -> Duration {
     elapsed
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn rate(d: Duration) -> f64 {
     messages() as f64 / d.as_secs_f64()
+}
+
+/// Nanoseconds since the Unix epoch: the send time a latency message carries.
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn sent_at(payload: &[u8]) -> u64 {
+    payload
+        .get(..8)
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+}
+
+/// Messages and rate of the latency phase.
+const LATENCY_MESSAGES: usize = 2_000;
+const LATENCY_RATE: u64 = 1_000;
+
+/// Publish at `LATENCY_RATE` msg/s with `publish(i)`, each payload starting with its send time.
+async fn paced(mut publish: impl AsyncFnMut(Vec<u8>)) {
+    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / LATENCY_RATE));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for _ in 0..LATENCY_MESSAGES {
+        tick.tick().await;
+        let mut payload = now_nanos().to_le_bytes().to_vec();
+        payload.resize(100, 7);
+        publish(payload).await;
+    }
+}
+
+/// Publish → the raw consumer has the message, in ms, one sample per message.
+async fn raw_latency(producer: &BaseProducer, topic: &str) -> Vec<f64> {
+    let consumer: StreamConsumer = raw_consumer_config()
+        .set("auto.offset.reset", "latest")
+        .create()
+        .expect("raw consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let ready = wait_assigned(&consumer).await;
+    assert!(ready, "raw latency consumer got no partitions");
+    let receive = async {
+        let mut stream = consumer.stream();
+        let mut samples = Vec::with_capacity(LATENCY_MESSAGES);
+        while samples.len() < LATENCY_MESSAGES {
+            let m = stream.next().await.expect("stream").expect("message");
+            let at = now_nanos();
+            samples
+                .push((at.saturating_sub(sent_at(m.payload().unwrap_or_default()))) as f64 / 1e6);
+            consumer.store_offset_from_message(&m).expect("store");
+        }
+        samples
+    };
+    let send = paced(async |payload: Vec<u8>| {
+        let record: BaseRecord<'_, (), [u8]> = BaseRecord::to(topic).payload(&payload[..]);
+        producer.send(record).map_err(|(e, _)| e).expect("raw send");
+        producer.poll(Duration::ZERO);
+    });
+    let (samples, ()) = tokio::join!(receive, async {
+        send.await;
+        producer.flush(Duration::from_secs(60)).expect("flush");
+    });
+    samples
+}
+
+/// Publish through the adapter → the consumer runtime's handler starts, in ms.
+async fn adapter_latency(broker: &KafkaBroker, topic: &str) -> Vec<f64> {
+    use messaging_core::handler::{HandlerError, Incoming, handler_fn};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let handler = handler_fn(move |msg: Incoming| {
+        let at = now_nanos();
+        let tx = tx.clone();
+        async move {
+            let sent = msg.event().data().map_or(0, |d| match d {
+                messaging_core::Data::Binary(b) => sent_at(b),
+                _ => 0,
+            });
+            let _ = tx.send(at.saturating_sub(sent) as f64 / 1e6);
+            Ok::<(), HandlerError>(())
+        }
+    });
+    let publisher: std::sync::Arc<dyn messaging_core::DynPublisher> =
+        std::sync::Arc::new(broker.publisher());
+    let consumer = messaging_core::runtime::Consumer::builder(
+        broker.subscriber(),
+        publisher,
+        topic,
+        SubscribeOptions::new(unique("latency")).start_from(StartFrom::Earliest),
+    )
+    .concurrency(64)
+    .build(handler);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(consumer.run(async move {
+        let _ = stop_rx.await;
+    }));
+    // Joined once a first message comes through.
+    let publisher = broker.publisher();
+    let probe = |payload: Vec<u8>| {
+        EventBuilder::new("/bench", "bench.latency")
+            .without_time()
+            .bytes(Some("application/octet-stream"), payload)
+            .build()
+            .expect("event")
+    };
+    loop {
+        publisher
+            .publish(topic, probe(vec![0; 100]))
+            .await
+            .expect("probe");
+        match tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {
+            Ok(Some(_)) => break,
+            Ok(None) => panic!("latency consumer stopped"),
+            Err(_) => {}
+        }
+    }
+    while rx.try_recv().is_ok() {}
+    paced(async |payload: Vec<u8>| {
+        publisher
+            .publish(topic, probe(payload))
+            .await
+            .expect("publish");
+    })
+    .await;
+    let mut samples = Vec::with_capacity(LATENCY_MESSAGES);
+    while samples.len() < LATENCY_MESSAGES {
+        let sample = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("every latency message arrives within 60 s")
+            .expect("handler alive");
+        samples.push(sample);
+    }
+    let _ = stop_tx.send(());
+    run.await.expect("runtime task").expect("runtime");
+    samples
+}
+
+async fn wait_assigned(consumer: &StreamConsumer) -> bool {
+    for _ in 0..200 {
+        // Polling drives the join; no message is expected yet.
+        let _ = tokio::time::timeout(Duration::from_millis(50), consumer.recv()).await;
+        if consumer.assignment().is_ok_and(|a| a.count() > 0) {
+            return true;
+        }
+    }
+    false
 }
 
 fn main() {
@@ -221,63 +374,119 @@ fn main() {
             .await
             .expect("Kafka reachable (run scripts/brokers/nisshi.sh)");
         let producer = raw_producer();
-        println!(
-            "broker {}; {} messages per run, median of {RUNS}",
+        let mut report = Report::new(
+            "kafka_throughput",
+            "Kafka: raw rdkafka against the adapter",
+            "cargo bench -p messaging-kafka --bench kafka_throughput",
+        );
+        report.setup(format!(
+            "broker {}; {} messages per run, {RUNS} runs after an untimed warm-up publish, \
+             sides alternating which goes first",
             servers(),
             messages()
+        ));
+        report.setup(
+            "both producers: the adapter's settings (`acks=all`, idempotent, librdkafka's \
+             default linger); both consumers: a fresh group reading the same topic from the start, \
+             auto-commit every 1 s of explicitly stored offsets (a per-message ack)",
         );
-        println!(
-            "{:>6} {:>8} {:>12} {:>12} {:>6}",
-            "size", "side", "raw msg/s", "adapter", "ratio"
+        report.setup(
+            "the adapter's subscription also fetches its group's five (empty) retry topics, as \
+             every default subscription does",
         );
+        // Warm-up: connections, metadata, the broker's caches; nothing here is timed.
+        {
+            let topic = unique("warmup");
+            broker.create_topic(&topic).await.expect("topic");
+            let n = messages().min(5_000);
+            let publisher = broker.publisher();
+            let template = EventBuilder::new("/bench", "bench.warmup")
+                .bytes(None, vec![7u8; 100])
+                .build()
+                .expect("event");
+            publisher
+                .publish_batch(&topic, (0..n).map(|_| template.clone()).collect())
+                .await
+                .expect("warm-up publish");
+        }
         for size in [100, 1024] {
-            let (mut rp, mut ap, mut rc, mut rd, mut ac) = (vec![], vec![], vec![], vec![], vec![]);
+            let mut publish = Comparison::new(format!("{size} B publish"), "msg/s", Better::Higher)
+                .baseline_label("raw rdkafka")
+                .goal(if size == 100 { 0.90 } else { 0.95 });
+            let mut consume = Comparison::new(
+                format!("{size} B consume, per-message ack"),
+                "msg/s",
+                Better::Higher,
+            )
+            .baseline_label("raw rdkafka, bytes only")
+            .goal(0.80);
+            let mut consume_decoded = Comparison::new(
+                format!("{size} B consume, per-message ack"),
+                "msg/s",
+                Better::Higher,
+            )
+            .baseline_label("raw rdkafka decoding each CloudEvent")
+            .goal(0.95);
             for run in 0..RUNS {
                 let raw_topic = unique("raw");
                 let adapter_topic = unique("adapter");
                 broker.create_topic(&raw_topic).await.expect("topic");
                 broker.create_topic(&adapter_topic).await.expect("topic");
                 // Alternate which side goes first so neither always gets a warmer broker.
-                if run % 2 == 0 {
-                    rp.push(raw_publish(&producer, &raw_topic, size));
-                    ap.push(adapter_publish(&broker, &adapter_topic, size).await);
+                let (rp, ap) = if run % 2 == 0 {
+                    let rp = raw_publish(&producer, &raw_topic, size);
+                    (rp, adapter_publish(&broker, &adapter_topic, size).await)
                 } else {
-                    ap.push(adapter_publish(&broker, &adapter_topic, size).await);
-                    rp.push(raw_publish(&producer, &raw_topic, size));
-                }
-                // Both consume the adapter's topic: same messages, same partitions.
-                if run % 2 == 0 {
-                    rc.push(raw_consume(&adapter_topic, false).await);
-                    rd.push(raw_consume(&adapter_topic, true).await);
-                    ac.push(adapter_consume(&broker, &adapter_topic).await);
+                    let ap = adapter_publish(&broker, &adapter_topic, size).await;
+                    (raw_publish(&producer, &raw_topic, size), ap)
+                };
+                publish.add(rate(rp), rate(ap));
+                // All consume the adapter's topic: same messages, same partitions.
+                let (rc, rd, ac) = if run % 2 == 0 {
+                    let rc = raw_consume(&adapter_topic, false).await;
+                    let rd = raw_consume(&adapter_topic, true).await;
+                    (rc, rd, adapter_consume(&broker, &adapter_topic).await)
                 } else {
-                    ac.push(adapter_consume(&broker, &adapter_topic).await);
-                    rd.push(raw_consume(&adapter_topic, true).await);
-                    rc.push(raw_consume(&adapter_topic, false).await);
-                }
+                    let ac = adapter_consume(&broker, &adapter_topic).await;
+                    let rd = raw_consume(&adapter_topic, true).await;
+                    (raw_consume(&adapter_topic, false).await, rd, ac)
+                };
+                consume.add(rate(rc), rate(ac));
+                consume_decoded.add(rate(rd), rate(ac));
             }
-            let (rp, ap, rc, rd, ac) = (median(rp), median(ap), median(rc), median(rd), median(ac));
-            println!(
-                "{size:>6} {:>8} {:>12.0} {:>12.0} {:>6.2}",
-                "publish",
-                rate(rp),
-                rate(ap),
-                rate(ap) / rate(rp)
-            );
-            println!(
-                "{size:>6} {:>8} {:>12.0} {:>12.0} {:>6.2}",
-                "consume",
-                rate(rc),
-                rate(ac),
-                rate(ac) / rate(rc)
-            );
-            println!(
-                "{size:>6} {:>8} {:>12.0} {:>12.0} {:>6.2}   (raw side decodes each CloudEvent)",
-                "consume",
-                rate(rd),
-                rate(ac),
-                rate(ac) / rate(rd)
-            );
+            report.push(publish);
+            report.push(consume);
+            report.push(consume_decoded);
         }
+        let (mut p50, mut p99) = (
+            Comparison::new("latency p50, 100 B at 1 000 msg/s", "ms", Better::Lower)
+                .baseline_label("raw rdkafka (message received)")
+                .framework_label("adapter (handler starts)"),
+            Comparison::new("latency p99, 100 B at 1 000 msg/s", "ms", Better::Lower)
+                .baseline_label("raw rdkafka (message received)")
+                .framework_label("adapter (handler starts)"),
+        );
+        for run in 0..LATENCY_RUNS {
+            let (raw_topic, adapter_topic) = (unique("lat-raw"), unique("lat-adapter"));
+            broker.create_topic(&raw_topic).await.expect("topic");
+            broker.create_topic(&adapter_topic).await.expect("topic");
+            let (mut raw, mut ours) = if run % 2 == 0 {
+                let raw = raw_latency(&producer, &raw_topic).await;
+                (raw, adapter_latency(&broker, &adapter_topic).await)
+            } else {
+                let ours = adapter_latency(&broker, &adapter_topic).await;
+                (raw_latency(&producer, &raw_topic).await, ours)
+            };
+            p50.add(quantile(&mut raw, 0.5), quantile(&mut ours, 0.5));
+            p99.add(quantile(&mut raw, 0.99), quantile(&mut ours, 0.99));
+        }
+        report.setup(format!(
+            "latency: {LATENCY_MESSAGES} messages of 100 B per run at {LATENCY_RATE} msg/s, from \
+             before the send call to the raw consumer's receipt or the adapter's handler start \
+             (consumer runtime, default retry and dead-letter layers), {LATENCY_RUNS} runs"
+        ));
+        report.push(p50);
+        report.push(p99);
+        report.finish();
     });
 }

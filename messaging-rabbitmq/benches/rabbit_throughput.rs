@@ -7,14 +7,15 @@
 //! 256 confirms in flight (publish 256, then await their confirms), as a skilled lapin user
 //! would, each with a freshly allocated payload; the adapter uses `publish_batch` with 256
 //! events cloned from a template. The adapter's messages also carry the CloudEvents attributes
-//! as `cloudEvents:*` application properties (about 200 bytes), which the raw side does not
-//! send. The raw consumer acks each
+//! as `cloudEvents:*` application properties (about 200 bytes). The raw consumer acks each
 //! delivery from a `basic_consume` stream with a prefetch of 256; the adapter receives with
-//! `recv_batch(256)` and acks each delivery. Median of 5 runs of `MESSAGES` messages.
+//! `recv_batch(256)` and acks each delivery (and decodes it). 5 runs of `MESSAGES` messages,
+//! ratios per run; both consumers read messages the adapter published.
 //!
-//! With `RAW_HEADERS=1` the raw publisher also sends five `cloudEvents:*` application
-//! properties like the adapter's (cloned per message), so the publish ratio shows the
-//! adapter's own per-message work rather than the cost of the larger messages on the broker.
+//! A second raw publisher also sends five `cloudEvents:*` application properties like the
+//! adapter's (cloned per message), so that ratio shows the adapter's own per-message work
+//! rather than the cost of the larger messages on the broker; a third adapter publisher uses
+//! structured mode. `MESSAGING_BENCH_OUT=dir` also writes `dir/rabbit_throughput.json`.
 
 #![allow(missing_docs)]
 
@@ -28,10 +29,12 @@ use lapin::options::{
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use messaging_core::ContentMode;
 use messaging_core::{
     Delivery, EventBuilder, Publisher, SubscribeOptions, Subscriber, Subscription,
 };
 use messaging_rabbitmq::{RabbitBroker, RabbitConfig};
+use messaging_testkit::bench::{Better, Comparison, Report};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -55,14 +58,13 @@ async fn declare(broker: &RabbitBroker, topic: &str) {
     s.close().await.expect("close");
 }
 
-async fn raw_publish(conn: &Connection, topic: &str, size: usize) -> Duration {
+async fn raw_publish(conn: &Connection, topic: &str, size: usize, with_headers: bool) -> Duration {
     let ch = conn.create_channel().await.expect("channel");
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirms");
     let template = vec![7u8; size];
-    // The adapter's binary-mode attributes, for RAW_HEADERS=1 (see the crate docs above).
-    let with_headers = std::env::var_os("RAW_HEADERS").is_some();
+    // The adapter's binary-mode attributes, when `with_headers` (see the crate docs above).
     let mut headers = FieldTable::default();
     for (k, v) in [
         ("cloudEvents:specversion", "1.0"),
@@ -168,11 +170,6 @@ async fn adapter_consume(broker: &RabbitBroker, topic: &str) -> Duration {
     t
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn rate(d: Duration) -> f64 {
     ((MESSAGES / WINDOW) * WINDOW) as f64 / d.as_secs_f64()
 }
@@ -187,29 +184,83 @@ fn main() {
         let conn = Connection::connect(URI, ConnectionProperties::default())
             .await
             .expect("RabbitMQ on 127.0.0.1:5672 (run scripts/brokers/rabbitmq.sh)");
-        let broker = RabbitBroker::connect(RabbitConfig {
-            queue_expires: Some(Duration::from_secs(120)),
-            ..RabbitConfig::new(URI)
-        })
-        .await
-        .expect("connect");
-        println!("RabbitMQ: raw lapin vs messaging-rabbitmq, {} persistent messages per run, quorum queue, median of {RUNS}", (MESSAGES / WINDOW) * WINDOW);
-        println!("{:>6} {:>8} {:>12} {:>12} {:>7}", "size", "op", "raw msg/s", "adapter/s", "ratio");
+        let connect = |mode| {
+            RabbitBroker::connect(RabbitConfig {
+                queue_expires: Some(Duration::from_secs(120)),
+                content_mode: mode,
+                ..RabbitConfig::new(URI)
+            })
+        };
+        let broker = connect(ContentMode::Binary).await.expect("connect");
+        let structured = connect(ContentMode::Structured).await.expect("connect");
+        let n = (MESSAGES / WINDOW) * WINDOW;
+        let mut report = Report::new(
+            "rabbit_throughput",
+            "RabbitMQ: raw lapin against the adapter",
+            "cargo bench -p messaging-rabbitmq --bench rabbit_throughput",
+        );
+        report.setup(format!(
+            "{n} persistent messages per run into a durable quorum queue behind a fanout \
+             exchange, {WINDOW} confirms in flight and a prefetch of {WINDOW} on both sides, \
+             {RUNS} runs with the order of the sides rotating"
+        ));
+        report.setup(
+            "raw publish without properties sends only the payload; with properties it also sends \
+             the five `cloudEvents:*` application properties the adapter's binary mode sends",
+        );
         for size in [100, 1024] {
-            let (mut rp, mut ap, mut rc, mut ac) = (vec![], vec![], vec![], vec![]);
-            for _ in 0..RUNS {
-                let t1 = unique("raw");
-                declare(&broker, &t1).await;
-                rp.push(raw_publish(&conn, &t1, size).await);
-                rc.push(raw_consume(&conn, &t1).await);
-                let t2 = unique("adapter");
-                declare(&broker, &t2).await;
-                ap.push(adapter_publish(&broker, &t2, size).await);
-                ac.push(adapter_consume(&broker, &t2).await);
+            let case = |op: &str| format!("{size} B {op}");
+            let mut bare = Comparison::new(case("publish with confirms"), "msg/s", Better::Higher)
+                .baseline_label("raw lapin, no properties")
+                .goal(0.90);
+            let mut same = Comparison::new(case("publish with confirms"), "msg/s", Better::Higher)
+                .baseline_label("raw lapin, same `cloudEvents:*` properties")
+                .goal(0.95);
+            let mut structured_cmp = Comparison::new(
+                case("publish with confirms, structured mode"),
+                "msg/s",
+                Better::Higher,
+            )
+            .baseline_label("raw lapin, no properties");
+            let mut consume = Comparison::new(case("consume with acks"), "msg/s", Better::Higher)
+                .baseline_label("raw lapin")
+                .goal(0.95);
+            for run in 0..RUNS {
+                let mut rates = [0.0f64; 4];
+                for k in 0..4 {
+                    let side = (k + run) % 4;
+                    let topic = unique("pub");
+                    declare(&broker, &topic).await;
+                    rates[side] = rate(match side {
+                        0 => raw_publish(&conn, &topic, size, false).await,
+                        1 => raw_publish(&conn, &topic, size, true).await,
+                        2 => adapter_publish(&broker, &topic, size).await,
+                        _ => adapter_publish(&structured, &topic, size).await,
+                    });
+                }
+                bare.add(rates[0], rates[2]);
+                same.add(rates[1], rates[2]);
+                structured_cmp.add(rates[0], rates[3]);
+                // Both consume messages the adapter published: the same bytes either side.
+                let mut consumed = [0.0f64; 2];
+                for k in 0..2 {
+                    let side = (k + run) % 2;
+                    let topic = unique("sub");
+                    declare(&broker, &topic).await;
+                    adapter_publish(&broker, &topic, size).await;
+                    consumed[side] = rate(if side == 0 {
+                        raw_consume(&conn, &topic).await
+                    } else {
+                        adapter_consume(&broker, &topic).await
+                    });
+                }
+                consume.add(consumed[0], consumed[1]);
             }
-            let (rp, ap, rc, ac) = (rate(median(rp)), rate(median(ap)), rate(median(rc)), rate(median(ac)));
-            println!("{size:>5}B {:>8} {rp:>12.0} {ap:>12.0} {:>7.2}", "publish", ap / rp);
-            println!("{size:>5}B {:>8} {rc:>12.0} {ac:>12.0} {:>7.2}", "consume", ac / rc);
+            report.push(bare);
+            report.push(same);
+            report.push(structured_cmp);
+            report.push(consume);
         }
+        report.finish();
     });
 }

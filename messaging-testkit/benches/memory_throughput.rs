@@ -6,7 +6,8 @@
 //! Both sides create one message per iteration from a template (the broker side clones an
 //! event of the given data size; the raw side clones a `Vec<u8>` of that size), a producer task
 //! sends, a consumer task receives (the broker side also acks every delivery). Each figure is
-//! the median of 5 runs of `MESSAGES` messages, on a 2-worker tokio runtime.
+//! the median of 5 runs of `MESSAGES` messages, on a 2-worker tokio runtime; ratios are taken per
+//! run. `MESSAGING_BENCH_OUT=dir` also writes `dir/memory_throughput.json`.
 //!
 //! Two baselines: raw `mpsc<Vec<u8>>` (bytes, what a hand-rolled channel would move) and raw
 //! `mpsc<Event>` (the same CloudEvents the broker moves). "single" publishes and receives one
@@ -25,6 +26,7 @@ use messaging_core::{
     Delivery, EventBuilder, Publisher, SubscribeOptions, Subscriber, Subscription,
 };
 use messaging_testkit::MemoryBroker;
+use messaging_testkit::bench::{Better, Comparison, Report};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -118,11 +120,6 @@ async fn broker(size: usize, batched: bool) -> Duration {
     start.elapsed()
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn rate(d: Duration) -> f64 {
     MESSAGES as f64 / d.as_secs_f64()
 }
@@ -133,41 +130,52 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    println!("in-memory broker vs raw tokio mpsc, {MESSAGES} messages per run, median of {RUNS}");
-    println!(
-        "raw bytes: mpsc<Vec<u8>>; raw events: mpsc<Event> with the same events the broker moves"
+    let mut report = Report::new(
+        "memory_throughput",
+        "In-memory broker throughput",
+        "cargo bench -p messaging-testkit --bench memory_throughput",
     );
-    println!(
-        "{:>6} {:>7} {:>12} {:>12} {:>12} {:>9} {:>10}",
-        "size", "mode", "raw bytes/s", "raw events/s", "broker/s", "vs bytes", "vs events"
+    report.setup(format!(
+        "publish → consume → ack through `MemoryBroker` against raw `tokio::sync::mpsc` moving \
+         the same payloads; {MESSAGES} messages per run, {RUNS} runs with the three sides \
+         interleaved (order rotating), 2 tokio workers, mimalloc on every side"
+    ));
+    report.setup(
+        "baselines: `mpsc<Vec<u8>>` (bytes, what a hand-rolled channel moves) and `mpsc<Event>` \
+         (the same CloudEvents the broker moves); batch mode is `publish_batch`/`recv_batch` \
+         against `recv_many`, 256 at a time",
     );
     for size in [100, 1024] {
         for batched in [false, true] {
+            let mode = if batched { "batch 256" } else { "single" };
+            let case = format!("{size} B, {mode}");
+            let mut vs_bytes = Comparison::new(case.clone(), "msg/s", Better::Higher)
+                .baseline_label("`mpsc<Vec<u8>>`")
+                .framework_label("`MemoryBroker`");
+            let mut vs_events = Comparison::new(case, "msg/s", Better::Higher)
+                .baseline_label("`mpsc<Event>`")
+                .framework_label("`MemoryBroker`");
+            if batched {
+                vs_events = vs_events.goal(0.5);
+            }
             let bytes = vec![7u8; size];
-            let raw_bytes: Vec<_> = (0..RUNS)
-                .map(|_| rt.block_on(raw_mpsc(bytes.clone(), batched)))
-                .collect();
-            let raw_events: Vec<_> = (0..RUNS)
-                .map(|_| rt.block_on(raw_mpsc(template(size), batched)))
-                .collect();
-            let ours: Vec<_> = (0..RUNS)
-                .map(|_| rt.block_on(broker(size, batched)))
-                .collect();
-            let (b, e, o) = (
-                rate(median(raw_bytes)),
-                rate(median(raw_events)),
-                rate(median(ours)),
-            );
-            println!(
-                "{:>5}B {:>7} {:>12.0} {:>12.0} {:>12.0} {:>9.2} {:>10.2}",
-                size,
-                if batched { "batch" } else { "single" },
-                b,
-                e,
-                o,
-                o / b,
-                o / e
-            );
+            for run in 0..RUNS {
+                let mut b = 0.0;
+                let mut e = 0.0;
+                let mut o = 0.0;
+                for side in 0..3 {
+                    match (side + run) % 3 {
+                        0 => b = rate(rt.block_on(raw_mpsc(bytes.clone(), batched))),
+                        1 => e = rate(rt.block_on(raw_mpsc(template(size), batched))),
+                        _ => o = rate(rt.block_on(broker(size, batched))),
+                    }
+                }
+                vs_bytes.add(b, o);
+                vs_events.add(e, o);
+            }
+            report.push(vs_bytes);
+            report.push(vs_events);
         }
     }
+    report.finish();
 }
