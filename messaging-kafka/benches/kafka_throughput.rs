@@ -163,12 +163,19 @@ async fn raw_consume(topic: &str, decode: bool) -> Duration {
         .create()
         .expect("raw consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
-    let start = Instant::now();
+    // The clock starts at the first message: the group join is not the client's throughput,
+    // and its time on this broker varies by seconds.
+    let mut start = None;
     let mut stream = consumer.stream();
     let mut n = 0;
     let mut bytes = 0usize;
     while n < messages() {
-        let m = stream.next().await.expect("stream").expect("message");
+        let m = tokio::time::timeout(Duration::from_secs(120), stream.next())
+            .await
+            .expect("the raw consumer receives within 120 s")
+            .expect("stream")
+            .expect("message");
+        start.get_or_insert_with(Instant::now);
         bytes += m.payload_len();
         if decode {
             use rdkafka::message::Headers as _;
@@ -188,7 +195,7 @@ async fn raw_consume(topic: &str, decode: bool) -> Duration {
         n += 1;
     }
     assert!(bytes > 0);
-    start.elapsed()
+    start.map_or(Duration::ZERO, |s| s.elapsed())
 }
 
 async fn adapter_consume(broker: &KafkaBroker, topic: &str) -> Duration {
@@ -202,15 +209,21 @@ async fn adapter_consume(broker: &KafkaBroker, topic: &str) -> Duration {
         )
         .await
         .expect("subscribe");
-    let start = Instant::now();
+    // From the first delivery, as on the raw side.
+    let mut start = None;
     let mut n = 0;
     while n < messages() {
-        for d in sub.recv_batch(1024).await.expect("recv") {
+        let batch = tokio::time::timeout(Duration::from_secs(120), sub.recv_batch(1024))
+            .await
+            .expect("the adapter receives within 120 s")
+            .expect("recv");
+        start.get_or_insert_with(Instant::now);
+        for d in batch {
             d.ack().await.expect("ack");
             n += 1;
         }
     }
-    let elapsed = start.elapsed();
+    let elapsed = start.map_or(Duration::ZERO, |s| s.elapsed());
     sub.close().await.expect("close");
     elapsed
 }
@@ -250,8 +263,10 @@ async fn paced(mut publish: impl AsyncFnMut(Vec<u8>)) {
 
 /// Publish → the raw consumer has the message, in ms, one sample per message.
 async fn raw_latency(producer: &BaseProducer, topic: &str) -> Vec<f64> {
+    // A fresh topic: from the start is every message of this phase, whenever the fetch
+    // position is set (with `latest`, messages sent before it was set would never come).
     let consumer: StreamConsumer = raw_consumer_config()
-        .set("auto.offset.reset", "latest")
+        .set("auto.offset.reset", "earliest")
         .create()
         .expect("raw consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
@@ -261,7 +276,11 @@ async fn raw_latency(producer: &BaseProducer, topic: &str) -> Vec<f64> {
         let mut stream = consumer.stream();
         let mut samples = Vec::with_capacity(LATENCY_MESSAGES);
         while samples.len() < LATENCY_MESSAGES {
-            let m = stream.next().await.expect("stream").expect("message");
+            let m = tokio::time::timeout(Duration::from_secs(60), stream.next())
+                .await
+                .expect("every latency message arrives within 60 s")
+                .expect("stream")
+                .expect("message");
             let at = now_nanos();
             samples
                 .push((at.saturating_sub(sent_at(m.payload().unwrap_or_default()))) as f64 / 1e6);
@@ -388,7 +407,8 @@ fn main() {
         report.setup(
             "both producers: the adapter's settings (`acks=all`, idempotent, librdkafka's \
              default linger); both consumers: a fresh group reading the same topic from the start, \
-             auto-commit every 1 s of explicitly stored offsets (a per-message ack)",
+             auto-commit every 1 s of explicitly stored offsets (a per-message ack); consume \
+             is timed from the first message received, so the group join is not counted",
         );
         report.setup(
             "the adapter's subscription also fetches its group's five (empty) retry topics, as \
