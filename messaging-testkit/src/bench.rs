@@ -42,6 +42,16 @@ pub enum Better {
     Lower,
 }
 
+impl Better {
+    /// Whether `value` is on the good side of `goal` (or on it).
+    pub fn meets(self, value: f64, goal: f64) -> bool {
+        match self {
+            Better::Higher => value >= goal,
+            Better::Lower => value <= goal,
+        }
+    }
+}
+
 /// The median of `values` (the mean of the middle two for an even count); 0 when empty.
 pub fn median(values: &[f64]) -> f64 {
     let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
@@ -194,12 +204,7 @@ impl Comparison {
 
     /// Whether the median ratio meets the goal; `None` without a goal.
     pub fn meets_goal(&self) -> Option<bool> {
-        let goal = self.goal?;
-        let r = self.ratio_median();
-        Some(match self.better {
-            Better::Higher => r >= goal,
-            Better::Lower => r <= goal,
-        })
+        Some(self.better.meets(self.ratio_median(), self.goal?))
     }
 }
 
@@ -250,12 +255,7 @@ impl Measurement {
 
     /// Whether the median meets the bound; `None` without one.
     pub fn meets_goal(&self) -> Option<bool> {
-        let goal = self.goal?;
-        let m = self.median();
-        Some(match self.better {
-            Better::Higher => m >= goal,
-            Better::Lower => m <= goal,
-        })
+        Some(self.better.meets(self.median(), self.goal?))
     }
 }
 
