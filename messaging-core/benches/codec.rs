@@ -47,19 +47,23 @@ fn event() -> Event {
     event
 }
 
-/// Nanoseconds per call of `op`, median over runs, and the allocations of one call.
-fn measure<T>(mut op: impl FnMut() -> T) -> (Vec<f64>, f64) {
+/// Nanoseconds per call of `op`, one sample per run, and the allocations of one call.
+/// `setup` makes what the calls of one run consume (say, a fresh body each), untimed.
+fn measure<S, T>(mut setup: impl FnMut() -> S, mut op: impl FnMut(&mut S) -> T) -> (Vec<f64>, f64) {
+    let mut state = setup();
     for _ in 0..ITERATIONS / 10 {
-        black_box(op());
+        black_box(op(&mut state));
     }
     let region = Region::new(GLOBAL);
-    black_box(op());
+    black_box(op(&mut state));
     let allocations = region.change().allocations as f64;
+    drop(state);
     let runs = (0..RUNS)
         .map(|_| {
+            let mut state = setup();
             let start = Instant::now();
             for _ in 0..ITERATIONS {
-                black_box(op());
+                black_box(op(&mut state));
             }
             start.elapsed().as_nanos() as f64 / ITERATIONS as f64
         })
@@ -105,10 +109,13 @@ fn main() {
             let body = encoded.body.to_vec();
             drop(encoded);
 
-            let (ns, allocs) = measure(|| {
-                let e = binding.encode(black_box(&event), mode).expect("encode");
-                e.headers.len() + e.body.len()
-            });
+            let (ns, allocs) = measure(
+                || (),
+                |_| {
+                    let e = binding.encode(black_box(&event), mode).expect("encode");
+                    e.headers.len() + e.body.len()
+                },
+            );
             push(
                 &mut report,
                 &format!("{name} {mode_name} encode"),
@@ -121,7 +128,10 @@ fn main() {
             let pairs = || headers.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
             let decoded = binding.decode_parts(ct, pairs(), &body).expect("decodes");
             same(&decoded, &event, &format!("{name} {mode_name}"));
-            let (ns, allocs) = measure(|| binding.decode_parts(ct, pairs(), black_box(&body)));
+            let (ns, allocs) = measure(
+                || (),
+                |_| binding.decode_parts(ct, pairs(), black_box(&body)),
+            );
             let goal = (mode == ContentMode::Binary).then_some((300.0, 5.0));
             push(
                 &mut report,
@@ -132,37 +142,15 @@ fn main() {
             );
 
             // Owned bodies: one fresh copy per operation, made before the clock starts.
-            let mut bodies: Vec<Vec<u8>> = Vec::new();
-            let refill = |bodies: &mut Vec<Vec<u8>>| {
-                bodies.clear();
-                bodies.extend((0..ITERATIONS + ITERATIONS / 10 + 1).map(|_| body.clone()));
-            };
-            refill(&mut bodies);
-            let (ns, allocs) = {
-                let run = |bodies: &mut Vec<Vec<u8>>| {
+            let (ns, allocs) = measure(
+                || vec![body.clone(); ITERATIONS + 1],
+                |bodies| {
                     let b = bodies.pop().expect("a body per operation");
                     binding
                         .decode_parts_owned(ct, pairs(), b)
                         .map_err(|(e, _)| e)
-                };
-                // `measure` needs a fresh body per call: run it in chunks, refilling between.
-                for _ in 0..ITERATIONS / 10 {
-                    let _ = black_box(run(&mut bodies));
-                }
-                let region = Region::new(GLOBAL);
-                let _ = black_box(run(&mut bodies));
-                let allocs = region.change().allocations as f64;
-                let mut runs = Vec::new();
-                for _ in 0..RUNS {
-                    refill(&mut bodies);
-                    let start = Instant::now();
-                    for _ in 0..ITERATIONS {
-                        let _ = black_box(run(&mut bodies));
-                    }
-                    runs.push(start.elapsed().as_nanos() as f64 / ITERATIONS as f64);
-                }
-                (runs, allocs)
-            };
+                },
+            );
             let goal = (mode == ContentMode::Binary).then_some((300.0, 4.0));
             push(
                 &mut report,

@@ -43,6 +43,14 @@ pub enum Better {
 }
 
 impl Better {
+    /// How a goal in this direction reads: at least (`≥`) or at most (`≤`).
+    fn bound(self) -> &'static str {
+        match self {
+            Better::Higher => "≥",
+            Better::Lower => "≤",
+        }
+    }
+
     /// Whether `value` is on the good side of `goal` (or on it).
     pub fn meets(self, value: f64, goal: f64) -> bool {
         match self {
@@ -348,15 +356,7 @@ impl Report {
             for c in &self.comparisons {
                 let (lo, hi) = c.ratio_range();
                 let goal = match (c.goal, c.meets_goal()) {
-                    (Some(g), Some(ok)) => format!(
-                        "{} {g:.2} {}",
-                        if c.better == Better::Higher {
-                            "≥"
-                        } else {
-                            "≤"
-                        },
-                        if ok { "met" } else { "**missed**" }
-                    ),
+                    (Some(g), Some(ok)) => format!("{} {g:.2} {}", c.better.bound(), verdict(ok)),
                     _ => "—".into(),
                 };
                 let _ = writeln!(
@@ -400,17 +400,15 @@ impl Report {
             out.push_str("| case | median | spread | runs | bound |\n|---|---|---|---|---|\n");
             for m in &self.measurements {
                 let goal = match (m.goal, m.meets_goal()) {
-                    (Some(g), Some(ok)) => format!(
-                        "{} {} {} {}",
-                        if m.better == Better::Lower {
-                            "≤"
-                        } else {
-                            "≥"
-                        },
-                        figure(g),
-                        m.unit,
-                        if ok { "met" } else { "**missed**" }
-                    ),
+                    (Some(g), Some(ok)) => {
+                        format!(
+                            "{} {} {} {}",
+                            m.better.bound(),
+                            figure(g),
+                            m.unit,
+                            verdict(ok)
+                        )
+                    }
                     _ => "—".into(),
                 };
                 let _ = writeln!(
@@ -457,6 +455,10 @@ impl Report {
         let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
         serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
     }
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "**missed**" }
 }
 
 /// A figure with three significant digits and thin grouping: 316 084, 1.47, 0.073.
