@@ -528,3 +528,49 @@ fn a_structured_json_event_without_a_content_type_is_recognised_by_its_body() {
     };
     assert_eq!(kafka().decode(raw).unwrap().id(), "h");
 }
+
+#[test]
+fn header_names_match_exactly_or_case_insensitively_and_attributes_once() {
+    let base: &[(&str, &[u8])] = &[
+        ("ce_specversion", b"1.0"),
+        ("CE_ID", b"1"),
+        ("Ce_Source", b"/s"),
+        ("ce_TYPE", b"t"),
+        ("ce_datacontenttype", b"text/plain"),
+        ("ce_datacontenttype", b"application/json"),
+        ("ce_Traceid", b"abc"),
+        ("other", b"ignored"),
+    ];
+    let event = kafka()
+        .decode_parts(None, base.iter().copied(), b"{}")
+        .expect("decodes");
+    assert_eq!(
+        (event.id(), event.source().as_str(), event.ty()),
+        ("1", "/s", "t")
+    );
+    // The last `datacontenttype` header wins, as it always has.
+    assert_eq!(event.datacontenttype(), Some("application/json"));
+    assert_eq!(
+        event.extension("traceid").map(ToString::to_string),
+        Some("abc".to_owned())
+    );
+
+    for (twice, name) in [("ce_id", "id"), ("CE_TIME", "time"), ("ce_x1", "x1")] {
+        let mut headers = base.to_vec();
+        let value: &[u8] = if name == "time" {
+            b"2026-12-07T20:00:00Z"
+        } else {
+            b"2"
+        };
+        headers.push((twice, value));
+        headers.push((twice, value));
+        let err = kafka()
+            .decode_parts(None, headers.iter().copied(), b"{}")
+            .expect_err("an attribute twice");
+        assert_eq!(err.kind(), DecodeErrorKind::InvalidAttribute, "{err}");
+        assert!(
+            err.to_string().contains(&format!("{name:?} appears twice")),
+            "{err}"
+        );
+    }
+}
