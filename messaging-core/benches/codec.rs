@@ -91,7 +91,7 @@ fn main() {
          of JSON data; median of {RUNS} runs of {ITERATIONS} operations on one thread; allocations \
          counted for one operation"
     ));
-    if std::env::var("CODEC_BENCH_ONLY").map_or(true, |only| "floor".contains(&only)) {
+    if wanted("floor") {
         floor(&mut report, &event);
     }
     for (name, binding) in [("Kafka", Binding::kafka()), ("AMQP", Binding::amqp())] {
@@ -100,10 +100,7 @@ fn main() {
                 ContentMode::Binary => "binary",
                 ContentMode::Structured => "structured",
             };
-            // `CODEC_BENCH_ONLY=binary` (say) runs the cases whose name contains it: for a profile.
-            if std::env::var("CODEC_BENCH_ONLY")
-                .is_ok_and(|only| !format!("{name} {mode_name}").contains(&only))
-            {
+            if !wanted(&format!("{name} {mode_name}")) {
                 continue;
             }
             let encoded = binding.encode(&event, mode).expect("encode");
@@ -165,6 +162,11 @@ fn main() {
         }
     }
     report.finish();
+}
+
+/// `CODEC_BENCH_ONLY=binary` (say) runs the cases whose name contains it: for a profile.
+fn wanted(case: &str) -> bool {
+    std::env::var("CODEC_BENCH_ONLY").map_or(true, |only| case.contains(&only))
 }
 
 /// The least any decode into a `cloudevents::Event` does, with nothing of a binding: UTF-8

@@ -158,7 +158,7 @@ fn raw_consumer_config() -> ClientConfig {
 }
 
 /// What the raw consumer does with each message besides storing its offset.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum Work {
     /// Nothing: the payload's length only.
     Bytes,

@@ -574,3 +574,12 @@ fn header_names_match_exactly_or_case_insensitively_and_attributes_once() {
         );
     }
 }
+
+#[test]
+fn attribute_index_follows_the_attribute_table() {
+    for (i, name) in ATTRS.iter().enumerate() {
+        assert_eq!(attribute_index(name), Some(i), "{name}");
+    }
+    assert_eq!(attribute_index("datacontenttype"), Some(ATTRS.len()));
+    assert_eq!(attribute_index("traceparent"), None);
+}
