@@ -95,7 +95,12 @@ pub async fn connect(cli: &Cli, mode: Option<Mode>) -> Result<Broker, CliError> 
         }
     }
     Broker::from_settings(settings).await.map_err(|e| match e {
-        ConnectError::Unreachable { .. } => CliError::Unreachable(e.to_string()),
+        // Refused credentials, access or TLS are "unreachable or refused" too: the message
+        // names the broker and URL, never the secret.
+        ConnectError::Unreachable { .. }
+        | ConnectError::Authentication { .. }
+        | ConnectError::Forbidden { .. }
+        | ConnectError::Tls { .. } => CliError::Unreachable(e.to_string()),
         ConnectError::Unsupported { .. } => CliError::Failed(e.to_string()),
         _ => CliError::Input(e.to_string()),
     })

@@ -160,7 +160,10 @@ error_kind! {
         Encode => ("event cannot be encoded for this transport", false),
         /// The broker could not route the message anywhere (e.g. a mandatory AMQP publish).
         Unroutable => ("message is unroutable", false),
-        /// The broker refused the message for a reason retrying will not fix (authorization, invalid topic).
+        /// The credentials in use may not publish to this topic (no write permission); retrying
+        /// will not help until an operator grants it.
+        Forbidden => ("not authorised to publish to this topic", false),
+        /// The broker refused the message for a reason retrying will not fix (invalid topic).
         Rejected => ("broker rejected the message", false),
         /// The broker or the connection is unavailable for now.
         Unavailable => ("broker is unavailable", true),
@@ -182,7 +185,10 @@ error_kind! {
         InvalidOptions => ("invalid subscription options", false),
         /// The topic or queue does not exist and could not be created.
         NotFound => ("topic or queue not found", false),
-        /// The broker refused (authorization, conflicting topology).
+        /// The credentials in use may not consume from this topic or group, or declare what the
+        /// subscription needs; retrying will not help until an operator grants it.
+        Forbidden => ("not authorised to subscribe to this topic", false),
+        /// The broker refused (conflicting topology).
         Rejected => ("broker rejected the subscription", false),
         /// The broker or the connection is unavailable for now.
         Unavailable => ("broker is unavailable", true),
@@ -233,6 +239,7 @@ error_kind! {
 /// | `Closed` | `Closed` | `Closed` | `Closed` | `Unavailable` |
 /// | `TooLarge` | `PayloadTooLarge` | `Rejected` | `Closed` | `Rejected` |
 /// | `NotFound` | `Rejected` | `NotFound` | `Closed` | `Rejected` |
+/// | `Forbidden` | `Forbidden` | `Forbidden` | `Closed` | `Rejected` |
 /// | `Rejected` | `Rejected` | `Rejected` | `Closed` | `Rejected` |
 ///
 /// A receive that fails for a reason other than the transport ends the subscription
@@ -251,7 +258,10 @@ pub enum Cause {
     TooLarge,
     /// The topic or queue does not exist.
     NotFound,
-    /// The broker refused for a reason retrying will not fix (authorization, invalid name).
+    /// The credentials in use lack a permission (authorisation, not authentication).
+    Forbidden,
+    /// The broker refused for a reason retrying will not fix (invalid name, conflicting
+    /// settings).
     Rejected,
 }
 
@@ -269,6 +279,7 @@ impl Cause {
             Self::Throttled => PublishErrorKind::Throttled,
             Self::Closed => PublishErrorKind::Closed,
             Self::TooLarge => PublishErrorKind::PayloadTooLarge,
+            Self::Forbidden => PublishErrorKind::Forbidden,
             Self::NotFound | Self::Rejected => PublishErrorKind::Rejected,
         }
     }
@@ -280,6 +291,7 @@ impl Cause {
             Self::Timeout => SubscribeErrorKind::Timeout,
             Self::Closed => SubscribeErrorKind::Closed,
             Self::NotFound => SubscribeErrorKind::NotFound,
+            Self::Forbidden => SubscribeErrorKind::Forbidden,
             Self::TooLarge | Self::Rejected => SubscribeErrorKind::Rejected,
         }
     }
@@ -289,7 +301,7 @@ impl Cause {
         match self {
             Self::Unavailable | Self::Throttled => ReceiveErrorKind::Unavailable,
             Self::Timeout => ReceiveErrorKind::Timeout,
-            Self::Closed | Self::TooLarge | Self::NotFound | Self::Rejected => {
+            Self::Closed | Self::TooLarge | Self::NotFound | Self::Forbidden | Self::Rejected => {
                 ReceiveErrorKind::Closed
             }
         }
@@ -302,7 +314,9 @@ impl Cause {
             Self::Unavailable | Self::Timeout | Self::Throttled | Self::Closed => {
                 InspectErrorKind::Unavailable
             }
-            Self::TooLarge | Self::NotFound | Self::Rejected => InspectErrorKind::Rejected,
+            Self::TooLarge | Self::NotFound | Self::Forbidden | Self::Rejected => {
+                InspectErrorKind::Rejected
+            }
         }
     }
 }

@@ -17,7 +17,9 @@ pub(crate) fn classify(code: RDKafkaErrorCode) -> Cause {
         Code::TopicAuthorizationFailed
         | Code::GroupAuthorizationFailed
         | Code::ClusterAuthorizationFailed
-        | Code::SaslAuthenticationFailed
+        | Code::TransactionalIdAuthorizationFailed
+        | Code::DelegationTokenAuthorizationFailed => Cause::Forbidden,
+        Code::SaslAuthenticationFailed
         | Code::Authentication
         | Code::InvalidTopic
         | Code::PolicyViolation
@@ -76,7 +78,10 @@ mod tests {
         let denied = publish(KafkaError::MessageProduction(
             Code::TopicAuthorizationFailed,
         ));
-        assert_eq!(denied.kind(), PublishErrorKind::Rejected);
+        assert_eq!(denied.kind(), PublishErrorKind::Forbidden);
+        assert!(!denied.is_transient());
+        assert_eq!(classify(Code::GroupAuthorizationFailed), Cause::Forbidden);
+        assert_eq!(classify(Code::SaslAuthenticationFailed), Cause::Rejected);
         let timeout = publish(KafkaError::MessageProduction(Code::MessageTimedOut));
         assert_eq!(timeout.kind(), PublishErrorKind::Timeout);
         assert!(timeout.is_transient());

@@ -62,17 +62,23 @@ impl RabbitBroker {
     /// replaced by a new one on the next call that needs it (see the crate docs, "Recovery").
     ///
     /// A TCP connection to the URI's host is tried first, so a broker that is down fails at
-    /// once (transient); refused credentials or a missing virtual host are permanent.
+    /// once (transient, [`ConnectError::Unreachable`]). Refused credentials fail as
+    /// [`ConnectError::Authentication`], a virtual host the user may not use (or that does not
+    /// exist) as [`ConnectError::Forbidden`], and a TLS handshake that fails (a certificate
+    /// that does not verify, a server that does not speak TLS) as [`ConnectError::Tls`]; none
+    /// of them is transient. TLS files that cannot be read fail as
+    /// [`ConnectError::Config`] before any connection is made.
     pub async fn connect(config: RabbitConfig) -> Result<Self, ConnectError> {
         let shown = redact_url(&config.uri);
+        config.tls.read_ca()?;
+        config.tls.read_identity()?;
         if let Ok(url) = BrokerUrl::parse(&config.uri) {
             let port = if url.scheme() == "amqps" { 5671 } else { 5672 };
             probe_tcp("rabbitmq", &shown, url.hosts(), port).await?;
         }
-        let conn = connect(&config).await.map_err(|source| {
-            let transient = source.is_io_error();
-            ConnectError::unreachable("rabbitmq", shown, transient, source)
-        })?;
+        let conn = connect(&config)
+            .await
+            .map_err(|source| crate::error::connect(shown, source))?;
         Ok(Self {
             shared: Arc::new(Shared {
                 conn: RwLock::new(Arc::new(conn)),
@@ -148,14 +154,50 @@ impl RabbitBroker {
 /// 16 attempts, and a failure while restoring a channel fails the connection) or, seen on
 /// 4.12 after a node restart, wait forever with no socket; the adapter replaces a failed
 /// connection itself, and subscriptions consume again on the new one.
+///
+/// The TLS files are read on every connection, so a replaced connection uses rotated
+/// certificates.
 async fn connect(config: &RabbitConfig) -> Result<Connection, lapin::Error> {
+    use lapin::Connect as _;
     let props = ConnectionProperties::default()
         .with_connection_name(LongString::from(config.connection_name.as_str()));
+    let tls = tls_config(&config.tls).map_err(lapin::Error::from)?;
+    let runtime = lapin::runtime::default_runtime()?;
     bounded(
         config.operation_timeout,
-        Connection::connect(&config.uri, props),
+        config.uri.as_str().connect_with_config(props, tls, runtime),
     )
     .await
+}
+
+/// lapin's TLS settings from the files: the CA added to the trusted roots, the client
+/// certificate and key as a PEM identity.
+fn tls_config(
+    files: &messaging_core::connect::TlsFiles,
+) -> std::io::Result<lapin::tcp::OwnedTLSConfig> {
+    let cert_chain = files
+        .read_ca()
+        .map_err(std::io::Error::other)?
+        .map(|pem| {
+            String::from_utf8(pem).map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "tls_ca_file is not PEM text",
+                )
+            })
+        })
+        .transpose()?;
+    let identity = files
+        .read_identity()
+        .map_err(std::io::Error::other)?
+        .map(|id| lapin::tcp::OwnedIdentity::PKCS8 {
+            pem: id.cert_pem,
+            key: id.key_pem,
+        });
+    Ok(lapin::tcp::OwnedTLSConfig {
+        identity,
+        cert_chain,
+    })
 }
 
 /// A consumer of a group's queue, on its own channel.

@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use messaging_core::ContentMode;
-use messaging_core::connect::{BrokerUrl, ConfigError, Options, redact_url};
+use messaging_core::connect::{BrokerUrl, ConfigError, Options, TlsFiles, redact_url};
 
 /// The options [`RabbitConfig::from_options`] reads; other query keys of the URL (`heartbeat`,
 /// `frame_max`, `channel_max`…) are the AMQP client's.
@@ -19,6 +19,9 @@ pub const OPTIONS: &[&str] = &[
     "connection_name",
     "queue_expires",
     "max_deliveries",
+    "tls_ca_file",
+    "tls_cert_file",
+    "tls_key_file",
 ];
 
 /// Queue type of subscription groups.
@@ -85,6 +88,10 @@ pub struct RabbitConfig {
     /// crash or requeue without end; the consumer runtime dead-letters by its retry policy
     /// first. Classic queues (ordered groups, [`QueueType::Classic`]) have no delivery limit.
     pub max_deliveries: u32,
+    /// For `amqps://`: a CA to trust besides the system's, and a client certificate for
+    /// mutual TLS (options `tls_ca_file`, `tls_cert_file`, `tls_key_file`). The server's
+    /// certificate is always verified, host name included; no option turns that off.
+    pub tls: TlsFiles,
 }
 
 impl RabbitConfig {
@@ -102,6 +109,7 @@ impl RabbitConfig {
             connection_name: "messaging-rabbitmq".into(),
             queue_expires: None,
             max_deliveries: DEFAULT_MAX_DELIVERIES,
+            tls: TlsFiles::default(),
         }
     }
 }
@@ -158,6 +166,15 @@ impl RabbitConfig {
         if let Some(v) = o.number("max_deliveries")? {
             c.max_deliveries = v;
         }
+        c.tls = TlsFiles::from_options(&mut o)?;
+        if !c.tls.is_empty() && url.scheme() != "amqps" {
+            return Err(ConfigError::InvalidUrl {
+                url: redact_url(&c.uri),
+                reason: "tls_ca_file, tls_cert_file and tls_key_file need an amqps:// URL \
+                         (this one would connect without TLS)"
+                    .into(),
+            });
+        }
         // Everything else in the query is lapin's; options from the file must be ours.
         let lapin_keys: Vec<&str> = url.query().iter().map(|(k, _)| k.as_str()).collect();
         o.drain(|k| lapin_keys.contains(&k));
@@ -180,6 +197,7 @@ impl fmt::Debug for RabbitConfig {
             .field("connection_name", &self.connection_name)
             .field("queue_expires", &self.queue_expires)
             .field("max_deliveries", &self.max_deliveries)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -187,6 +205,22 @@ impl fmt::Debug for RabbitConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_files_need_amqps() {
+        let config = |url: &str| {
+            let url: BrokerUrl = url.parse().unwrap();
+            RabbitConfig::from_options(&url, Options::from_url("rabbitmq", &url))
+        };
+        let c = config("amqps://u:p@h/%2f?tls_ca_file=/ca.pem&heartbeat=10").unwrap();
+        assert_eq!(c.tls, TlsFiles::default().with_ca_file("/ca.pem"));
+        assert_eq!(c.uri, "amqps://u:p@h/%2f?heartbeat=10");
+        let err = config("amqp://u:p@h/%2f?tls_ca_file=/ca.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("need an amqps:// URL"), "{err}");
+        assert!(!err.contains(":p@"), "{err}");
+    }
 
     #[test]
     fn debug_never_shows_the_password() {

@@ -1,8 +1,51 @@
 //! lapin errors mapped onto the core's error kinds, keeping the source.
 
+use messaging_core::connect::ConnectError;
 use messaging_core::{
     AckError, AckErrorKind, Cause, InspectError, PublishError, ReceiveError, SubscribeError,
 };
+
+/// A failed connection attempt, by what went wrong: the TLS handshake, the credentials
+/// (`ACCESS_REFUSED`, 403, in answer to the login), the virtual host (`NOT_ALLOWED`, 530: no
+/// permission, or no such virtual host), or the transport (transient when it is I/O).
+pub(crate) fn connect(url: String, e: lapin::Error) -> ConnectError {
+    if is_tls_failure(&e) {
+        return ConnectError::tls("rabbitmq", url, e);
+    }
+    if let lapin::ErrorKind::ProtocolError(amqp) = e.kind() {
+        match amqp.get_id() {
+            403 => return ConnectError::authentication("rabbitmq", url, e),
+            530 => return ConnectError::forbidden("rabbitmq", url, e),
+            _ => {}
+        }
+    }
+    let transient = e.is_io_error();
+    ConnectError::unreachable("rabbitmq", url, transient, e)
+}
+
+/// Whether rustls failed the handshake: anywhere in the error's chain, including inside an
+/// I/O error (whose `source` skips the error it wraps).
+fn is_tls_failure(e: &lapin::Error) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        #[cfg(feature = "tls")]
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+        {
+            #[cfg(feature = "tls")]
+            if inner.is::<rustls::Error>() {
+                return true;
+            }
+            next = inner.source();
+            continue;
+        }
+        next = err.source();
+    }
+    false
+}
 
 /// Whether the connection or channel failing is the cause (a retry, after recovery, can help)
 /// rather than the broker refusing the operation.
@@ -24,10 +67,15 @@ fn is_transport(e: &lapin::Error) -> bool {
 }
 
 /// A transport failure is [`Unavailable`](Cause::Unavailable); anything else is the broker
-/// refusing the operation, [`Rejected`](Cause::Rejected).
+/// refusing the operation, [`Rejected`](Cause::Rejected) unless it is a missing permission.
+///
+/// `ACCESS_REFUSED` (403) is [`Forbidden`](Cause::Forbidden): the user lacks the configure,
+/// write or read permission on the exchange or queue.
 fn cause_of(e: &lapin::Error) -> Cause {
     if is_transport(e) {
         Cause::Unavailable
+    } else if matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 403) {
+        Cause::Forbidden
     } else {
         Cause::Rejected
     }

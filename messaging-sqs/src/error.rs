@@ -23,12 +23,23 @@ const NOT_FOUND: &[&str] = &[
     "AWS.SimpleQueueService.NonExistentQueue",
 ];
 
+/// The credentials are valid but lack the IAM permission (or a queue or topic policy denies).
+const FORBIDDEN: &[&str] = &[
+    "AccessDenied",
+    "AccessDeniedException",
+    "AuthorizationError",
+    "AWS.SimpleQueueService.AccessDenied",
+    "KMS.AccessDeniedException",
+];
+
 /// Classifies a service error code (from a call or a batch entry).
 pub(crate) fn class_of_code(code: &str, sender_fault: bool) -> Cause {
     if THROTTLING.contains(&code) {
         Cause::Throttled
     } else if NOT_FOUND.contains(&code) {
         Cause::NotFound
+    } else if FORBIDDEN.contains(&code) {
+        Cause::Forbidden
     } else if sender_fault {
         Cause::Rejected
     } else {
@@ -116,7 +127,7 @@ pub(crate) fn ack_kind(class: Cause, code: &str) -> AckErrorKind {
         Cause::Unavailable | Cause::Throttled => AckErrorKind::Unavailable,
         Cause::Timeout => AckErrorKind::Timeout,
         Cause::NotFound | Cause::Closed => AckErrorKind::Closed,
-        Cause::Rejected | Cause::TooLarge => AckErrorKind::Unsupported,
+        Cause::Rejected | Cause::Forbidden | Cause::TooLarge => AckErrorKind::Unsupported,
     }
 }
 
@@ -148,6 +159,9 @@ mod tests {
         assert_eq!(class_of_code("QueueDoesNotExist", true), Cause::NotFound);
         assert_eq!(class_of_code("InvalidParameter", true), Cause::Rejected);
         assert_eq!(class_of_code("InternalError", false), Cause::Unavailable);
+        assert_eq!(class_of_code("AccessDenied", true), Cause::Forbidden);
+        assert_eq!(class_of_code("AuthorizationError", true), Cause::Forbidden);
+        assert!(!ack_kind(Cause::Forbidden, "AccessDenied").is_transient_kind());
         assert_eq!(
             ack_kind(Cause::Rejected, "ReceiptHandleIsInvalid"),
             AckErrorKind::Expired

@@ -10,6 +10,8 @@
 
 pub mod bench;
 pub mod conformance;
+#[cfg(feature = "logs")]
+pub mod logs;
 pub mod memory;
 pub mod netfault;
 pub mod outage;

@@ -134,6 +134,28 @@ pub async fn until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// A file of the tests' throw-away TLS material (`ca.pem`, `server.pem`, `client.pem`,
+/// `client.key`, `other-ca.pem`, `other-client.pem`, `other-client.key`), made by
+/// `scripts/tls-certs.sh` (which the broker scripts run) in `$MESSAGING_TLS_DIR`, default
+/// `~/.cache/messaging-brokers/tls`. Panics, saying how to make it, when it is missing.
+pub fn tls_file(name: &str) -> std::path::PathBuf {
+    let dir = std::env::var_os("MESSAGING_TLS_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|home| std::path::Path::new(&home).join(".cache/messaging-brokers/tls"))
+        })
+        .expect("neither MESSAGING_TLS_DIR nor HOME is set");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "TLS test file {} is missing: run scripts/tls-certs.sh (the broker scripts in \
+         scripts/brokers run it)",
+        path.display()
+    );
+    path
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

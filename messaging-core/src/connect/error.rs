@@ -93,6 +93,40 @@ pub enum ConnectError {
         /// The client's error.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The broker refused the credentials (a wrong user name or password, an unknown SASL
+    /// user, a wrong access key). Not transient: the same credentials fail again.
+    #[error("authentication to {broker} at {url} failed: {source}")]
+    Authentication {
+        /// The broker.
+        broker: &'static str,
+        /// The URL, without secrets.
+        url: String,
+        /// The client's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The credentials were accepted but the user may not use what the URL names (a RabbitMQ
+    /// virtual host without permissions). Not transient until an operator grants access.
+    #[error("{broker} at {url} refused access: {source}")]
+    Forbidden {
+        /// The broker.
+        broker: &'static str,
+        /// The URL, without secrets.
+        url: String,
+        /// The client's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The TLS handshake failed: the server's certificate does not verify against the trusted
+    /// CAs or is not for the host name connected to, the server refused the client
+    /// certificate, or the server does not speak TLS on that port. Not transient.
+    #[error("TLS with {broker} at {url} failed: {source}")]
+    Tls {
+        /// The broker.
+        broker: &'static str,
+        /// The URL, without secrets.
+        url: String,
+        /// The client's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The broker lacks a capability the configuration requires (`requires:`).
     #[error("{url}: {source}")]
     Unsupported {
@@ -120,10 +154,54 @@ impl ConnectError {
         }
     }
 
+    /// The broker at `url` (shown without secrets) refused the credentials.
+    pub fn authentication(
+        broker: &'static str,
+        url: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Authentication {
+            broker,
+            url: url.into(),
+            source: source.into(),
+        }
+    }
+
+    /// The broker at `url` accepted the credentials but refused access.
+    pub fn forbidden(
+        broker: &'static str,
+        url: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Forbidden {
+            broker,
+            url: url.into(),
+            source: source.into(),
+        }
+    }
+
+    /// The TLS handshake with the broker at `url` failed.
+    pub fn tls(
+        broker: &'static str,
+        url: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Tls {
+            broker,
+            url: url.into(),
+            source: source.into(),
+        }
+    }
+
     /// The same error, naming `url` (without secrets) as where it happened: the URL the user
     /// gave, rather than the one the adapter built from it.
     pub fn with_url(self, url: &str) -> Self {
         match self {
+            Self::Authentication { broker, source, .. } => {
+                Self::authentication(broker, url, source)
+            }
+            Self::Forbidden { broker, source, .. } => Self::forbidden(broker, url, source),
+            Self::Tls { broker, source, .. } => Self::tls(broker, url, source),
             Self::Unreachable {
                 broker,
                 transient,

@@ -65,6 +65,7 @@
 
 mod error;
 mod options;
+mod tls;
 mod url;
 
 use std::any::Any;
@@ -73,6 +74,7 @@ use std::sync::Arc;
 
 pub use error::{ConfigError, ConnectError};
 pub use options::{COMMON_OPTIONS, Options};
+pub use tls::{ClientIdentity, TLS_OPTIONS, TlsFiles};
 pub use url::{BrokerUrl, redact_url};
 
 use crate::dynamic::BoxFuture;
