@@ -506,6 +506,53 @@ async fn bad_input_and_unreachable_brokers_have_clear_errors_and_exit_codes() {
     assert_eq!(usage.code, 2, "--group is required: {usage:?}");
 }
 
+/// Refused credentials, a virtual host without access and a certificate that does not verify
+/// each exit 3 ("unreachable or refused") at once, with a message that names the broker and
+/// what failed but never the password.
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn refused_credentials_access_and_tls_exit_3_without_the_secret() {
+    let secret = format!("cli-secret-{}", unique("pw").replace('-', ""));
+    let ca = messaging_testkit::support::tls_file("ca.pem");
+    let ca = ca.display();
+    let cases = [
+        (
+            format!("amqp://guest:{secret}@127.0.0.1:5672/%2f"),
+            "authentication to rabbitmq",
+        ),
+        (
+            format!("amqps://guest:{secret}@localhost:5671/messaging-secure?tls_ca_file={ca}"),
+            "authentication to rabbitmq",
+        ),
+        (
+            "amqps://guest:guest@localhost:5671/messaging-secure?tls_ca_file=CA"
+                .replace("CA", &ca.to_string()),
+            "refused access: protocol error: AMQP hard error: NOT-ALLOWED",
+        ),
+        (
+            format!("amqps://messaging-app:{secret}@localhost:5671/messaging-secure"),
+            "TLS with rabbitmq",
+        ),
+    ];
+    for (url, says) in cases {
+        let started = std::time::Instant::now();
+        let out = Cli::Binary(url.clone())
+            .run(&["dlq", "depth", "orders.dlq"], "")
+            .await;
+        assert_eq!(out.code, 3, "{url}: {out:?}");
+        assert!(out.stderr.contains(says), "{url}: {out:?}");
+        assert!(
+            !out.stderr.contains(&secret) && !out.stdout.contains(&secret),
+            "{out:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{url}: took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
 /// Messages that are not CloudEvents at the head of a group do not hide the events behind them:
 /// `consume --max 1` skips them without holding them (they go back to the group), and
 /// `--dead-letter` moves them to the dead-letter topic as the consumer runtime would.

@@ -74,6 +74,23 @@ async fn rabbitmq_by_url() {
     round_trip(&TestBroker::RabbitMq.url(), "rabbitmq").await;
 }
 
+/// `amqps://` with the test CA from the URL, as a user on its own virtual host
+/// (`scripts/brokers/rabbitmq.sh` makes both).
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn rabbitmq_over_tls_by_url() {
+    let ca = messaging_testkit::support::tls_file("ca.pem");
+    round_trip(
+        &format!(
+            "amqps://messaging-app:messaging-app-test-password@localhost:5671/messaging-secure\
+             ?queue_expires=120s&tls_ca_file={}",
+            ca.display()
+        ),
+        "rabbitmq",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn sqs_by_url() {
     round_trip(&TestBroker::Sqs.url(), "sqs").await;
