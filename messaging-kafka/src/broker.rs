@@ -48,6 +48,94 @@ pub(crate) struct Shared {
     pub(crate) uncommitted_starts: Mutex<HashMap<(String, String, i32), i64>>,
 }
 
+/// Why the connect probe failed.
+enum Refused {
+    /// SASL authentication failed, with librdkafka's reason.
+    Authentication(String),
+    /// The TLS handshake failed, with librdkafka's reason.
+    Tls(String),
+    /// Anything else: the metadata request's own error.
+    Other(KafkaError),
+}
+
+/// Watches librdkafka's log for a connection it refused for good: a TLS handshake that failed
+/// on the certificate (OpenSSL's reason, "SSL handshake failed: error:…: certificate verify
+/// failed"), or a failed SASL authentication. Its error events carry only a code, and may come
+/// long after the log line, behind transport failures. Every line still goes on to the `log`
+/// crate, as without this context.
+#[derive(Default)]
+struct ProbeContext {
+    refused: Mutex<Option<Refused>>,
+}
+
+impl ProbeContext {
+    fn take(&self) -> Option<Refused> {
+        messaging_core::sync::lock(&self.refused).take()
+    }
+}
+
+/// What a librdkafka log line says about a connection, if it was refused for good. A TLS
+/// failure without OpenSSL's error (a connection dropped mid-handshake) is not one.
+fn refusal_in(line: &str) -> Option<Refused> {
+    if line.contains("SASL authentication error")
+        || line.contains("SASL SCRAM") && line.contains("failed")
+    {
+        return Some(Refused::Authentication(line.to_owned()));
+    }
+    if line.contains("SSL handshake failed: error:") || line.contains("certificate verify failed") {
+        return Some(Refused::Tls(line.to_owned()));
+    }
+    None
+}
+
+impl rdkafka::ClientContext for ProbeContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, line: &str) {
+        if let Some(refused) = refusal_in(line) {
+            messaging_core::sync::lock(&self.refused).get_or_insert(refused);
+        }
+        DefaultClientContext.log(level, fac, line);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ProbeContext {}
+
+/// Asks for the cluster's metadata until `timeout`, watching in between for a refusal (see
+/// [`ProbeContext`]) and the client's error events: librdkafka keeps trying a connection it
+/// cannot make, so without this a refused one would look like a broker that does not answer
+/// (a time-out, transient). A refusal fails at once, and not as transient.
+fn probe_cluster(
+    probe: &BaseConsumer<ProbeContext>,
+    timeout: std::time::Duration,
+) -> Result<(), Refused> {
+    use std::time::{Duration, Instant};
+    let end = Instant::now() + timeout;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        let last = match probe.fetch_metadata(None, left.min(Duration::from_millis(250))) {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        while let Some(event) = probe.poll(Duration::ZERO) {
+            let Err(e) = event else { continue };
+            let refused = match e.rdkafka_error_code() {
+                Some(RDKafkaErrorCode::SSL) => Refused::Tls(e.to_string()),
+                Some(
+                    RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed,
+                ) => Refused::Authentication(e.to_string()),
+                _ => continue,
+            };
+            // The log line says why; the event only what.
+            return Err(probe.context().take().unwrap_or(refused));
+        }
+        if let Some(refused) = probe.context().take() {
+            return Err(refused);
+        }
+        if Instant::now() >= end {
+            return Err(Refused::Other(last));
+        }
+    }
+}
+
 /// Lag of one partition of a group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionLag {
@@ -82,12 +170,20 @@ impl KafkaBroker {
         let producer = Producer::new(&config).map_err(fail)?;
         let admin: AdminClient<DefaultClientContext> =
             config.client_config().create().map_err(fail)?;
-        let probe: BaseConsumer = config.client_config().create().map_err(fail)?;
+        let probe: BaseConsumer<ProbeContext> = config
+            .client_config()
+            .create_with_context(ProbeContext::default())
+            .map_err(fail)?;
         let timeout = config.subscribe_timeout;
-        tokio::task::spawn_blocking(move || probe.fetch_metadata(None, timeout).map(drop))
+        let shown = servers.clone();
+        tokio::task::spawn_blocking(move || probe_cluster(&probe, timeout))
             .await
             .map_err(|_| fail(KafkaError::Canceled))?
-            .map_err(fail)?;
+            .map_err(|refused| match refused {
+                Refused::Authentication(why) => ConnectError::authentication("kafka", shown, why),
+                Refused::Tls(why) => ConnectError::tls("kafka", shown, why),
+                Refused::Other(e) => fail(e),
+            })?;
         Ok(Self {
             shared: Arc::new(Shared {
                 binding: Binding::kafka(),

@@ -27,6 +27,9 @@ pub const OPTIONS: &[&str] = &[
     "subscribe_timeout",
     "publish_timeout",
     "retry_tiers",
+    "tls_ca_file",
+    "tls_cert_file",
+    "tls_key_file",
     "<any librdkafka property, e.g. sasl.mechanism>",
 ];
 
@@ -196,6 +199,25 @@ impl KafkaConfig {
                 .property("sasl.mechanism", "PLAIN")
                 .property("sasl.username", user)
                 .property("sasl.password", url.password().unwrap_or_default());
+        }
+        // The shared TLS options, as librdkafka's PEM file properties.
+        let files = messaging_core::connect::TlsFiles::from_options(&mut o)?;
+        if !files.is_empty() && !tls {
+            return Err(messaging_core::ConfigError::InvalidUrl {
+                url: messaging_core::connect::redact_url(&url.to_string()),
+                reason: "tls_ca_file, tls_cert_file and tls_key_file need a kafkas:// URL \
+                         (this one would connect without TLS)"
+                    .into(),
+            });
+        }
+        for (property, file) in [
+            ("ssl.ca.location", &files.ca_file),
+            ("ssl.certificate.location", &files.cert_file),
+            ("ssl.key.location", &files.key_file),
+        ] {
+            if let Some(path) = file {
+                c = c.property(property, path.display().to_string());
+            }
         }
         for (k, v) in o.drain(|k| k.contains('.')) {
             c.properties.retain(|(name, _)| *name != k);

@@ -9,7 +9,8 @@ use messaging_core::{
 /// (`ACCESS_REFUSED`, 403, in answer to the login), the virtual host (`NOT_ALLOWED`, 530: no
 /// permission, or no such virtual host), or the transport (transient when it is I/O).
 pub(crate) fn connect(url: String, e: lapin::Error) -> ConnectError {
-    if is_tls_failure(&e) {
+    #[cfg(feature = "tls")]
+    if messaging_core::connect::caused_by::<rustls::Error>(&e) {
         return ConnectError::tls("rabbitmq", url, e);
     }
     if let lapin::ErrorKind::ProtocolError(amqp) = e.kind() {
@@ -21,30 +22,6 @@ pub(crate) fn connect(url: String, e: lapin::Error) -> ConnectError {
     }
     let transient = e.is_io_error();
     ConnectError::unreachable("rabbitmq", url, transient, e)
-}
-
-/// Whether rustls failed the handshake: anywhere in the error's chain, including inside an
-/// I/O error (whose `source` skips the error it wraps).
-fn is_tls_failure(e: &lapin::Error) -> bool {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = next {
-        #[cfg(feature = "tls")]
-        if err.is::<rustls::Error>() {
-            return true;
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && let Some(inner) = io.get_ref()
-        {
-            #[cfg(feature = "tls")]
-            if inner.is::<rustls::Error>() {
-                return true;
-            }
-            next = inner.source();
-            continue;
-        }
-        next = err.source();
-    }
-    false
 }
 
 /// Whether the connection or channel failing is the cause (a retry, after recovery, can help)

@@ -57,6 +57,32 @@ impl Destination {
     }
 }
 
+/// The SDK's own HTTPS client (rustls with aws-lc), trusting `tls.ca_file` besides the
+/// system's roots; `None` without a CA file, so the SDK builds its default one.
+fn http_client(
+    tls: &messaging_core::connect::TlsFiles,
+) -> Result<Option<aws_sdk_sqs::config::SharedHttpClient>, ConfigError> {
+    use aws_smithy_http_client::tls;
+    let Some(ca) = tls.read_ca()? else {
+        return Ok(None);
+    };
+    let context = tls::TlsContext::builder()
+        .with_trust_store(tls::TrustStore::default().with_pem_certificate(ca))
+        .build()
+        .map_err(|e| ConfigError::Invalid {
+            origin: Some("tls_ca_file".into()),
+            message: format!("the CA file cannot be used: {e}"),
+        })?;
+    Ok(Some(
+        aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::AwsLc,
+            ))
+            .tls_context(context)
+            .build_https(),
+    ))
+}
+
 /// A group's queue, declared.
 #[derive(Debug, Clone)]
 pub(crate) struct GroupQueue {
@@ -79,7 +105,17 @@ pub(crate) struct Shared {
 impl SqsBroker {
     /// Builds the SQS and SNS clients from `config` (region, endpoint URL, static credentials).
     /// No call is made until the first publish or subscribe.
+    ///
+    /// # Panics
+    ///
+    /// If `config.tls.ca_file` is set and cannot be read; [`connect`](Self::connect) returns
+    /// that as [`ConnectError::Config`] instead.
     pub fn new(config: SqsConfig) -> Self {
+        let http = http_client(&config.tls).unwrap_or_else(|e| panic!("{e}"));
+        Self::with_http(config, http)
+    }
+
+    fn with_http(config: SqsConfig, http: Option<aws_sdk_sqs::config::SharedHttpClient>) -> Self {
         let region = aws_sdk_sqs::config::Region::new(config.region.clone());
         let mut sqs = aws_sdk_sqs::Config::builder()
             .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
@@ -94,6 +130,10 @@ impl SqsBroker {
         if let Some(url) = &config.endpoint_url {
             sqs = sqs.endpoint_url(url);
             sns = sns.endpoint_url(url);
+        }
+        if let Some(http) = http {
+            sqs = sqs.http_client(http.clone());
+            sns = sns.http_client(http);
         }
         if let Some(c) = &config.credentials {
             let creds = aws_sdk_sqs::config::Credentials::new(
@@ -118,11 +158,17 @@ impl SqsBroker {
     /// with the same call timeout and retries either way — and makes one cheap call
     /// (`ListQueues`), so a wrong endpoint or refused credentials fail here, not at first use.
     /// An endpoint that does not answer is transient; refused credentials are not.
+    ///
+    /// Refused keys (a wrong secret, an unknown access key, an expired token) fail as
+    /// [`ConnectError::Authentication`], keys without permission for `ListQueues` as
+    /// [`ConnectError::Forbidden`], and an `https://` endpoint whose certificate does not
+    /// verify as [`ConnectError::Tls`].
     pub async fn connect(config: SqsConfig) -> Result<Self, ConnectError> {
+        let http = http_client(&config.tls)?;
         let broker = if config.credentials.is_some() {
-            Self::new(config)
+            Self::with_http(config, http)
         } else {
-            Self::from_default_chain(config).await
+            Self::from_default_chain(config, http).await
         };
         broker
             .sqs()
@@ -130,31 +176,25 @@ impl SqsBroker {
             .max_results(1)
             .send()
             .await
-            .map_err(|e| {
-                let transient = matches!(
-                    e,
-                    aws_sdk_sqs::error::SdkError::TimeoutError(_)
-                        | aws_sdk_sqs::error::SdkError::DispatchFailure(_)
-                );
-                ConnectError::unreachable(
-                    "sqs",
-                    broker.shared.config.shown(),
-                    transient,
-                    aws_sdk_sqs::error::DisplayErrorContext(e).to_string(),
-                )
-            })?;
+            .map_err(|e| crate::error::connect(broker.shared.config.shown(), e))?;
         Ok(broker)
     }
 
     /// Clients from aws-config's default credential chain, with the call timeout and retries
     /// that [`new`](Self::new) gives its clients.
-    async fn from_default_chain(config: SqsConfig) -> Self {
+    async fn from_default_chain(
+        config: SqsConfig,
+        http: Option<aws_sdk_sqs::config::SharedHttpClient>,
+    ) -> Self {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(config.region.clone()))
             .timeout_config(config.timeouts())
             .retry_config(SqsConfig::retries());
         if let Some(endpoint) = &config.endpoint_url {
             loader = loader.endpoint_url(endpoint);
+        }
+        if let Some(http) = http {
+            loader = loader.http_client(http);
         }
         let shared = loader.load().await;
         Self::from_clients(
@@ -853,10 +893,13 @@ mod tests {
             ..SqsConfig::local("http://127.0.0.1:1")
         };
         let fixed = SqsBroker::new(config.clone());
-        let chained = SqsBroker::from_default_chain(SqsConfig {
-            credentials: None,
-            ..config
-        })
+        let chained = SqsBroker::from_default_chain(
+            SqsConfig {
+                credentials: None,
+                ..config
+            },
+            None,
+        )
         .await;
         for broker in [&fixed, &chained] {
             let sqs = broker.sqs().config();

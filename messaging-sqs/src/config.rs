@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use messaging_core::ContentMode;
-use messaging_core::connect::{BrokerUrl, ConfigError, Options};
+use messaging_core::connect::{BrokerUrl, ConfigError, Options, TlsFiles};
 
 /// The options [`SqsConfig::from_options`] reads.
 pub const OPTIONS: &[&str] = &[
@@ -20,6 +20,7 @@ pub const OPTIONS: &[&str] = &[
     "fifo_topics",
     "retention",
     "call_timeout",
+    "tls_ca_file",
 ];
 
 /// SNS's default largest message: 256 KiB.
@@ -111,6 +112,11 @@ pub struct SqsConfig {
     /// clients built by [`SqsBroker::new`](crate::SqsBroker::new) and
     /// [`SqsBroker::connect`](crate::SqsBroker::connect).
     pub call_timeout: Duration,
+    /// A CA to trust besides the system's for an `https://` endpoint (option `tls_ca_file`):
+    /// a private endpoint or TLS-inspecting proxy. Server certificates are always verified,
+    /// host name included; client certificates are not supported (AWS authenticates by
+    /// signature).
+    pub tls: TlsFiles,
 }
 
 impl Default for SqsConfig {
@@ -130,6 +136,7 @@ impl Default for SqsConfig {
             fifo_topics: HashSet::new(),
             retention: None,
             call_timeout: Duration::from_secs(30),
+            tls: TlsFiles::default(),
         }
     }
 }
@@ -221,6 +228,16 @@ impl SqsConfig {
         }
         if let Some(v) = o.duration("call_timeout")? {
             c.call_timeout = v;
+        }
+        c.tls = TlsFiles::from_options(&mut o)?;
+        if c.tls.cert_file.is_some() {
+            return Err(ConfigError::InvalidOption {
+                broker: "sqs",
+                key: "tls_cert_file".into(),
+                value: "set".into(),
+                expected: "no client certificate: AWS authenticates requests by their signature"
+                    .into(),
+            });
         }
         o.finish(OPTIONS)?;
         Ok(c)

@@ -32,6 +32,49 @@ const FORBIDDEN: &[&str] = &[
     "KMS.AccessDeniedException",
 ];
 
+/// The keys were refused: unknown, wrongly signed, expired.
+const UNAUTHENTICATED: &[&str] = &[
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "UnrecognizedClientException",
+    "IncompleteSignature",
+    "MissingAuthenticationToken",
+    "InvalidAccessKeyId",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "AuthFailure",
+];
+
+/// A failed connect check (`ListQueues`), by what went wrong: the TLS handshake, the keys,
+/// their permissions, or the endpoint (transient when it did not answer).
+///
+/// moto answers a refused signature or permission on the JSON protocol with an XML body the
+/// SDK cannot read, leaving only the status: a 403 without a code is taken as refused keys
+/// (a real endpoint names the code).
+pub(crate) fn connect<E>(shown: String, e: SdkError<E>) -> messaging_core::connect::ConnectError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    use messaging_core::connect::ConnectError;
+    let detail = detail(&e);
+    if messaging_core::connect::caused_by::<rustls::Error>(&e) {
+        return ConnectError::tls("sqs", shown, detail);
+    }
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    match e.code() {
+        Some(code) if UNAUTHENTICATED.contains(&code) => {
+            return ConnectError::authentication("sqs", shown, detail);
+        }
+        Some(code) if FORBIDDEN.contains(&code) => {
+            return ConnectError::forbidden("sqs", shown, detail);
+        }
+        None if status == Some(403) => return ConnectError::authentication("sqs", shown, detail),
+        _ => {}
+    }
+    let transient = matches!(e, SdkError::TimeoutError(_) | SdkError::DispatchFailure(_));
+    ConnectError::unreachable("sqs", shown, transient, detail)
+}
+
 /// Classifies a service error code (from a call or a batch entry).
 pub(crate) fn class_of_code(code: &str, sender_fault: bool) -> Cause {
     if THROTTLING.contains(&code) {
@@ -63,6 +106,9 @@ where
                 Some(code) => class_of_code(code, status < 500),
                 None if status >= 500 => Cause::Unavailable,
                 None if status == 404 => Cause::NotFound,
+                // No code to read (moto's XML error bodies on the JSON protocol): 403 is
+                // "not allowed", whichever key or permission is missing.
+                None if status == 403 => Cause::Forbidden,
                 None => Cause::Rejected,
             }
         }

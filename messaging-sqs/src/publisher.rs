@@ -42,6 +42,7 @@ pub(crate) fn from_subscribe(e: SubscribeError) -> PublishError {
     let kind = match e.kind() {
         SubscribeErrorKind::Unavailable => PublishErrorKind::Unavailable,
         SubscribeErrorKind::Timeout => PublishErrorKind::Timeout,
+        SubscribeErrorKind::Forbidden => PublishErrorKind::Forbidden,
         _ => PublishErrorKind::Rejected,
     };
     PublishError::new(kind)

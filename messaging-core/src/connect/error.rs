@@ -232,3 +232,40 @@ impl ConnectError {
         )
     }
 }
+
+/// Whether an error of type `T` is anywhere in `error`'s chain of sources, including inside
+/// I/O errors (whose own `source` skips the error they wrap): how an adapter tells, say, a
+/// failed TLS handshake (`rustls::Error`) from other I/O failures of its client.
+///
+/// ```
+/// use messaging_core::connect::caused_by;
+///
+/// #[derive(Debug)]
+/// struct Handshake;
+/// impl std::fmt::Display for Handshake {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("bad certificate") }
+/// }
+/// impl std::error::Error for Handshake {}
+///
+/// let io = std::io::Error::other(std::io::Error::new(std::io::ErrorKind::InvalidData, Handshake));
+/// assert!(caused_by::<Handshake>(&io));
+/// assert!(!caused_by::<std::fmt::Error>(&io));
+/// ```
+pub fn caused_by<T: std::error::Error + 'static>(
+    error: &(dyn std::error::Error + 'static),
+) -> bool {
+    let mut next = Some(error);
+    while let Some(err) = next {
+        if err.is::<T>() {
+            return true;
+        }
+        next = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(inner) => Some(inner),
+            None => err.source(),
+        };
+    }
+    false
+}

@@ -72,7 +72,7 @@ use std::any::Any;
 use std::future::Future;
 use std::sync::Arc;
 
-pub use error::{ConfigError, ConnectError};
+pub use error::{ConfigError, ConnectError, caused_by};
 pub use options::{COMMON_OPTIONS, Options};
 pub use tls::{ClientIdentity, TLS_OPTIONS, TlsFiles};
 pub use url::{BrokerUrl, redact_url};

@@ -1,0 +1,170 @@
+//! TLS and SASL/SCRAM against the real broker: the second nisshi that
+//! `scripts/brokers/nisshi.sh` starts on 127.0.0.1:9093, which speaks only TLS (the test CA's
+//! certificate for `localhost`) and requires SASL/SCRAM, with the users `messaging-app`
+//! (SCRAM-SHA-512) and `messaging-app256` (SCRAM-SHA-256).
+#![cfg(feature = "tls")]
+
+use std::time::{Duration, Instant};
+
+use messaging_core::connect::{BrokerUrl, ConnectError, Options};
+use messaging_core::{
+    AttributesReader, Delivery, EventBuilder, Publisher, SubscribeOptions, Subscriber, Subscription,
+};
+use messaging_kafka::{KafkaBroker, KafkaConfig};
+use messaging_testkit::logs::LogCapture;
+use messaging_testkit::support::{TestBroker, tls_file, unique};
+
+/// A refused connect must say so within this, well before the metadata time-out.
+const FAST: Duration = Duration::from_secs(10);
+
+fn config(url: &str) -> KafkaConfig {
+    let url: BrokerUrl = url.parse().expect("url");
+    let mut c = KafkaConfig::from_options(&url, Options::from_url("kafka", &url))
+        .unwrap_or_else(|e| panic!("{e}"));
+    // nisshi drops offset-commit metadata; the rest as the other Kafka tests.
+    c.commit_metadata = false;
+    c.commit_interval = Duration::from_millis(200);
+    c.session_timeout = Duration::from_secs(6);
+    c.subscribe_timeout = Duration::from_secs(30);
+    c
+}
+
+fn ca() -> String {
+    format!("tls_ca_file={}", tls_file("ca.pem").display())
+}
+
+/// `kafkas://user:password@host:9093?sasl.mechanism=…&query`.
+fn kafkas(credentials: &str, host: &str, mechanism: &str, query: &str) -> String {
+    format!("kafkas://{credentials}@{host}:9093?sasl.mechanism={mechanism}&{query}")
+}
+
+async fn refused(url: &str) -> ConnectError {
+    let started = Instant::now();
+    let err = match KafkaBroker::connect(config(url)).await {
+        Ok(_) => panic!("connected to {url}"),
+        Err(e) => e,
+    };
+    assert!(
+        started.elapsed() < FAST,
+        "took {:?}: {err}",
+        started.elapsed()
+    );
+    assert!(!err.is_transient(), "{err}");
+    err
+}
+
+async fn round_trip(url: &str) {
+    let broker = KafkaBroker::connect(config(url))
+        .await
+        .unwrap_or_else(|e| TestBroker::Kafka.unreachable(format!("the TLS listener: {e}")));
+    let topic = unique("kafka-tls");
+    let mut sub = broker
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new("g"))
+        .await
+        .expect("subscribe");
+    let event = EventBuilder::new("urn:test", "t").build().unwrap();
+    broker
+        .publisher()
+        .publish(&topic, event.clone())
+        .await
+        .expect("publish");
+    let d = tokio::time::timeout(Duration::from_secs(60), sub.recv())
+        .await
+        .expect("a delivery in time")
+        .expect("recv");
+    assert_eq!(d.event().expect("decodes").id(), event.id());
+    d.ack().await.expect("ack");
+    sub.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_scram_over_tls_publishes_and_consumes() {
+    round_trip(&kafkas(
+        "messaging-app:messaging-app-test-password",
+        "localhost",
+        "SCRAM-SHA-512",
+        &ca(),
+    ))
+    .await;
+    round_trip(&kafkas(
+        "messaging-app256:messaging-app256-test-password",
+        "localhost",
+        "SCRAM-SHA-256",
+        &ca(),
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_fail_fast_as_authentication_and_never_show_the_secret() {
+    let capture = LogCapture::global();
+    let secret = format!("wrong-secret-{}", unique("s").replace('-', ""));
+    for user in ["messaging-app", "nobody"] {
+        let url = kafkas(
+            &format!("{user}:{secret}"),
+            "localhost",
+            "SCRAM-SHA-512",
+            &ca(),
+        );
+        let err = refused(&url).await;
+        assert!(
+            matches!(err, ConnectError::Authentication { .. }),
+            "{err:?}"
+        );
+        let shown = format!("{err}\n{err:?}");
+        assert!(shown.contains("authentication to kafka"), "{shown}");
+        assert!(
+            !shown.contains(&secret),
+            "the password is in the error: {shown}"
+        );
+    }
+    let logs = capture.text();
+    assert!(
+        !logs.contains(&secret),
+        "the password is in the logs:\n{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_certificate_that_does_not_verify_fails_as_tls() {
+    let app = "messaging-app:messaging-app-test-password";
+    let other = format!("tls_ca_file={}", tls_file("other-ca.pem").display());
+    let cases = [
+        ("no CA", kafkas(app, "localhost", "SCRAM-SHA-512", "")),
+        (
+            "another CA",
+            kafkas(app, "localhost", "SCRAM-SHA-512", &other),
+        ),
+        (
+            "another host name",
+            kafkas(app, "127.0.0.1", "SCRAM-SHA-512", &ca()),
+        ),
+    ];
+    for (case, url) in cases {
+        let err = refused(&url).await;
+        assert!(matches!(err, ConnectError::Tls { .. }), "{case}: {err:?}");
+        assert!(
+            err.to_string().starts_with("TLS with kafka"),
+            "{case}: {err}"
+        );
+    }
+}
+
+#[test]
+fn tls_files_need_kafkas() {
+    let url: BrokerUrl = format!("kafka://h:9092?{}", ca()).parse().unwrap();
+    let err = KafkaConfig::from_options(&url, Options::from_url("kafka", &url))
+        .expect_err("refused")
+        .to_string();
+    assert!(err.contains("need a kafkas:// URL"), "{err}");
+    let url: BrokerUrl = format!("kafkas://h:9093?{}", ca()).parse().unwrap();
+    let c = KafkaConfig::from_options(&url, Options::from_url("kafka", &url)).unwrap();
+    assert!(
+        c.properties
+            .iter()
+            .any(|(k, v)| k == "ssl.ca.location" && v.ends_with("ca.pem")),
+        "{:?}",
+        c.properties
+    );
+}

@@ -1,0 +1,202 @@
+//! HTTPS, SigV4 keys and IAM permissions against a real endpoint: the second moto that
+//! `scripts/brokers/moto.sh` starts on https://localhost:4567 (the test CA's certificate for
+//! `localhost`), which checks every request's signature against the users it knows and their
+//! policies. Its users' keys are in `~/.cache/messaging-brokers/moto-secure.json`: `app` may
+//! do everything on SQS and SNS, `limited` only list queues and topics.
+
+use std::time::{Duration, Instant};
+
+use messaging_core::connect::{ConnectError, TlsFiles};
+use messaging_core::{
+    AttributesReader, Delivery, PublishErrorKind, Publisher, SubscribeErrorKind, SubscribeOptions,
+    Subscriber, Subscription,
+};
+use messaging_sqs::{SqsBroker, SqsConfig, StaticCredentials};
+use messaging_testkit::logs::LogCapture;
+use messaging_testkit::support::{TestBroker, tls_file, unique};
+
+mod common;
+
+const ENDPOINT: &str = "https://localhost:4567";
+/// A refused connect must say so within this.
+const FAST: Duration = Duration::from_secs(10);
+
+/// The secure moto's keys of `user`.
+fn keys(user: &str) -> StaticCredentials {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(&std::env::var_os("HOME").expect("HOME")).join(".cache")
+        })
+        .join("messaging-brokers/moto-secure.json");
+    let text = std::fs::read_to_string(&base).unwrap_or_else(|e| {
+        panic!(
+            "{} is missing ({e}): run scripts/brokers/moto.sh, which starts the secure moto",
+            base.display()
+        )
+    });
+    let all: serde_json::Value = serde_json::from_str(&text).expect("keys JSON");
+    let key = |field: &str| all[user][field].as_str().expect(field).to_owned();
+    StaticCredentials {
+        access_key_id: key("access_key_id"),
+        secret_access_key: key("secret_access_key"),
+    }
+}
+
+fn config(endpoint: &str, credentials: StaticCredentials, ca: Option<&str>) -> SqsConfig {
+    let mut tls = TlsFiles::default();
+    if let Some(ca) = ca {
+        tls = tls.with_ca_file(tls_file(ca));
+    }
+    SqsConfig {
+        credentials: Some(credentials),
+        tls,
+        wait_time: Duration::from_secs(1),
+        retention: Some(Duration::from_secs(3600)),
+        call_timeout: Duration::from_secs(20),
+        ..SqsConfig::local(endpoint)
+    }
+}
+
+async fn refused(config: SqsConfig) -> ConnectError {
+    let started = Instant::now();
+    let err = match SqsBroker::connect(config).await {
+        Ok(_) => panic!("connected"),
+        Err(e) => e,
+    };
+    assert!(
+        started.elapsed() < FAST,
+        "took {:?}: {err}",
+        started.elapsed()
+    );
+    assert!(!err.is_transient(), "{err}");
+    err
+}
+
+#[tokio::test]
+async fn publishes_and_consumes_over_https_with_signed_requests() {
+    let broker = SqsBroker::connect(config(ENDPOINT, keys("app"), Some("ca.pem")))
+        .await
+        .unwrap_or_else(|e| TestBroker::Sqs.unreachable(format!("the HTTPS endpoint: {e}")));
+    let topic = unique("sqs-tls");
+    let mut sub = broker
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new("g"))
+        .await
+        .expect("subscribe");
+    let event = common::event("over-https");
+    broker
+        .publisher()
+        .publish(&topic, event.clone())
+        .await
+        .expect("publish");
+    let d = tokio::time::timeout(Duration::from_secs(30), sub.recv())
+        .await
+        .expect("a delivery in time")
+        .expect("recv");
+    assert_eq!(d.event().expect("decodes").id(), event.id());
+    d.ack().await.expect("ack");
+}
+
+#[tokio::test]
+async fn refused_keys_fail_fast_as_authentication_and_never_show_the_secret() {
+    let capture = LogCapture::global();
+    let secret = format!("wrong-secret-{}", unique("s").replace('-', ""));
+    let app = keys("app");
+    for credentials in [
+        StaticCredentials {
+            secret_access_key: secret.clone(),
+            ..app.clone()
+        },
+        StaticCredentials {
+            access_key_id: "AKIAUNKNOWNKEY000000".into(),
+            secret_access_key: secret.clone(),
+        },
+    ] {
+        let err = refused(config(ENDPOINT, credentials, Some("ca.pem"))).await;
+        assert!(
+            matches!(err, ConnectError::Authentication { .. }),
+            "{err:?}"
+        );
+        let shown = format!("{err}\n{err:?}");
+        assert!(shown.contains("authentication to sqs"), "{shown}");
+        assert!(
+            !shown.contains(&secret),
+            "the secret is in the error: {shown}"
+        );
+    }
+    let logs = capture.text();
+    assert!(!logs.is_empty(), "the capture saw nothing");
+    assert!(
+        !logs.contains(&secret),
+        "the secret is in the logs:\n{logs}"
+    );
+    assert!(
+        !logs.contains(&app.secret_access_key),
+        "a secret is in the logs"
+    );
+}
+
+#[tokio::test]
+async fn an_endpoint_certificate_that_does_not_verify_fails_as_tls() {
+    let cases = [
+        ("no CA", config(ENDPOINT, keys("app"), None)),
+        (
+            "another CA",
+            config(ENDPOINT, keys("app"), Some("other-ca.pem")),
+        ),
+        (
+            "another host name",
+            config("https://127.0.0.1:4567", keys("app"), Some("ca.pem")),
+        ),
+    ];
+    for (case, config) in cases {
+        let err = refused(config).await;
+        assert!(matches!(err, ConnectError::Tls { .. }), "{case}: {err:?}");
+        assert!(err.to_string().starts_with("TLS with sqs"), "{case}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn missing_permissions_are_forbidden_and_not_transient() {
+    // `limited` may list queues (so it connects) and nothing else.
+    let broker = SqsBroker::connect(config(ENDPOINT, keys("limited"), Some("ca.pem")))
+        .await
+        .unwrap_or_else(|e| TestBroker::Sqs.unreachable(format!("the HTTPS endpoint: {e}")));
+    let topic = unique("sqs-denied");
+    let err = broker
+        .publisher()
+        .publish(&topic, common::event("denied"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), PublishErrorKind::Forbidden, "{err}");
+    assert!(!err.is_transient(), "{err}");
+    let err = match broker
+        .subscriber()
+        .subscribe(&topic, SubscribeOptions::new("g"))
+        .await
+    {
+        Ok(_) => panic!("subscribed"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), SubscribeErrorKind::Forbidden, "{err}");
+    assert!(!err.is_transient(), "{err}");
+}
+
+#[test]
+fn a_client_certificate_is_refused_as_configuration() {
+    let url: messaging_core::connect::BrokerUrl =
+        "sqs://?endpoint=https://h&tls_cert_file=/c.pem&tls_key_file=/k.pem"
+            .parse()
+            .unwrap();
+    let err = SqsConfig::from_options(
+        &url,
+        messaging_core::connect::Options::from_url("sqs", &url),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("AWS authenticates requests by their signature"),
+        "{err}"
+    );
+}
