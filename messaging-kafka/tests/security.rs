@@ -107,6 +107,7 @@ async fn wrong_credentials_fail_fast_as_authentication_and_never_show_the_secret
             "SCRAM-SHA-512",
             &ca(),
         );
+        // librdkafka's log lines go through the `log` crate, which the capture records too.
         let err = refused(&url).await;
         assert!(
             matches!(err, ConnectError::Authentication { .. }),

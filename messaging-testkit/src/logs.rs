@@ -1,5 +1,6 @@
-//! Everything `tracing` records, at every level, as text: for tests that check that nothing a
-//! failure logs shows a secret.
+//! Everything `tracing` and the `log` crate record, at every level, as text: for tests that
+//! check that nothing a failure logs shows a secret (librdkafka's own log lines, for one, go
+//! through `log`).
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -10,15 +11,16 @@ use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt as _};
 
 /// The text of every span (name and fields, as created and as recorded later) and every event
-/// (level, target, fields) of the process, at every level down to `TRACE`.
+/// (level, target, fields) of the process, and every `log` record, at every level down to
+/// `TRACE`.
 #[derive(Clone, Debug, Default)]
 pub struct LogCapture {
     text: Arc<Mutex<String>>,
 }
 
 impl LogCapture {
-    /// The process's capture: installed as the global `tracing` subscriber on first use.
-    /// Panics if another global subscriber was installed first.
+    /// The process's capture: installed as the global `tracing` subscriber and the `log`
+    /// logger (at `Trace`) on first use. Panics if either was installed first.
     pub fn global() -> &'static LogCapture {
         static GLOBAL: OnceLock<LogCapture> = OnceLock::new();
         GLOBAL.get_or_init(|| {
@@ -26,6 +28,8 @@ impl LogCapture {
             let subscriber = tracing_subscriber::registry().with(Recorder(capture.clone()));
             tracing::subscriber::set_global_default(subscriber)
                 .expect("another global tracing subscriber is installed");
+            log::set_boxed_logger(Box::new(capture.clone())).expect("another logger is installed");
+            log::set_max_level(log::LevelFilter::Trace);
             capture
         })
     }
@@ -40,6 +44,23 @@ impl LogCapture {
         text.push_str(&line);
         text.push('\n');
     }
+}
+
+impl log::Log for LogCapture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        self.push(format!(
+            "{} {} {}",
+            record.level(),
+            record.target(),
+            record.args()
+        ));
+    }
+
+    fn flush(&self) {}
 }
 
 struct Recorder(LogCapture);
