@@ -33,6 +33,13 @@
 //! know is an error, so typos do not pass silently. Every broker takes `connect_timeout`
 //! (default 15 s). Passwords and secret keys never appear in `Debug`, logs or errors.
 //!
+//! TLS (`amqps://`, `kafkas://`, an `https://` SQS endpoint) takes the same options on every
+//! broker: `tls_ca_file` (a CA trusted besides the system's), and `tls_cert_file` with
+//! `tls_key_file` (a client certificate, RabbitMQ and Kafka). Certificates and host names are
+//! always verified. A failed handshake, refused credentials and refused access fail at connect
+//! as [`ConnectError::Tls`], [`ConnectError::Authentication`] and [`ConnectError::Forbidden`],
+//! none transient; `docs/security.md` has the details per broker.
+//!
 //! **`memory://[NAME]`** — the in-memory broker of `messaging-testkit`. Brokers with a name
 //! are shared within the process (two `connect("memory://a")` see the same messages); an
 //! unnamed one is new each time. Options: `max_payload` (bytes, default 1 MiB),
@@ -44,15 +51,15 @@
 //! `sasl.mechanism` says otherwise. Options: `partitions`, `replication`, `create_topics`,
 //! `commit_metadata`, `content_mode` (`binary`|`structured`), `max_message_bytes`,
 //! `commit_interval`, `revoke_timeout`, `session_timeout`, `subscribe_timeout`,
-//! `publish_timeout`, `retry_tiers` (`1s,10s,1m`) — the fields of
+//! `publish_timeout`, `retry_tiers` (`1s,10s,1m`), the TLS options — the fields of
 //! [`KafkaConfig`](https://docs.rs/messaging-kafka) — and any librdkafka property by its
-//! dotted name (`sasl.mechanism=SCRAM-SHA-512`, `ssl.ca.location=/etc/ca.pem`).
+//! dotted name (`sasl.mechanism=SCRAM-SHA-512`, `ssl.endpoint.identification.algorithm=https`).
 //!
 //! **`amqp://USER:PASS@HOST:PORT/VHOST`**, **`amqps://…`** (feature `tls`) — RabbitMQ through
 //! `messaging-rabbitmq`; the virtual host is percent-encoded (`%2f` is `/`). Options:
 //! `queue_type` (`quorum`|`classic`), `content_mode`, `max_payload`, `mandatory`,
 //! `confirm_timeout`, `operation_timeout`, `reconnect_max_delay`, `connection_name`,
-//! `queue_expires`, `max_deliveries`; other query keys (`heartbeat`,
+//! `queue_expires`, `max_deliveries`, the TLS options; other query keys (`heartbeat`,
 //! `frame_max`, `channel_max`…) are passed to the AMQP client.
 //!
 //! **`sqs://[ACCESS_KEY_ID:SECRET@][REGION]`** — AWS SQS/SNS through `messaging-sqs`. Options:
@@ -61,7 +68,7 @@
 //! `secret_access_key` (else aws-config's default chain: environment, profile, SSO, web
 //! identity, container and instance roles), `topology` (`sns_fanout`|`point_to_point`),
 //! `content_mode`, `wait_time`, `max_in_flight`, `fifo_topics` (comma-separated),
-//! `retention`, `call_timeout`. Connecting makes one `ListQueues` call, so a wrong endpoint or
+//! `retention`, `call_timeout`, `tls_ca_file`. Connecting makes one `ListQueues` call, so a wrong endpoint or
 //! refused credentials fail at start-up.
 //!
 //! Durations are written `500ms`, `30s`, `1m`.
