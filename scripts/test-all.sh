@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs every check and test of the workspace: formatting, lints, docs, unit, property,
-# conformance and doc tests. Brokers that tests need are installed and started first by the
+# Runs every check and test of the workspace: formatting, lints, dependency policy (cargo
+# deny), docs, unit, property, conformance and doc tests. Brokers that tests need are installed and started first by the
 # scripts next to this one (idempotent: install if missing, start if not running, wait until
 # ready, bind to 127.0.0.1 only).
 set -euo pipefail
@@ -32,6 +32,9 @@ cargo fmt --all -- --check
 
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+echo "==> cargo deny (licences, bans, sources; advisories where reachable)"
+bash scripts/deny.sh
 
 echo "==> cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --locked --quiet
