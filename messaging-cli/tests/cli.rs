@@ -507,14 +507,16 @@ async fn bad_input_and_unreachable_brokers_have_clear_errors_and_exit_codes() {
 }
 
 /// Refused credentials, a virtual host without access and a certificate that does not verify
-/// each exit 3 ("unreachable or refused") at once, with a message that names the broker and
-/// what failed but never the password.
+/// each exit 3 ("unreachable or refused") at once, on RabbitMQ, Kafka and SQS, with a message
+/// that names the broker and what failed but never the password.
 #[cfg(feature = "tls")]
 #[tokio::test]
 async fn refused_credentials_access_and_tls_exit_3_without_the_secret() {
     let secret = format!("cli-secret-{}", unique("pw").replace('-', ""));
+    use messaging_testkit::support::{SECURE_SQS_ENDPOINT, secure_sqs_keys};
     let ca = messaging_testkit::support::tls_file("ca.pem");
     let ca = ca.display();
+    let (key, _) = secure_sqs_keys("app");
     let cases = [
         (
             format!("amqp://guest:{secret}@127.0.0.1:5672/%2f"),
@@ -532,6 +534,26 @@ async fn refused_credentials_access_and_tls_exit_3_without_the_secret() {
         (
             format!("amqps://messaging-app:{secret}@localhost:5671/messaging-secure"),
             "TLS with rabbitmq",
+        ),
+        (
+            format!(
+                "kafkas://messaging-app:{secret}@localhost:9093?sasl.mechanism=SCRAM-SHA-512&tls_ca_file={ca}"
+            ),
+            "authentication to kafka at kafkas://messaging-app:***@localhost:9093",
+        ),
+        (
+            format!("kafkas://messaging-app:{secret}@localhost:9093?sasl.mechanism=SCRAM-SHA-512"),
+            "TLS with kafka at kafkas://messaging-app:***@localhost:9093",
+        ),
+        (
+            format!(
+                "sqs://{key}:{secret}@us-east-1?endpoint={SECURE_SQS_ENDPOINT}&tls_ca_file={ca}"
+            ),
+            "authentication to sqs",
+        ),
+        (
+            format!("sqs://{key}:{secret}@us-east-1?endpoint={SECURE_SQS_ENDPOINT}"),
+            "TLS with sqs",
         ),
     ];
     for (url, says) in cases {

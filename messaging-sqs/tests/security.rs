@@ -13,33 +13,21 @@ use messaging_core::{
 };
 use messaging_sqs::{SqsBroker, SqsConfig, StaticCredentials};
 use messaging_testkit::logs::LogCapture;
-use messaging_testkit::support::{TestBroker, tls_file, unique};
+use messaging_testkit::support::{
+    SECURE_SQS_ENDPOINT as ENDPOINT, TestBroker, secure_sqs_keys, tls_file, unique,
+};
 
 mod common;
 
-const ENDPOINT: &str = "https://localhost:4567";
 /// A refused connect must say so within this.
 const FAST: Duration = Duration::from_secs(10);
 
 /// The secure moto's keys of `user`.
 fn keys(user: &str) -> StaticCredentials {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(&std::env::var_os("HOME").expect("HOME")).join(".cache")
-        })
-        .join("messaging-brokers/moto-secure.json");
-    let text = std::fs::read_to_string(&base).unwrap_or_else(|e| {
-        panic!(
-            "{} is missing ({e}): run scripts/brokers/moto.sh, which starts the secure moto",
-            base.display()
-        )
-    });
-    let all: serde_json::Value = serde_json::from_str(&text).expect("keys JSON");
-    let key = |field: &str| all[user][field].as_str().expect(field).to_owned();
+    let (access_key_id, secret_access_key) = secure_sqs_keys(user);
     StaticCredentials {
-        access_key_id: key("access_key_id"),
-        secret_access_key: key("secret_access_key"),
+        access_key_id,
+        secret_access_key,
     }
 }
 

@@ -156,6 +156,51 @@ pub fn tls_file(name: &str) -> std::path::PathBuf {
     path
 }
 
+/// The IAM-enforcing HTTPS moto (`https://localhost:4567`) that `scripts/brokers/moto.sh`
+/// starts beside the plain one.
+pub const SECURE_SQS_ENDPOINT: &str = "https://localhost:4567";
+
+/// The access key id and secret access key of `user` (`app`: every SQS and SNS action;
+/// `limited`: only listing queues and topics) on the secure moto, from the keys file
+/// `scripts/brokers/moto.sh` writes when it starts it
+/// (`${XDG_CACHE_HOME:-~/.cache}/messaging-brokers/moto-secure.json`). Panics, saying how to
+/// make it, when the file is missing.
+pub fn secure_sqs_keys(user: &str) -> (String, String) {
+    let path = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))
+        .expect("neither XDG_CACHE_HOME nor HOME is set")
+        .join("messaging-brokers/moto-secure.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{} cannot be read ({e}): run scripts/brokers/moto.sh, which starts the secure moto",
+            path.display()
+        )
+    });
+    let keys: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    let field = |name: &str| {
+        keys[user][name]
+            .as_str()
+            .unwrap_or_else(|| panic!("{} has no {user}.{name}", path.display()))
+            .to_owned()
+    };
+    (field("access_key_id"), field("secret_access_key"))
+}
+
+/// `text` percent-encoded for a URL's user or password (every byte but letters, digits and
+/// `-._~`), as a secret key with `/` or `+` must be.
+pub fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

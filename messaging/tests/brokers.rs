@@ -91,6 +91,41 @@ async fn rabbitmq_over_tls_by_url() {
     .await;
 }
 
+/// `kafkas://` with SASL/SCRAM and the test CA from the URL, against the TLS-only nisshi
+/// (`scripts/brokers/nisshi.sh`).
+#[cfg(feature = "tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_over_tls_with_sasl_by_url() {
+    let ca = messaging_testkit::support::tls_file("ca.pem");
+    round_trip(
+        &format!(
+            "kafkas://messaging-app:messaging-app-test-password@localhost:9093\
+             ?sasl.mechanism=SCRAM-SHA-512&commit_metadata=false&tls_ca_file={}",
+            ca.display()
+        ),
+        "kafka",
+    )
+    .await;
+}
+
+/// An `https://` SQS endpoint with the test CA and signed requests, against the
+/// IAM-enforcing moto (`scripts/brokers/moto.sh`).
+#[tokio::test]
+async fn sqs_over_https_with_keys_by_url() {
+    use messaging_testkit::support::{SECURE_SQS_ENDPOINT, secure_sqs_keys, tls_file, url_encode};
+    let (key, secret) = secure_sqs_keys("app");
+    round_trip(
+        &format!(
+            "sqs://{}:{}@us-east-1?endpoint={SECURE_SQS_ENDPOINT}&wait_time=1s&tls_ca_file={}",
+            url_encode(&key),
+            url_encode(&secret),
+            tls_file("ca.pem").display()
+        ),
+        "sqs",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn sqs_by_url() {
     round_trip(&TestBroker::Sqs.url(), "sqs").await;
