@@ -4,15 +4,15 @@
 //! policies. Its users' keys are in `~/.cache/messaging-brokers/moto-secure.json`: `app` may
 //! do everything on SQS and SNS, `limited` only list queues and topics.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use messaging_core::connect::{ConnectError, TlsFiles};
 use messaging_core::{
-    AttributesReader, Delivery, PublishErrorKind, Publisher, SubscribeErrorKind, SubscribeOptions,
-    Subscriber, Subscription,
+    AttributesReader, Delivery, Publisher, SubscribeOptions, Subscriber, Subscription,
 };
 use messaging_sqs::{SqsBroker, SqsConfig, StaticCredentials};
 use messaging_testkit::logs::LogCapture;
+use messaging_testkit::security::{assert_forbidden, assert_secret_hidden, refused_within};
 use messaging_testkit::support::{
     SECURE_SQS_ENDPOINT as ENDPOINT, TestBroker, secure_sqs_keys, tls_file, unique,
 };
@@ -47,18 +47,7 @@ fn config(endpoint: &str, credentials: StaticCredentials, ca: Option<&str>) -> S
 }
 
 async fn refused(config: SqsConfig) -> ConnectError {
-    let started = Instant::now();
-    let err = match SqsBroker::connect(config).await {
-        Ok(_) => panic!("connected"),
-        Err(e) => e,
-    };
-    assert!(
-        started.elapsed() < FAST,
-        "took {:?}: {err}",
-        started.elapsed()
-    );
-    assert!(!err.is_transient(), "{err}");
-    err
+    refused_within(FAST, SqsBroker::connect(config)).await
 }
 
 #[tokio::test]
@@ -106,21 +95,10 @@ async fn refused_keys_fail_fast_as_authentication_and_never_show_the_secret() {
             matches!(err, ConnectError::Authentication { .. }),
             "{err:?}"
         );
-        let shown = format!("{err}\n{err:?}");
-        assert!(shown.contains("authentication to sqs"), "{shown}");
-        assert!(
-            !shown.contains(&secret),
-            "the secret is in the error: {shown}"
-        );
+        assert_secret_hidden(&err, "authentication to sqs", &secret, capture);
     }
-    let logs = capture.text();
-    assert!(!logs.is_empty(), "the capture saw nothing");
     assert!(
-        !logs.contains(&secret),
-        "the secret is in the logs:\n{logs}"
-    );
-    assert!(
-        !logs.contains(&app.secret_access_key),
+        !capture.text().contains(&app.secret_access_key),
         "a secret is in the logs"
     );
 }
@@ -151,24 +129,13 @@ async fn missing_permissions_are_forbidden_and_not_transient() {
     let broker = SqsBroker::connect(config(ENDPOINT, keys("limited"), Some("ca.pem")))
         .await
         .unwrap_or_else(|e| TestBroker::Sqs.unreachable(format!("the HTTPS endpoint: {e}")));
-    let topic = unique("sqs-denied");
-    let err = broker
-        .publisher()
-        .publish(&topic, common::event("denied"))
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), PublishErrorKind::Forbidden, "{err}");
-    assert!(!err.is_transient(), "{err}");
-    let err = match broker
-        .subscriber()
-        .subscribe(&topic, SubscribeOptions::new("g"))
-        .await
-    {
-        Ok(_) => panic!("subscribed"),
-        Err(e) => e,
-    };
-    assert_eq!(err.kind(), SubscribeErrorKind::Forbidden, "{err}");
-    assert!(!err.is_transient(), "{err}");
+    assert_forbidden(
+        &broker.publisher(),
+        &broker.subscriber(),
+        &unique("sqs-denied"),
+        common::event("denied"),
+    )
+    .await;
 }
 
 #[test]

@@ -15,6 +15,8 @@ pub mod logs;
 pub mod memory;
 pub mod netfault;
 pub mod outage;
+#[cfg(feature = "logs")]
+pub mod security;
 pub mod support;
 #[cfg(feature = "opentelemetry")]
 pub mod telemetry;
