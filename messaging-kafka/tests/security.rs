@@ -6,13 +6,11 @@
 
 use std::time::Duration;
 
+use messaging_core::EventBuilder;
 use messaging_core::connect::{BrokerUrl, ConnectError, Options};
-use messaging_core::{
-    AttributesReader, Delivery, EventBuilder, Publisher, SubscribeOptions, Subscriber, Subscription,
-};
 use messaging_kafka::{KafkaBroker, KafkaConfig};
 use messaging_testkit::logs::LogCapture;
-use messaging_testkit::security::{assert_secret_hidden, refused_within};
+use messaging_testkit::security::{assert_round_trip, assert_secret_hidden, refused_within};
 use messaging_testkit::support::{TestBroker, tls_file, unique};
 
 /// A refused connect must say so within this, well before the metadata time-out.
@@ -47,25 +45,17 @@ async fn round_trip(url: &str) {
     let broker = KafkaBroker::connect(config(url))
         .await
         .unwrap_or_else(|e| TestBroker::Kafka.unreachable(format!("the TLS listener: {e}")));
-    let topic = unique("kafka-tls");
-    let mut sub = broker
-        .subscriber()
-        .subscribe(&topic, SubscribeOptions::new("g"))
-        .await
-        .expect("subscribe");
     let event = EventBuilder::new("urn:test", "t").build().unwrap();
-    broker
-        .publisher()
-        .publish(&topic, event.clone())
-        .await
-        .expect("publish");
-    let d = tokio::time::timeout(Duration::from_secs(60), sub.recv())
-        .await
-        .expect("a delivery in time")
-        .expect("recv");
-    assert_eq!(d.event().expect("decodes").id(), event.id());
-    d.ack().await.expect("ack");
-    sub.close().await.expect("close");
+    let (publisher, subscriber) = (broker.publisher(), broker.subscriber());
+    let topic = unique("kafka-tls");
+    assert_round_trip(
+        &publisher,
+        &subscriber,
+        &topic,
+        event,
+        Duration::from_secs(60),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

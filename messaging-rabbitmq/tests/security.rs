@@ -10,13 +10,12 @@ use std::time::{Duration, Instant};
 use messaging_core::connect::{BrokerUrl, ConnectError, Options};
 use messaging_core::handler::{HandlerError, Incoming, handler_fn};
 use messaging_core::runtime::{Consumer, RunError};
-use messaging_core::{
-    AttributesReader, Delivery, EventBuilder, Publisher, SubscribeErrorKind, SubscribeOptions,
-    Subscriber, Subscription,
-};
+use messaging_core::{EventBuilder, Publisher, SubscribeErrorKind, SubscribeOptions};
 use messaging_rabbitmq::{RabbitBroker, RabbitConfig};
 use messaging_testkit::logs::LogCapture;
-use messaging_testkit::security::{assert_forbidden, assert_secret_hidden, refused_within};
+use messaging_testkit::security::{
+    assert_forbidden, assert_round_trip, assert_secret_hidden, refused_within,
+};
 use messaging_testkit::support::{TestBroker, tls_file, unique};
 
 const APP: &str = "messaging-app:messaging-app-test-password";
@@ -56,23 +55,16 @@ async fn refused(url: &str) -> ConnectError {
 }
 
 async fn round_trip(broker: &RabbitBroker, topic: &str) {
-    let mut sub = broker
-        .subscriber()
-        .subscribe(topic, SubscribeOptions::new("g"))
-        .await
-        .expect("subscribe");
     let event = EventBuilder::new("urn:test", "t").build().unwrap();
-    broker
-        .publisher()
-        .publish(topic, event.clone())
-        .await
-        .expect("publish");
-    let d = tokio::time::timeout(Duration::from_secs(20), sub.recv())
-        .await
-        .expect("a delivery in time")
-        .expect("recv");
-    assert_eq!(d.event().expect("decodes").id(), event.id());
-    d.ack().await.expect("ack");
+    let (publisher, subscriber) = (broker.publisher(), broker.subscriber());
+    assert_round_trip(
+        &publisher,
+        &subscriber,
+        topic,
+        event,
+        Duration::from_secs(20),
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -7,12 +7,11 @@
 use std::time::Duration;
 
 use messaging_core::connect::{ConnectError, TlsFiles};
-use messaging_core::{
-    AttributesReader, Delivery, Publisher, SubscribeOptions, Subscriber, Subscription,
-};
 use messaging_sqs::{SqsBroker, SqsConfig, StaticCredentials};
 use messaging_testkit::logs::LogCapture;
-use messaging_testkit::security::{assert_forbidden, assert_secret_hidden, refused_within};
+use messaging_testkit::security::{
+    assert_forbidden, assert_round_trip, assert_secret_hidden, refused_within,
+};
 use messaging_testkit::support::{
     SECURE_SQS_ENDPOINT as ENDPOINT, TestBroker, secure_sqs_keys, tls_file, unique,
 };
@@ -55,24 +54,17 @@ async fn publishes_and_consumes_over_https_with_signed_requests() {
     let broker = SqsBroker::connect(config(ENDPOINT, keys("app"), Some("ca.pem")))
         .await
         .unwrap_or_else(|e| TestBroker::Sqs.unreachable(format!("the HTTPS endpoint: {e}")));
+    let (publisher, subscriber) = (broker.publisher(), broker.subscriber());
     let topic = unique("sqs-tls");
-    let mut sub = broker
-        .subscriber()
-        .subscribe(&topic, SubscribeOptions::new("g"))
-        .await
-        .expect("subscribe");
     let event = common::event("over-https");
-    broker
-        .publisher()
-        .publish(&topic, event.clone())
-        .await
-        .expect("publish");
-    let d = tokio::time::timeout(Duration::from_secs(30), sub.recv())
-        .await
-        .expect("a delivery in time")
-        .expect("recv");
-    assert_eq!(d.event().expect("decodes").id(), event.id());
-    d.ack().await.expect("ack");
+    assert_round_trip(
+        &publisher,
+        &subscriber,
+        &topic,
+        event,
+        Duration::from_secs(30),
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -1,13 +1,14 @@
 //! Checks the adapters' security tests share: a refused connection fails fast, typed and not
 //! transient, without showing the secret anywhere; a missing permission is `Forbidden` on both
-//! publish and subscribe.
+//! publish and subscribe; a connection that passed both still delivers.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use messaging_core::connect::ConnectError;
 use messaging_core::{
-    Event, PublishErrorKind, Publisher, SubscribeErrorKind, SubscribeOptions, Subscriber,
+    AttributesReader, Delivery, Event, PublishErrorKind, Publisher, SubscribeErrorKind,
+    SubscribeOptions, Subscriber, Subscription,
 };
 
 use crate::logs::LogCapture;
@@ -46,6 +47,33 @@ pub fn assert_secret_hidden(err: &ConnectError, says: &str, secret: &str, captur
     let logs = capture.text();
     assert!(!logs.is_empty(), "the log capture recorded nothing");
     assert!(!logs.contains(secret), "the secret is in the logs:\n{logs}");
+}
+
+/// Subscribes group `g` to `topic`, publishes `event`, and asserts that it arrives (within
+/// `wait`) and acks; then closes the subscription. What a connection that passed TLS and
+/// authentication must still do.
+pub async fn assert_round_trip<P: Publisher, S: Subscriber>(
+    publisher: &P,
+    subscriber: &S,
+    topic: &str,
+    event: Event,
+    wait: Duration,
+) {
+    let mut sub = subscriber
+        .subscribe(topic, SubscribeOptions::new("g"))
+        .await
+        .unwrap_or_else(|e| panic!("subscribe to {topic}: {e}"));
+    publisher
+        .publish(topic, event.clone())
+        .await
+        .unwrap_or_else(|e| panic!("publish to {topic}: {e}"));
+    let d = tokio::time::timeout(wait, sub.recv())
+        .await
+        .unwrap_or_else(|_| panic!("nothing delivered from {topic} within {wait:?}"))
+        .unwrap_or_else(|e| panic!("receive from {topic}: {e}"));
+    assert_eq!(d.event().expect("the event decodes").id(), event.id());
+    d.ack().await.expect("ack");
+    sub.close().await.expect("close");
 }
 
 /// Asserts that publishing `event` to `topic` and subscribing to it both fail as `Forbidden`,

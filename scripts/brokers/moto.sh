@@ -49,19 +49,19 @@ if ! ready; then
     disown || true
 fi
 
-up=
-for _ in $(seq 1 120); do
-    if ready; then
-        up=1
-        break
-    fi
-    sleep 0.5
-done
-if [ -z "$up" ]; then
-    echo "moto did not answer on $host:$port; see $log" >&2
-    tail -n 20 "$log" >&2 || true
+# Waits up to 60 s for the check `$1` to pass; fails showing the end of the log `$2`.
+await_ready() {
+    for _ in $(seq 1 120); do
+        if "$1"; then
+            return 0
+        fi
+        sleep 0.5
+    done
+    echo "moto did not answer ($1); the end of $2:" >&2
+    tail -n 20 "$2" >&2 || true
     exit 1
-fi
+}
+await_ready ready "$log"
 echo "moto ready on http://$host:$port (log: $log)"
 
 bash "$(dirname "$0")/../tls-certs.sh"
@@ -87,19 +87,7 @@ if ! secure_ready || [ ! -s "$keys" ]; then
     INITIAL_NO_AUTH_ACTION_COUNT=6 nohup "$venv/bin/moto_server" -H "$host" -p "$secure_port" \
         --ssl-cert "$tls/server.pem" --ssl-key "$tls/server.key" >>"$secure_log" 2>&1 </dev/null &
     disown || true
-    up=
-    for _ in $(seq 1 120); do
-        if secure_ready; then
-            up=1
-            break
-        fi
-        sleep 0.5
-    done
-    if [ -z "$up" ]; then
-        echo "the secure moto did not answer on https://localhost:$secure_port; see $secure_log" >&2
-        tail -n 20 "$secure_log" >&2 || true
-        exit 1
-    fi
+    await_ready secure_ready "$secure_log"
     "$venv/bin/python" - "$secure_port" "$tls/ca.pem" "$keys" <<'PY'
 import json, sys
 import boto3
