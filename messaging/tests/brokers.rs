@@ -222,7 +222,10 @@ async fn refused_credentials_are_not_transient() {
         .await
         .unwrap_err();
     let shown = format!("{err} {err:?}");
-    assert!(matches!(err, ConnectError::Unreachable { .. }), "{shown}");
+    assert!(
+        matches!(err, ConnectError::Authentication { .. }),
+        "{shown}"
+    );
     assert!(!err.is_transient(), "{shown}");
     assert!(!shown.contains("hunter2"), "{shown}");
 }
