@@ -188,19 +188,6 @@ pub fn secure_sqs_keys(user: &str) -> (String, String) {
     (field("access_key_id"), field("secret_access_key"))
 }
 
-/// `text` percent-encoded for a URL's user or password (every byte but letters, digits and
-/// `-._~`), as a secret key with `/` or `+` must be.
-pub fn url_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -112,7 +112,10 @@ async fn kafka_over_tls_with_sasl_by_url() {
 /// IAM-enforcing moto (`scripts/brokers/moto.sh`).
 #[tokio::test]
 async fn sqs_over_https_with_keys_by_url() {
-    use messaging_testkit::support::{SECURE_SQS_ENDPOINT, secure_sqs_keys, tls_file, url_encode};
+    use messaging_testkit::support::{SECURE_SQS_ENDPOINT, secure_sqs_keys, tls_file};
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    // A secret key may hold `/` and `+`, which a URL's password must encode.
+    let url_encode = |text: &str| utf8_percent_encode(text, NON_ALPHANUMERIC).to_string();
     let (key, secret) = secure_sqs_keys("app");
     round_trip(
         &format!(
